@@ -1,0 +1,149 @@
+"""Import Hugging Face weights from a local directory: config.json plus safetensors.
+
+No torch and no network: tensors are read with `safetensors.numpy` and copied into the
+matching vlpjax parameters, with every shape checked before anything is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file
+
+from vlpjax.models.text import BertConfig, BertEncoder
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def read_config(path: str) -> dict:
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"no config.json in {path!r}: expected a Hugging Face model directory")
+    with open(config_path) as f:
+        return json.load(f)
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a model directory: one model.safetensors or the shards its index names."""
+    single = os.path.join(path, WEIGHTS_FILE)
+    index = os.path.join(path, WEIGHTS_INDEX)
+    if os.path.isfile(single):
+        return load_file(single)
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        tensors: dict[str, np.ndarray] = {}
+        for shard in shards:
+            tensors.update(load_file(os.path.join(path, shard)))
+        return tensors
+    raise FileNotFoundError(f"no {WEIGHTS_FILE} or {WEIGHTS_INDEX} in {path!r} (pickled .bin weights are not read)")
+
+
+def _strip_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Checkpoints of task models (BertForMaskedLM, ...) nest the encoder under `prefix`."""
+    if any(k.startswith(prefix) for k in tensors):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return tensors
+
+
+def _variable(model: nnx.Module, path: tuple) -> nnx.Variable:
+    node = model
+    for part in path:
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
+
+
+def assign_weights(model: nnx.Module, pairs: list[tuple[tuple, np.ndarray]], source: str) -> None:
+    """Check every shape first, then write: a mismatch leaves the model untouched."""
+    for path, value in pairs:
+        target = _variable(model, path)
+        if tuple(target.shape) != tuple(value.shape):
+            raise ValueError(
+                f"{source}: weight for {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(target.shape)}"
+            )
+    for path, value in pairs:
+        _variable(model, path)[...] = np.asarray(value, dtype=np.float32)
+
+
+# --- BERT ---------------------------------------------------------------------------------
+
+_BERT_CONFIG_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "layer_norm_eps",
+    "hidden_act",
+    "pad_token_id",
+)
+
+
+def bert_config_from_hf(hf: dict, dtype: str = "float32") -> BertConfig:
+    if hf.get("model_type", "bert") != "bert":
+        raise ValueError(f"expected a BERT checkpoint, config.json says model_type={hf.get('model_type')!r}")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"only absolute position embeddings are supported, got {hf['position_embedding_type']!r}")
+    return BertConfig(**{k: hf[k] for k in _BERT_CONFIG_FIELDS if k in hf}, dtype=dtype)
+
+
+def _linear(hf_name: str, path: tuple) -> Iterator[tuple[str, tuple, bool]]:
+    """torch Linear stores weight as [out, in]; ours is [in, out]."""
+    yield f"{hf_name}.weight", path + ("kernel",), True
+    yield f"{hf_name}.bias", path + ("bias",), False
+
+
+def _layer_norm(hf_name: str, path: tuple) -> Iterator[tuple[str, tuple, bool]]:
+    yield f"{hf_name}.weight", path + ("scale",), False
+    yield f"{hf_name}.bias", path + ("bias",), False
+
+
+def bert_weight_map(num_layers: int) -> Iterator[tuple[str, tuple, bool]]:
+    """(HF tensor name, vlpjax parameter path, transpose?) for every BERT encoder weight."""
+    yield "embeddings.word_embeddings.weight", ("word_embeddings", "embedding"), False
+    yield "embeddings.position_embeddings.weight", ("position_embeddings", "embedding"), False
+    yield "embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"), False
+    yield from _layer_norm("embeddings.LayerNorm", ("ln_embed",))
+    for i in range(num_layers):
+        hf, ours = f"encoder.layer.{i}", ("layers", i)
+        for proj in ("query", "key", "value"):
+            yield from _linear(f"{hf}.attention.self.{proj}", ours + ("attn", proj))
+        yield from _linear(f"{hf}.attention.output.dense", ours + ("attn", "out"))
+        yield from _layer_norm(f"{hf}.attention.output.LayerNorm", ours + ("ln_attn",))
+        yield from _linear(f"{hf}.intermediate.dense", ours + ("mlp", "fc1"))
+        yield from _linear(f"{hf}.output.dense", ours + ("mlp", "fc2"))
+        yield from _layer_norm(f"{hf}.output.LayerNorm", ours + ("ln_mlp",))
+
+
+def _legacy_layer_norm_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Old TF-converted checkpoints call LayerNorm weight/bias gamma/beta."""
+    renamed = {}
+    for k, v in tensors.items():
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        renamed[k] = v
+    return renamed
+
+
+def load_text_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> BertEncoder:
+    """A BertEncoder with the weights of the local Hugging Face BERT directory `path`.
+
+    Call it as `model(input_ids, attention_mask, token_type_ids=None)` -> last hidden state.
+    """
+    config = bert_config_from_hf(read_config(path), dtype=dtype)
+    tensors = _legacy_layer_norm_names(_strip_prefix(read_safetensors(path), "bert."))
+    pairs = []
+    for hf_name, ours, transpose in bert_weight_map(config.num_hidden_layers):
+        if hf_name not in tensors:
+            raise KeyError(f"{path}: tensor {hf_name!r} is missing from the checkpoint")
+        value = tensors[hf_name]
+        pairs.append((ours, value.T if transpose else value))
+    model = BertEncoder(config, rngs=nnx.Rngs(seed))
+    assign_weights(model, pairs, source=path)
+    return model

@@ -1,0 +1,284 @@
+"""Building blocks shared by every tower: attention, MLP, transformer blocks, position embeddings.
+
+Every parameter carries `logical_axes` metadata (names such as 'embed', 'mlp', 'heads',
+'vocab'); `vlpjax.parallel.partitioning` maps those names onto mesh axes. Models never
+see devices.
+
+Masks are boolean, True meaning "may attend". Attention logits and softmax run in float32
+whatever the compute dtype, so a masked key gets exactly zero weight.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Array = jax.Array
+
+_MASKED_LOGIT = float(np.finfo(np.float32).min)
+
+
+class Encoded(NamedTuple):
+    """What every encoder returns: per-token features, a pooled vector, and the token mask."""
+
+    tokens: Array  # [B, T, D]
+    pooled: Array  # [B, D]
+    mask: Array  # [B, T] bool
+
+
+def with_axes(init: Callable, axes: tuple[str | None, ...]) -> Callable:
+    """Attach logical axis names to an initializer's parameter."""
+    return nnx.with_metadata(init, logical_axes=axes)
+
+
+def dense(
+    in_dim: int,
+    out_dim: int,
+    axes: tuple[str | None, str | None],
+    *,
+    rngs: nnx.Rngs,
+    dtype=jnp.float32,
+    use_bias: bool = True,
+    init: Callable = nnx.initializers.xavier_uniform(),
+) -> nnx.Linear:
+    """A linear layer whose kernel is [in, out] with logical axes `axes`."""
+    return nnx.Linear(
+        in_dim,
+        out_dim,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=with_axes(init, axes),
+        bias_init=with_axes(nnx.initializers.zeros_init(), (axes[1],)),
+        rngs=rngs,
+    )
+
+
+def layer_norm(dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32) -> nnx.LayerNorm:
+    return nnx.LayerNorm(
+        dim,
+        epsilon=eps,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=with_axes(nnx.initializers.ones_init(), ("norm",)),
+        bias_init=with_axes(nnx.initializers.zeros_init(), ("norm",)),
+        rngs=rngs,
+    )
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # BERT's erf form
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # original CLIP
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+# --- masks -------------------------------------------------------------------------------
+
+
+def key_padding_mask(kv_mask: Array) -> Array:
+    """[B, Lk] -> [B, 1, 1, Lk]: every query may attend to every real key."""
+    return kv_mask[:, None, None, :].astype(bool)
+
+
+def causal_mask(length: int) -> Array:
+    """[1, 1, L, L]: position i attends to positions <= i."""
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
+
+
+def combine_masks(*masks: Array | None) -> Array | None:
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = jnp.logical_and(out, m)
+    return out
+
+
+# --- attention ---------------------------------------------------------------------------
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
+    """q [B,Lq,H,Dh], k/v [B,Lk,H,Dh], mask broadcastable to [B,H,Lq,Lk] -> [B,Lq,H,Dh]."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    if mask is not None:
+        logits = jnp.where(mask, logits, _MASKED_LOGIT)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class MultiHeadAttention(nnx.Module):
+    """Self- or cross-attention with separate q/k/v projections (the layout BERT and CLIP share)."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        kv_dim: int | None = None,
+        use_bias: bool = True,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        kv_dim = kv_dim or dim
+        self.num_heads = num_heads
+        self.query = dense(dim, dim, ("embed", "heads"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.key = dense(kv_dim, dim, ("embed", "heads"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.value = dense(kv_dim, dim, ("embed", "heads"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.out = dense(dim, dim, ("heads", "embed"), use_bias=use_bias, dtype=dtype, rngs=rngs)
+
+    def _heads(self, x: Array) -> Array:
+        return x.reshape(*x.shape[:-1], self.num_heads, -1)
+
+    def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None) -> Array:
+        context = x if context is None else context
+        q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
+        attended = dot_product_attention(q, k, v, mask)
+        return self.out(attended.reshape(*x.shape[:-1], -1))
+
+
+class MLP(nnx.Module):
+    def __init__(self, dim: int, hidden: int, *, act: str = "gelu", dtype=jnp.float32, rngs: nnx.Rngs):
+        self.act_name = act
+        self.fc1 = dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+        self.fc2 = dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.fc2(activation(self.act_name)(self.fc1(x)))
+
+
+class PreLNBlock(nnx.Module):
+    """x + attn(LN(x)) [+ cross_attn(LN(x), context)] + mlp(LN(x)): ViT, CLIP text, fusion layers."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        act: str = "gelu",
+        context_dim: int | None = None,
+        eps: float = 1e-6,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.ln_attn = layer_norm(dim, eps=eps, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.has_cross = context_dim is not None
+        if self.has_cross:
+            self.ln_cross = layer_norm(dim, eps=eps, rngs=rngs)
+            self.cross = MultiHeadAttention(dim, num_heads, kv_dim=context_dim, dtype=dtype, rngs=rngs)
+        self.ln_mlp = layer_norm(dim, eps=eps, rngs=rngs)
+        self.mlp = MLP(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
+
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None = None,
+        context: Array | None = None,
+        context_mask: Array | None = None,
+    ) -> Array:
+        x = x + self.attn(self.ln_attn(x), mask=mask)
+        if self.has_cross:
+            x = x + self.cross(self.ln_cross(x), context, mask=context_mask)
+        return x + self.mlp(self.ln_mlp(x))
+
+
+class PostLNBlock(nnx.Module):
+    """LN(x + attn(x)) [then LN(x + cross_attn(x, context))] then LN(x + mlp(x)): BERT's layout."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        act: str = "gelu",
+        context_dim: int | None = None,
+        eps: float = 1e-12,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.ln_attn = layer_norm(dim, eps=eps, rngs=rngs)
+        self.has_cross = context_dim is not None
+        if self.has_cross:
+            self.cross = MultiHeadAttention(dim, num_heads, kv_dim=context_dim, dtype=dtype, rngs=rngs)
+            self.ln_cross = layer_norm(dim, eps=eps, rngs=rngs)
+        self.mlp = MLP(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
+        self.ln_mlp = layer_norm(dim, eps=eps, rngs=rngs)
+
+    def __call__(
+        self,
+        x: Array,
+        mask: Array | None = None,
+        context: Array | None = None,
+        context_mask: Array | None = None,
+    ) -> Array:
+        x = self.ln_attn(x + self.attn(x, mask=mask))
+        if self.has_cross:
+            x = self.ln_cross(x + self.cross(x, context, mask=context_mask))
+        return self.ln_mlp(x + self.mlp(x))
+
+
+class MAPHead(nnx.Module):
+    """Multi-head attention pooling: one learned probe attends over the tokens, then an MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.probe = nnx.Param(with_axes(nnx.initializers.xavier_uniform(), (None, None, "embed"))(rngs.params(), (1, 1, dim)))
+        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.ln = layer_norm(dim, rngs=rngs)
+        self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens: Array, mask: Array | None = None) -> Array:
+        probe = jnp.broadcast_to(self.probe[...], (tokens.shape[0], 1, tokens.shape[-1])).astype(tokens.dtype)
+        attn_mask = None if mask is None else key_padding_mask(mask)
+        x = self.attn(probe, tokens, mask=attn_mask)
+        x = x + self.mlp(self.ln(x))
+        return x[:, 0]
+
+
+# --- position embeddings -----------------------------------------------------------------
+
+
+def sincos_2d(height: int, width: int, dim: int, temperature: float = 10_000.0) -> np.ndarray:
+    """Fixed 2-D sin-cos position embedding [height*width, dim] (MoCo v3 / big_vision form)."""
+    if dim % 4:
+        raise ValueError(f"sincos2d needs a width divisible by 4, got {dim}")
+    y, x = np.mgrid[:height, :width]
+    omega = 1.0 / temperature ** (np.arange(dim // 4) / (dim // 4 - 1 if dim > 4 else 1))
+    y = y.reshape(-1)[:, None] * omega[None]
+    x = x.reshape(-1)[:, None] * omega[None]
+    return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+def masked_mean(tokens: Array, mask: Array) -> Array:
+    """Mean over real tokens only: [B,T,D], [B,T] -> [B,D]."""
+    weights = mask.astype(jnp.float32)[..., None]
+    total = jnp.sum(tokens.astype(jnp.float32) * weights, axis=1)
+    return (total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)).astype(tokens.dtype)
+
+
+def last_real_token(tokens: Array, mask: Array) -> Array:
+    """The feature at each row's last True position (CLIP's EOS pooling for right-padded text)."""
+    positions = jnp.arange(mask.shape[1])[None, :]
+    last = jnp.max(jnp.where(mask, positions, 0), axis=1)
+    return jnp.take_along_axis(tokens, last[:, None, None], axis=1)[:, 0]

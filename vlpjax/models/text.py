@@ -1,0 +1,159 @@
+"""Text towers: a BERT-style bidirectional encoder and a CLIP-style causal transformer.
+
+`BertEncoder` mirrors Hugging Face BERT's post-LN layout exactly so its weights map one to one
+(see `vlpjax.interop.hf`). `CausalTextTransformer` is pre-LN and pools the last real token.
+Both take right-padded ids with a boolean/int mask and ignore padded positions entirely.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlpjax.models.layers import (
+    Encoded,
+    PostLNBlock,
+    PreLNBlock,
+    causal_mask,
+    combine_masks,
+    key_padding_mask,
+    last_real_token,
+    layer_norm,
+    with_axes,
+)
+
+
+def _embedding(num: int, dim: int, rngs: nnx.Rngs, axes=("vocab", "embed")) -> nnx.Embed:
+    return nnx.Embed(
+        num,
+        dim,
+        param_dtype=jnp.float32,
+        embedding_init=with_axes(nnx.initializers.normal(0.02), axes),
+        rngs=rngs,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Field names follow Hugging Face's BertConfig so a config.json maps directly."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_act: str = "gelu"
+    pad_token_id: int = 0
+    cross_attention_from: int | None = None  # ALBEF layout: layers >= this index attend to the image
+    context_dim: int | None = None
+    dtype: str = "float32"
+
+
+class BertEncoder(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        dtype = jnp.dtype(c.dtype)
+        self.out_dim = c.hidden_size
+        self.word_embeddings = _embedding(c.vocab_size, c.hidden_size, rngs)
+        self.position_embeddings = _embedding(c.max_position_embeddings, c.hidden_size, rngs, (None, "embed"))
+        self.token_type_embeddings = _embedding(c.type_vocab_size, c.hidden_size, rngs, (None, "embed"))
+        self.ln_embed = layer_norm(c.hidden_size, eps=c.layer_norm_eps, rngs=rngs)
+        first_cross = c.num_hidden_layers if c.cross_attention_from is None else c.cross_attention_from
+        self.layers = nnx.List(
+            [
+                PostLNBlock(
+                    c.hidden_size,
+                    c.num_attention_heads,
+                    c.intermediate_size,
+                    act=c.hidden_act,
+                    eps=c.layer_norm_eps,
+                    context_dim=(c.context_dim or c.hidden_size) if i >= first_cross else None,
+                    dtype=dtype,
+                    rngs=rngs,
+                )
+                for i in range(c.num_hidden_layers)
+            ]
+        )
+
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
+        length = input_ids.shape[1]
+        if length > self.config.max_position_embeddings:
+            raise ValueError(f"text length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}")
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings.embedding[:length][None]
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.ln_embed(x).astype(jnp.dtype(self.config.dtype))
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        """Hugging Face's calling convention: returns the last hidden state [B, L, D]."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        mask = key_padding_mask(attention_mask)
+        ctx_mask = None if context_mask is None else key_padding_mask(context_mask)
+        x = self.embed(input_ids, token_type_ids)
+        for layer in self.layers:
+            x = layer(x, mask=mask, context=context, context_mask=ctx_mask)
+        return x
+
+    def encode(self, text_ids: jax.Array, text_mask: jax.Array) -> Encoded:
+        tokens = self(text_ids, text_mask)
+        return Encoded(tokens=tokens, pooled=tokens[:, 0], mask=text_mask.astype(bool))
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalTextConfig:
+    vocab_size: int = 49408
+    width: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    mlp_dim: int = 2048
+    max_len: int = 77
+    act: str = "gelu"
+    dtype: str = "float32"
+
+
+class CausalTextTransformer(nnx.Module):
+    def __init__(self, config: CausalTextConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        dtype = jnp.dtype(c.dtype)
+        self.out_dim = c.width
+        self.token_embed = _embedding(c.vocab_size, c.width, rngs)
+        self.pos_embed = nnx.Param(with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (c.max_len, c.width)))
+        self.blocks = nnx.List(
+            [PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, eps=1e-5, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+        )
+        self.ln_final = layer_norm(c.width, eps=1e-5, rngs=rngs)
+
+    def __call__(self, text_ids: jax.Array, text_mask: jax.Array | None = None) -> jax.Array:
+        """[B, L] ids -> [B, L, D] features; position i sees positions <= i that are real."""
+        length = text_ids.shape[1]
+        if length > self.config.max_len:
+            raise ValueError(f"text length {length} exceeds the causal tower's max_len={self.config.max_len}")
+        if text_mask is None:
+            text_mask = jnp.ones_like(text_ids)
+        x = (self.token_embed(text_ids) + self.pos_embed[:length][None]).astype(jnp.dtype(self.config.dtype))
+        mask = combine_masks(causal_mask(length), key_padding_mask(text_mask))
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.ln_final(x)
+
+    def encode(self, text_ids: jax.Array, text_mask: jax.Array) -> Encoded:
+        mask = text_mask.astype(bool)
+        tokens = self(text_ids, mask)
+        return Encoded(tokens=tokens, pooled=last_real_token(tokens, mask), mask=mask)

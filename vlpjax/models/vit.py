@@ -1,0 +1,135 @@
+"""Vision Transformer: patch embedding, position embedding, pre-LN blocks, cls | gap | map pooling.
+
+Variants are named as in the ViT papers, `"<width>/<patch>"` (e.g. "B/16"); any field can be
+overridden, and an unknown width name works when width, depth, mlp_dim and num_heads are all given.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlpjax.models.layers import Encoded, MAPHead, PreLNBlock, layer_norm, sincos_2d, with_axes
+
+# name -> (width, depth, mlp_dim, num_heads)
+VIT_WIDTHS = {
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "M": (512, 12, 2048, 8),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+POOLINGS = ("cls", "gap", "map")
+POSEMBS = ("learn", "sincos2d")
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    width: int
+    depth: int
+    mlp_dim: int
+    num_heads: int
+    patch: int
+    image_size: int = 224
+    posemb: str = "learn"
+    pool: str = "cls"
+    act: str = "gelu"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.pool not in POOLINGS:
+            raise ValueError(f"ViT pool must be one of {POOLINGS}, got {self.pool!r}")
+        if self.posemb not in POSEMBS:
+            raise ValueError(f"ViT posemb must be one of {POSEMBS}, got {self.posemb!r}")
+        if self.image_size % self.patch:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {self.patch}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+
+def vit_config(variant: str, **overrides) -> ViTConfig:
+    """Decode "B/16" (plus overrides) into a ViTConfig."""
+    try:
+        name, patch = variant.split("/")
+        patch = int(patch)
+    except ValueError:
+        raise ValueError(f"ViT variant must look like 'B/16', got {variant!r}") from None
+    fields = dict(patch=patch)
+    if name in VIT_WIDTHS:
+        fields.update(zip(("width", "depth", "mlp_dim", "num_heads"), VIT_WIDTHS[name]))
+    fields.update(overrides)
+    missing = {"width", "depth", "mlp_dim", "num_heads"} - fields.keys()
+    if missing:
+        raise ValueError(
+            f"ViT variant {variant!r}: width name {name!r} is not one of {sorted(VIT_WIDTHS)}, "
+            f"so these must be given explicitly: {sorted(missing)}"
+        )
+    return ViTConfig(**fields)
+
+
+class ViT(nnx.Module):
+    input_keys = ("image",)
+
+    def __init__(self, config: ViTConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        dtype = jnp.dtype(c.dtype)
+        self.out_dim = c.width
+        self.patch_embed = nnx.Conv(
+            3,
+            c.width,
+            kernel_size=(c.patch, c.patch),
+            strides=(c.patch, c.patch),
+            padding="VALID",
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            kernel_init=with_axes(nnx.initializers.lecun_normal(), (None, None, None, "embed")),
+            bias_init=with_axes(nnx.initializers.zeros_init(), ("embed",)),
+            rngs=rngs,
+        )
+        if c.posemb == "learn":
+            init = with_axes(nnx.initializers.normal(0.02), (None, None, "embed"))
+            self.pos_embed = nnx.Param(init(rngs.params(), (1, c.grid * c.grid, c.width)))
+        if c.pool == "cls":
+            self.cls_token = nnx.Param(with_axes(nnx.initializers.zeros_init(), (None, None, "embed"))(rngs.params(), (1, 1, c.width)))
+        self.blocks = nnx.List(
+            [PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+        )
+        self.ln_final = layer_norm(c.width, rngs=rngs)
+        if c.pool == "map":
+            self.map_head = MAPHead(c.width, c.num_heads, c.mlp_dim, dtype=dtype, rngs=rngs)
+
+    def _position_embedding(self, grid_h: int, grid_w: int):
+        c = self.config
+        if c.posemb == "sincos2d":
+            return jnp.asarray(sincos_2d(grid_h, grid_w, c.width))[None]
+        if grid_h * grid_w != self.pos_embed.shape[1]:
+            raise ValueError(
+                f"ViT was built for {c.image_size}px images ({c.grid}x{c.grid} patches) "
+                f"but got a {grid_h}x{grid_w} patch grid"
+            )
+        return self.pos_embed[...]
+
+    def __call__(self, image: jax.Array) -> Encoded:
+        """image [B,H,W,3] float -> Encoded(tokens [B,T,D], pooled [B,D], mask [B,T])."""
+        c = self.config
+        x = self.patch_embed(image.astype(jnp.dtype(c.dtype)))
+        b, gh, gw, d = x.shape
+        x = x.reshape(b, gh * gw, d) + self._position_embedding(gh, gw).astype(x.dtype)
+        if c.pool == "cls":
+            x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d)), x], axis=1)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_final(x)
+        mask = jnp.ones(x.shape[:2], dtype=bool)
+        if c.pool == "cls":
+            pooled = x[:, 0]
+        elif c.pool == "gap":
+            pooled = jnp.mean(x, axis=1)
+        else:
+            pooled = self.map_head(x)
+        return Encoded(tokens=x, pooled=pooled, mask=mask)

@@ -1,0 +1,103 @@
+"""The composite models a config names, and the builders that make them from config dicts."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlpjax.models.heads import Projection
+from vlpjax.models.regions import RegionConfig, RegionEncoder
+from vlpjax.models.resnet import ResNet, ResNetConfig
+from vlpjax.models.text import BertConfig, BertEncoder, CausalTextConfig, CausalTextTransformer
+from vlpjax.models.vit import ViT, vit_config
+
+CONTRASTIVE_KINDS = ("softmax", "sigmoid")
+MAX_LOGIT_SCALE = 100.0
+
+
+def _fields(spec: Mapping[str, Any], what: str) -> tuple[str, dict]:
+    spec = dict(spec)
+    if "kind" not in spec:
+        raise ValueError(f"{what} config needs a 'kind' field")
+    return spec.pop("kind"), spec
+
+
+def build_image_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
+    """{'kind': 'vit', 'variant': 'B/16', ...} | {'kind': 'resnet', ...} | {'kind': 'regions', ...}."""
+    kind, fields = _fields(spec, "image encoder")
+    if kind == "vit":
+        return ViT(vit_config(fields.pop("variant", "B/16"), **fields), rngs=rngs)
+    if kind == "resnet":
+        return ResNet(ResNetConfig(**fields), rngs=rngs)
+    if kind == "regions":
+        return RegionEncoder(RegionConfig(**fields), rngs=rngs)
+    raise ValueError(f"unknown image encoder kind {kind!r}; choose vit, resnet or regions")
+
+
+def build_text_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
+    """{'kind': 'bert', ...BertConfig fields} | {'kind': 'causal', ...CausalTextConfig fields}."""
+    kind, fields = _fields(spec, "text encoder")
+    if kind == "bert":
+        return BertEncoder(BertConfig(**fields), rngs=rngs)
+    if kind == "causal":
+        return CausalTextTransformer(CausalTextConfig(**fields), rngs=rngs)
+    raise ValueError(f"unknown text encoder kind {kind!r}; choose bert or causal")
+
+
+class DualEncoder(nnx.Module):
+    """CLIP / SigLIP / LiT: two towers, two projections, a learned temperature (and bias for sigmoid).
+
+    Softmax recipes start the temperature at log(1/0.07) and clamp the scale at 100 (CLIP);
+    sigmoid recipes start at t' = log 10, b = -10 (SigLIP).
+    """
+
+    def __init__(self, image_encoder: nnx.Module, text_encoder: nnx.Module, *, embed_dim: int, contrastive: str = "softmax", rngs: nnx.Rngs):
+        if contrastive not in CONTRASTIVE_KINDS:
+            raise ValueError(f"contrastive must be one of {CONTRASTIVE_KINDS}, got {contrastive!r}")
+        self.contrastive = contrastive
+        self.img = image_encoder
+        self.txt = text_encoder
+        self.img_proj = Projection(image_encoder.out_dim, embed_dim, rngs=rngs)
+        self.txt_proj = Projection(text_encoder.out_dim, embed_dim, rngs=rngs)
+        if contrastive == "softmax":
+            self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
+        else:
+            self.logit_scale = nnx.Param(jnp.asarray(math.log(10.0), jnp.float32))
+            self.logit_bias = nnx.Param(jnp.asarray(-10.0, jnp.float32))
+
+    def embed_image(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        encoded = self.img(*[batch[k] for k in self.img.input_keys])
+        return self.img_proj(encoded.pooled)
+
+    def embed_text(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return self.txt_proj(self.txt.encode(batch["text_ids"], batch["text_mask"]).pooled)
+
+    def scale(self) -> jax.Array:
+        """The multiplier applied to cosine similarities: exp(t), capped at 100 for softmax."""
+        log_scale = self.logit_scale[...]
+        if self.contrastive == "softmax":
+            log_scale = jnp.minimum(log_scale, math.log(MAX_LOGIT_SCALE))
+        return jnp.exp(log_scale)
+
+    def bias(self) -> jax.Array | None:
+        return self.logit_bias[...] if self.contrastive == "sigmoid" else None
+
+    def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        out = {"img_emb": self.embed_image(batch), "txt_emb": self.embed_text(batch), "logit_scale": self.scale()}
+        if self.contrastive == "sigmoid":
+            out["logit_bias"] = self.bias()
+        return out
+
+
+def build_dual_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> DualEncoder:
+    """{'image': {...}, 'text': {...}, 'embed_dim': 512, 'contrastive': 'softmax'}."""
+    return DualEncoder(
+        build_image_encoder(spec["image"], rngs=rngs),
+        build_text_encoder(spec["text"], rngs=rngs),
+        embed_dim=spec.get("embed_dim", 512),
+        contrastive=spec.get("contrastive", "softmax"),
+        rngs=rngs,
+    )
