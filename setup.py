@@ -19,6 +19,9 @@ setup(
         "numpy>=1.26,<3",
         "ml-collections>=1.0,<2",
         "tqdm>=4.66,<5",
+        "importlib_resources>=6",  # tensorflow-datasets needs it for package builders, without declaring it
+        "pillow>=10,<13",  # image decoding in the input pipeline
+        "tensorboardX>=2.6,<3",  # TensorBoard event files without TensorFlow
     ],
     extras_require={
         # torch is pinned: 2.13.0 is the CPU build; an open range pulls a CUDA build.

@@ -1,0 +1,209 @@
+"""TFDS builders (array_record files) for the embedded shapes data and for user folders.
+
+Images are stored encoded (PNG for shapes, the original bytes for user images) and decoded
+by the input pipeline, so building needs neither TensorFlow nor a GPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vlpjax.data import folder, shapes
+from vlpjax.data.images import encode_png
+from vlpjax.data.tokenizer import TOKENIZER_FILE, train_wordpiece
+
+TEXT = tfds.features.Text()
+
+
+def as_text(value) -> str:
+    """TFDS data sources return Text features as bytes."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _bytes_feature():
+    return tfds.features.Tensor(shape=(), dtype=np.object_)
+
+
+@dataclasses.dataclass
+class ShapesConfig(tfds.core.BuilderConfig):
+    image_size: int = 64
+    train_size: int = 50_000
+    test_size: int = 1_000
+    seed: int = 0
+    captions_per_image: int = 3
+
+
+def shapes_config(image_size: int = 64, train_size: int = 50_000, test_size: int = 1_000, seed: int = 0) -> ShapesConfig:
+    name = f"px{image_size}_train{train_size}_test{test_size}_seed{seed}"
+    return ShapesConfig(name=name, image_size=image_size, train_size=train_size, test_size=test_size, seed=seed)
+
+
+class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
+    """1-3 coloured shapes on a 3x3 grid, with captions, boxes, labels and QA pairs."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS: list = []  # every config is made by shapes_config(); none is registered
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": np.int64,
+                    "image": _bytes_feature(),
+                    "captions": tfds.features.Sequence(TEXT),
+                    "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+                    "labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+                    "label": np.int64,
+                    "questions": tfds.features.Sequence(TEXT),
+                    "answers": tfds.features.Sequence(TEXT),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        return {"train": self._generate_examples("train", c.train_size), "test": self._generate_examples("test", c.test_size)}
+
+    def _generate_examples(self, split: str, count: int) -> Iterator[tuple[int, dict]]:
+        c = self.builder_config
+        rng = np.random.default_rng([c.seed, 0 if split == "train" else 1])
+        scenes = shapes.unique_scenes(rng, count) if split == "test" else (shapes.sample_scene(rng) for _ in range(count))
+        for i, scene in enumerate(scenes):
+            image, boxes = shapes.draw_scene(scene, c.image_size, rng)
+            qa = shapes.questions(scene, rng)
+            yield i, {
+                "id": i,
+                "image": encode_png(image),
+                "captions": shapes.captions(scene, rng, c.captions_per_image),
+                "boxes": boxes,
+                "labels": np.array([o.class_id for o in scene], np.int64),
+                "label": shapes.main_label(scene),
+                "questions": [q for q, _ in qa],
+                "answers": [a for _, a in qa],
+            }
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+    folder: str = ""
+    manifest: str = "manifest.jsonl"
+    max_bad_fraction: float = 0.05
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
+def folder_config(path: str, manifest: str = "manifest.jsonl", max_bad_fraction: float = 0.05, test_fraction: float = 0.1, seed: int = 0) -> FolderConfig:
+    path = os.path.abspath(path)
+    digest = hashlib.sha1(f"{path}|{manifest}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
+    name = f"{os.path.basename(path.rstrip('/')) or 'root'}_{digest}"
+    return FolderConfig(name=name, folder=path, manifest=manifest, max_bad_fraction=max_bad_fraction, test_fraction=test_fraction, seed=seed)
+
+
+class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
+    """A folder of images with a JSONL manifest of caption rows and/or VQA rows."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [FolderConfig(name="default")]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": np.int64,
+                    "image": _bytes_feature(),
+                    "image_path": TEXT,
+                    "captions": tfds.features.Sequence(TEXT),
+                    "questions": tfds.features.Sequence(TEXT),
+                    "answers": tfds.features.Sequence(tfds.features.Sequence(TEXT)),
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        if not c.folder:
+            raise ValueError("image_text_folder needs a folder: use folder_config(path)")
+        scan = folder.scan_manifest(c.folder, c.manifest)
+        folder.check_bad_fraction(scan, c.max_bad_fraction)
+        self.scan_report = scan
+        images = sorted({row.image for row in scan.rows})
+        rng = np.random.default_rng(c.seed)
+        test = set(rng.choice(len(images), size=int(round(len(images) * c.test_fraction)), replace=False).tolist()) if images else set()
+        test_images = {images[i] for i in test}
+        grouped = folder.group_by_image(scan.rows)
+        return {
+            "train": self._generate_examples([g for g in grouped if g.image not in test_images]),
+            "test": self._generate_examples([g for g in grouped if g.image in test_images]),
+        }
+
+    def _generate_examples(self, groups: list[folder.ImageEntry]) -> Iterator[tuple[str, dict]]:
+        for group in groups:
+            with open(os.path.join(self.builder_config.folder, group.image), "rb") as f:
+                data = f.read()
+            yield group.image, {
+                "id": group.index,
+                "image": data,
+                "image_path": group.image,
+                "captions": group.captions,
+                "questions": group.questions,
+                "answers": group.answers,
+            }
+
+
+# --- entry points used by `vlpjax data build` ---------------------------------------------
+
+
+def dataset_dir(builder: tfds.core.DatasetBuilder) -> str:
+    return os.fspath(builder.data_path)
+
+
+def build_synthetic_shapes(data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
+    """Build (or reuse) the shapes dataset and its WordPiece tokenizer; returns the builder."""
+    builder = SyntheticShapes(data_dir=data_dir, config=shapes_config(**kwargs), file_format="array_record")
+    builder.download_and_prepare()
+    tokenizer_path = os.path.join(dataset_dir(builder), TOKENIZER_FILE)
+    if not os.path.exists(tokenizer_path):
+        source = builder.as_data_source(split="train")
+        texts = (as_text(c) for i in range(len(source)) for c in source[i]["captions"])
+        extra = (as_text(q) for i in range(min(len(source), 5000)) for q in source[i]["questions"])
+        train_wordpiece(texts, extra, path=tokenizer_path)
+    return builder
+
+
+def build_image_text_folder(data_dir: str, path: str, **kwargs) -> tfds.core.DatasetBuilder:
+    """Validate the manifest, write the dataset, and leave `bad_rows.jsonl` beside it."""
+    config = folder_config(path, **kwargs)
+    builder = ImageTextFolder(data_dir=data_dir, config=config, file_format="array_record")
+    builder.download_and_prepare()
+    report = getattr(builder, "scan_report", None)
+    if report is not None:
+        folder.write_report(report, os.path.join(dataset_dir(builder), folder.REPORT_FILE))
+    return builder
+
+
+def load_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
+    """An already-built dataset, with a clear message when it is not there."""
+    if name == "synthetic_shapes":
+        builder = SyntheticShapes(data_dir=data_dir, config=shapes_config(**kwargs), file_format="array_record")
+    elif name == "image_text_folder":
+        builder = ImageTextFolder(data_dir=data_dir, config=folder_config(**kwargs), file_format="array_record")
+    else:
+        raise ValueError(f"unknown dataset {name!r}; choose synthetic_shapes or image_text_folder")
+    if not builder.is_prepared():
+        raise FileNotFoundError(f"dataset {name} ({builder.builder_config.name}) is not built in {data_dir!r}: run `vlpjax data build {name} ...` first")
+    return builder
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,154 @@
+"""Validation of an `image_text_folder`: a folder of images plus a JSONL manifest.
+
+Manifest rows (one JSON object a line, paths relative to the folder):
+
+    {"image": "cats/1.jpg", "captions": ["a cat on a mat", "a sleeping cat"]}
+    {"image": "cats/1.jpg", "question": "what animal is this?", "answers": ["cat", "cat", "kitten"]}
+
+A row is bad when its JSON does not parse, its image is missing, cannot be decoded or lies
+outside the folder, or a caption / question / answer list is empty. Bad rows are skipped,
+counted and listed in a report; too many of them stop the build.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from vlpjax.data.images import decode_image
+
+REPORT_FILE = "bad_rows.jsonl"
+
+
+@dataclasses.dataclass
+class Row:
+    line: int
+    image: str
+    captions: list[str]
+    question: str | None = None
+    answers: list[str] | None = None
+
+
+@dataclasses.dataclass
+class BadRow:
+    line: int
+    reason: str
+    image: str | None = None
+
+
+@dataclasses.dataclass
+class ScanReport:
+    rows: list[Row]
+    bad: list[BadRow]
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) + len(self.bad)
+
+    @property
+    def bad_fraction(self) -> float:
+        return len(self.bad) / max(self.total, 1)
+
+
+@dataclasses.dataclass
+class ImageEntry:
+    index: int
+    image: str
+    captions: list[str]
+    questions: list[str]
+    answers: list[list[str]]
+
+
+def _inside(root: str, relative: str) -> bool:
+    root = os.path.realpath(root)
+    target = os.path.realpath(os.path.join(root, relative))
+    return os.path.isabs(relative) is False and os.path.commonpath([root, target]) == root
+
+
+def _strings(value, field: str) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"'{field}' must be a non-empty list of strings")
+    cleaned = [v.strip() for v in value if isinstance(v, str)]
+    if len(cleaned) != len(value) or not all(cleaned):
+        raise ValueError(f"'{field}' holds an empty or non-string entry")
+    return cleaned
+
+
+def _parse(line_no: int, text: str, root: str, decodable: dict[str, bool]) -> Row:
+    record = json.loads(text)
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        raise ValueError("row needs an 'image' path")
+    image = record["image"]
+    if not _inside(root, image):
+        raise ValueError("image path leaves the folder")
+    path = os.path.join(root, image)
+    if not os.path.isfile(path):
+        raise ValueError("image file is missing")
+    if image not in decodable:
+        try:
+            with open(path, "rb") as f:
+                decode_image(f.read())
+            decodable[image] = True
+        except Exception:  # noqa: BLE001 - any decoder failure makes the row bad
+            decodable[image] = False
+    if not decodable[image]:
+        raise ValueError("image cannot be decoded")
+    if "question" in record:
+        question = record["question"]
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("empty question")
+        return Row(line_no, image, [], question.strip(), _strings(record.get("answers"), "answers"))
+    return Row(line_no, image, _strings(record.get("captions"), "captions"))
+
+
+def scan_manifest(root: str, manifest: str = "manifest.jsonl") -> ScanReport:
+    path = manifest if os.path.isabs(manifest) else os.path.join(root, manifest)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root!r} does not exist")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"manifest {path!r} does not exist")
+    rows, bad, decodable = [], [], {}
+    with open(path) as f:
+        for line_no, text in enumerate(f, start=1):
+            if not text.strip():
+                continue
+            try:
+                rows.append(_parse(line_no, text, root, decodable))
+            except (ValueError, json.JSONDecodeError) as err:
+                image = None
+                try:
+                    image = json.loads(text).get("image")
+                except Exception:  # noqa: BLE001 - the reason already says the JSON is bad
+                    pass
+                bad.append(BadRow(line_no, str(err), image if isinstance(image, str) else None))
+    return ScanReport(rows, bad)
+
+
+def check_bad_fraction(report: ScanReport, limit: float) -> None:
+    if report.total == 0:
+        raise ValueError("the manifest has no rows")
+    if report.bad_fraction > limit:
+        examples = "; ".join(f"line {b.line}: {b.reason}" for b in report.bad[:5])
+        raise ValueError(
+            f"{len(report.bad)} of {report.total} manifest rows are bad ({report.bad_fraction:.1%}), "
+            f"over the limit of {limit:.1%} (max_bad_fraction). First ones: {examples}"
+        )
+
+
+def group_by_image(rows: list[Row]) -> list[ImageEntry]:
+    """One entry per image, holding all its captions and questions, in first-seen order."""
+    entries: dict[str, ImageEntry] = {}
+    for row in rows:
+        entry = entries.setdefault(row.image, ImageEntry(len(entries), row.image, [], [], []))
+        entry.captions.extend(row.captions)
+        if row.question is not None:
+            entry.questions.append(row.question)
+            entry.answers.append(row.answers or [])
+    return list(entries.values())
+
+
+def write_report(report: ScanReport, path: str) -> None:
+    with open(path, "w") as f:
+        f.write(json.dumps({"rows": report.total, "good": len(report.rows), "bad": len(report.bad)}) + "\n")
+        for b in report.bad:
+            f.write(json.dumps(dataclasses.asdict(b)) + "\n")
