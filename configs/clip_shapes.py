@@ -1,0 +1,64 @@
+"""CLIP on synthetic_shapes: ViT-x/16 + causal text tower, softmax ITC. The `make demo` recipe.
+
+    vlpjax train --config configs/clip_shapes.py --workdir workdirs/clip_shapes
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.data = dict(
+        name="synthetic_shapes",
+        data_dir="data",
+        image_size=64,
+        train_size=50_000,
+        test_size=1_000,
+        folder="",  # image_text_folder: the folder holding manifest.jsonl
+        tokenizer="",  # a tokenizer.json or HF tokenizer directory; "" = the dataset's own
+        text_len=32,
+        flip=True,  # shapes captions swap left/right with the image
+        crop_scale=(1.0, 1.0),  # random resized crop area range; (1, 1) keeps the whole image
+    )
+
+    c.model = dict(
+        family="dual_encoder",
+        image=dict(kind="vit", variant="x/16", width=128, depth=4, mlp_dim=512, num_heads=2, image_size=64, pool="gap"),
+        text=dict(kind="causal", width=128, depth=2, num_heads=2, mlp_dim=512, max_len=32),
+        embed_dim=128,
+        contrastive="softmax",
+        dtype="float32",
+    )
+    c.objectives = dict(itc=dict(weight=1.0, chunked=False))
+
+    c.optim = dict(lr=1e-3, warmup_steps=50, min_lr_ratio=0.0, weight_decay=0.05, b1=0.9, b2=0.999, clip_norm=1.0)
+    # Regex rules over parameter paths ("img/blocks/0/attn/query/kernel"): first match wins.
+    c.rules = dict(
+        frozen=(),
+        lr_mult=(),
+        no_decay=(r".*bias$", r".*(ln|norm)[^/]*/scale$", r".*logit_(scale|bias)$", r".*(pos_embed|cls_token)$"),
+    )
+    c.init = dict(checkpoint="", load=(), strict=True)
+
+    c.train = dict(
+        batch_size=256,  # global
+        steps=240,
+        log_every=20,
+        eval_every=0,  # 0: only at the end
+        checkpoint_every=100,
+        keep_checkpoints=2,
+        parallelism="mesh",
+    )
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.eval = dict(batch_size=250, zero_shot=True, png_queries=4)
+    if arg == "tiny":  # a few seconds on CPU: tests and smoke runs
+        c.data.image_size = 32
+        c.data.train_size = 512
+        c.data.test_size = 64
+        c.model.image.update(image_size=32, width=32, depth=1, mlp_dim=64)
+        c.model.text.update(width=32, depth=1, mlp_dim=64)
+        c.model.embed_dim = 32
+        c.train.update(batch_size=32, steps=8, log_every=2, checkpoint_every=4)
+        c.eval.batch_size = 32
+    return c

@@ -1,0 +1,87 @@
+"""`vlpjax train | eval | data build`: the command line.
+
+    vlpjax data build synthetic_shapes --data_dir data
+    vlpjax data build image_text_folder --folder my_images --data_dir data
+    vlpjax train --config configs/clip_shapes.py[:arg] --workdir DIR [--config.key=value ...]
+    vlpjax eval  --config configs/clip_shapes.py --workdir DIR
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="configs/<recipe>.py[:arg]")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard logs, PNGs")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlpjax", description="image-text pretraining in JAX")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _config_args(commands.add_parser("train", help="train a recipe (resumes from the workdir)"))
+    _config_args(commands.add_parser("eval", help="evaluate the latest checkpoint of a workdir"))
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    build = data.add_parser("build", help="build a dataset into --data_dir")
+    build.add_argument("name", choices=["synthetic_shapes", "image_text_folder"])
+    build.add_argument("--data_dir", default="data")
+    build.add_argument("--image_size", type=int, default=64, help="synthetic_shapes")
+    build.add_argument("--train_size", type=int, default=50_000, help="synthetic_shapes")
+    build.add_argument("--test_size", type=int, default=1_000, help="synthetic_shapes")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--folder", help="image_text_folder: the folder holding the images and manifest")
+    build.add_argument("--manifest", default="manifest.jsonl", help="image_text_folder: manifest path, relative to the folder")
+    build.add_argument("--max_bad_fraction", type=float, default=0.05, help="image_text_folder: stop when more rows are bad")
+    return parser
+
+
+def _load_config(args, overrides):
+    from vlpjax.config import load_config
+
+    return load_config(args.config, overrides)
+
+
+def _build_data(args) -> None:
+    from vlpjax.data import builders
+
+    if args.name == "synthetic_shapes":
+        builder = builders.build_synthetic_shapes(args.data_dir, image_size=args.image_size, train_size=args.train_size, test_size=args.test_size, seed=args.seed)
+    else:
+        if not args.folder:
+            raise SystemExit("vlpjax data build image_text_folder: --folder is required")
+        builder = builders.build_image_text_folder(args.data_dir, args.folder, manifest=args.manifest, max_bad_fraction=args.max_bad_fraction, seed=args.seed)
+        report = getattr(builder, "scan_report", None)
+        if report is not None:
+            print(f"{len(report.rows)} good rows, {len(report.bad)} bad rows skipped (listed in {builders.dataset_dir(builder)}/bad_rows.jsonl)")
+    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    print(f"{args.name}: {splits} in {builders.dataset_dir(builder)}")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, extra = _parser().parse_known_args(argv)
+    unknown = [a for a in extra if not a.startswith("--config.")]
+    if unknown:
+        raise SystemExit(f"vlpjax: unknown arguments {unknown}")
+    from vlpjax.config import ConfigError
+
+    try:
+        if args.command == "data":
+            _build_data(args)
+            return 0
+        config = _load_config(args, extra)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    if args.command == "train":
+        from vlpjax.train.loop import train
+
+        train(config, args.workdir)
+    else:
+        from vlpjax.train.loop import evaluate_workdir
+
+        evaluate_workdir(config, args.workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

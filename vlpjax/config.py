@@ -1,0 +1,115 @@
+"""Recipe configs: load `configs/<recipe>.py[:args]`, apply `--config.key=value` overrides, validate.
+
+A recipe file defines `get_config(arg: str | None) -> ml_collections.ConfigDict`. Configs are
+locked after loading, so a misspelt override stops with the key's name before anything is built.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Sequence
+
+import ml_collections
+
+REQUIRED_SECTIONS = ("data", "model", "objectives", "optim", "train", "mesh")
+PARALLELISMS = ("mesh", "pmap")
+
+
+class ConfigError(ValueError):
+    """A config problem found before anything was built; the message names the culprit."""
+
+
+def load_recipe(spec: str) -> ml_collections.ConfigDict:
+    """'configs/clip_shapes.py' or 'configs/clip_shapes.py:arg' -> ConfigDict."""
+    path, _, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"vlpjax_recipe_{os.path.basename(path)[:-3]}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} defines no get_config()")
+    config = module.get_config(arg or None)
+    config.lock()
+    return config
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare string
+
+
+def _coerce(value, current, key: str):
+    """Convert `value` to the type of the field it replaces, or fail naming the key."""
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"--config.{key} must be a bool (True/False), got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(current, int) and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"--config.{key} must be an int, got {value!r}")
+            return type(current)(value)
+        raise ConfigError(f"--config.{key} must be a number, got {value!r}")
+    if isinstance(current, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"--config.{key} must be a string, got {value!r}")
+    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(current)(value)
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ConfigError(f"--config.{key} is a section; set its fields, e.g. --config.{key}.<field>=...")
+    return value
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ConfigError(f"unknown config key {'.'.join(parts[: i + 1])!r} (from --config.{key})")
+        node = node[part]
+    leaf = parts[-1]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise ConfigError(f"unknown config key {key!r}; known keys here: {known}")
+    value = _coerce(_parse_value(text), node[leaf], key)
+    with node.unlocked():
+        try:
+            node[leaf] = value
+        except TypeError as err:
+            raise ConfigError(f"--config.{key}: {err}") from None
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """`["--config.train.steps=10", ...]` (or without the `--config.` prefix)."""
+    for item in overrides:
+        body = item[len("--config."):] if item.startswith("--config.") else item
+        if "=" not in body:
+            raise ConfigError(f"override {item!r} must look like --config.key=value")
+        key, text = body.split("=", 1)
+        apply_override(config, key, text)
+    return config
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    missing = [s for s in REQUIRED_SECTIONS if s not in config]
+    if missing:
+        raise ConfigError(f"config is missing sections {missing}")
+    if config.train.parallelism not in PARALLELISMS:
+        raise ConfigError(f"train.parallelism must be one of {PARALLELISMS}, got {config.train.parallelism!r}")
+    for field in ("steps", "batch_size"):
+        if int(config.train[field]) <= 0:
+            raise ConfigError(f"train.{field} must be positive, got {config.train[field]}")
+    if not config.objectives:
+        raise ConfigError("objectives is empty: name at least one objective with a weight")
+    return config
+
+
+def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    return validate(apply_overrides(load_recipe(spec), overrides))

@@ -1,0 +1,123 @@
+"""From a validated config to the things a run needs: data, tokenizer, model and train state."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from vlpjax.data import builders
+from vlpjax.data.pipeline import PipelineConfig
+from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
+from vlpjax.models.vlp import build_dual_encoder
+from vlpjax.parallel import make_mesh, state_shardings
+from vlpjax.train import checkpoints, rules as rule_lib
+from vlpjax.train.optimizer import make_optimizer
+from vlpjax.train.state import TrainState, split_model
+
+MODEL_FAMILIES = ("dual_encoder",)
+
+
+@dataclasses.dataclass
+class Data:
+    builder: Any
+    train_source: Any
+    test_source: Any
+    tokenizer: TextTokenizer
+
+
+def dataset_kwargs(data: ml_collections.ConfigDict) -> dict:
+    if data.name == "synthetic_shapes":
+        return dict(image_size=data.image_size, train_size=data.train_size, test_size=data.test_size)
+    if data.name == "image_text_folder":
+        if not data.folder:
+            raise ValueError("data.folder must name the image folder for image_text_folder")
+        return dict(path=data.folder)
+    raise ValueError(f"unknown data.name {data.name!r}; choose synthetic_shapes or image_text_folder")
+
+
+def load_data(config: ml_collections.ConfigDict) -> Data:
+    builder = builders.load_builder(config.data.name, config.data.data_dir, **dataset_kwargs(config.data))
+    tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
+    sources = builder.as_data_source()
+    return Data(builder, sources["train"], sources["test"], TextTokenizer(tokenizer_path))
+
+
+def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> PipelineConfig:
+    if config.train.batch_size % process_count:
+        raise ValueError(f"train.batch_size {config.train.batch_size} does not split over {process_count} processes")
+    return PipelineConfig(
+        batch_size=config.train.batch_size // process_count,
+        image_size=config.data.image_size,
+        text_len=config.data.text_len,
+        seed=config.seed,
+        crop_scale=tuple(config.data.crop_scale),
+        flip=config.data.flip,
+        flip_swaps_words=config.data.name == "synthetic_shapes",
+    )
+
+
+def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: int) -> nnx.Module:
+    spec = model_config.to_dict()
+    family = spec.pop("family")
+    if family not in MODEL_FAMILIES:
+        raise ValueError(f"unknown model.family {family!r}; available: {MODEL_FAMILIES}")
+    dtype = spec.pop("dtype", "float32")
+    spec["image"] = {**spec["image"], "dtype": dtype}
+    spec["text"] = {**spec["text"], "vocab_size": vocab_size, "dtype": dtype}
+    return build_dual_encoder(spec, rngs=nnx.Rngs(seed))
+
+
+def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
+    """Copy parameters matching `init.load` patterns from the checkpoint of another run (LiT)."""
+    if not init.checkpoint:
+        return params, frozen
+    saved, step = checkpoints.restore_params(init.checkpoint, None)
+    source = {}
+    for part in ("params", "frozen"):
+        for path, value in jax.tree_util.tree_leaves_with_path(saved[part]):
+            source[rule_lib.path_string(path).removesuffix("/value")] = value
+
+    def take(path, current):
+        key = rule_lib.path_string(path)
+        if not rule_lib.matches(key, init.load):
+            return current
+        if key not in source:
+            raise KeyError(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {key!r}")
+        if tuple(source[key].shape) != tuple(current.shape):
+            raise ValueError(f"init.checkpoint parameter {key!r} has shape {tuple(source[key].shape)}, the model expects {tuple(current.shape)}")
+        return jnp.asarray(source[key], current.dtype)
+
+    loaded = [k for k in rule_lib.leaf_paths(params) + rule_lib.leaf_paths(frozen) if rule_lib.matches(k, init.load)]
+    if not loaded:
+        raise ValueError(f"init.load patterns {tuple(init.load)} match no parameter of the model")
+    return jax.tree_util.tree_map_with_path(take, params), jax.tree_util.tree_map_with_path(take, frozen)
+
+
+@dataclasses.dataclass
+class Run:
+    graphdef: Any
+    state: TrainState
+    tx: Any
+    mesh: Any
+    shardings: Any
+
+
+def create_run(config: ml_collections.ConfigDict, vocab_size: int) -> Run:
+    model = build_model(config.model, vocab_size, config.seed)
+    graphdef, params, frozen = split_model(model, tuple(config.rules.frozen))
+    params, frozen = load_pretrained(params, frozen, config.init)
+    tx = make_optimizer(config.optim, config.rules, params, config.train.steps)
+    mesh = make_mesh(**config.mesh)
+    replicated = NamedSharding(mesh, P())
+    params = jax.device_put(params, state_shardings(params, mesh))
+    frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
+    opt_state = jax.jit(tx.init)(params)
+    state = TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params, frozen=frozen, opt_state=opt_state)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return Run(graphdef, state, tx, mesh, shardings)

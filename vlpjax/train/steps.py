@@ -1,0 +1,74 @@
+"""Train-step builders: jit over the mesh (default) and pmap. Both run the same objective.
+
+Mesh path: the model runs in the global view (GSPMD shards it by the parameter rules) and the
+objective runs under shard_map over the batch axes. pmap path: everything per device, with
+the objective's collectives on axis 'batch' and the gradients averaged by lax.pmean.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from flax import nnx
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vlpjax.parallel.mesh import BATCH_AXES
+from vlpjax.train.state import TrainState, apply_gradients
+
+PMAP_AXIS = "batch"
+
+
+def _forward(graphdef, params, frozen, batch):
+    model = nnx.merge(graphdef, params, jax.lax.stop_gradient(frozen))
+    return model(batch)
+
+
+def _batch_specs(tree, batch_size: int):
+    """Arrays whose leading dimension is the global batch are split over the batch axes."""
+    return jax.tree.map(lambda x: P(BATCH_AXES) if np.ndim(x) >= 1 and x.shape[0] == batch_size else P(), tree)
+
+
+def objective_on_mesh(objective: Callable, mesh: Mesh, outputs, batch):
+    batch_size = jax.tree.leaves(batch)[0].shape[0]
+    specs = (_batch_specs(outputs, batch_size), _batch_specs(batch, batch_size))
+    run = jax.shard_map(lambda o, b: objective(o, b, BATCH_AXES), mesh=mesh, in_specs=specs, out_specs=P())
+    return run(outputs, batch)
+
+
+def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardings, donate: bool = True):
+    def step(state: TrainState, batch):
+        def loss_fn(params):
+            outputs = _forward(graphdef, params, state.frozen, batch)
+            return objective_on_mesh(objective, mesh, outputs, batch)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return apply_gradients(state, grads, tx), metrics
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,) if donate else ())
+
+
+def build_pmap_step(graphdef, tx, objective: Callable, donate: bool = True):
+    def step(state: TrainState, batch):
+        def loss_fn(params):
+            outputs = _forward(graphdef, params, state.frozen, batch)
+            return objective(outputs, batch, PMAP_AXIS)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads = lax.pmean(grads, PMAP_AXIS)
+        return apply_gradients(state, grads, tx), metrics
+
+    return jax.pmap(step, axis_name=PMAP_AXIS, donate_argnums=(0,) if donate else ())
+
+
+def split_for_pmap(batch, devices: int):
+    """[B, ...] host arrays -> [devices, B/devices, ...]."""
+
+    def split(x):
+        if x.shape[0] % devices:
+            raise ValueError(f"batch of {x.shape[0]} does not split over {devices} devices")
+        return x.reshape(devices, x.shape[0] // devices, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
