@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test install clean
+DATA_DIR ?= data
+WORKDIR ?= workdirs/clip_shapes
+
+.PHONY: demo test install clean
 
 install: $(STAMP)
 
@@ -12,6 +15,11 @@ $(STAMP): setup.py
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+# `make demo`: build the embedded dataset, pretrain the default recipe on CPU, evaluate.
+demo: $(STAMP)
+	$(VENV)/bin/vlpjax data build synthetic_shapes --data_dir $(DATA_DIR)
+	$(VENV)/bin/vlpjax train --config configs/clip_shapes.py --workdir $(WORKDIR) --config.data.data_dir=$(DATA_DIR)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests

@@ -9,3 +9,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+from tests.shapes_fixture import tiny_shapes_dir  # noqa: E402,F401  (session fixture)

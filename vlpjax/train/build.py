@@ -8,6 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -116,8 +117,12 @@ def create_run(config: ml_collections.ConfigDict, vocab_size: int) -> Run:
     mesh = make_mesh(**config.mesh)
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(params, state_shardings(params, mesh))
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
     frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
-    opt_state = jax.jit(tx.init)(params)
+    # Adam moments live where their parameters live; counters are replicated. Explicit
+    # shardings keep the step's input and output layouts identical (no second compile).
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_shardings, transform_non_params=lambda _: replicated)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params, frozen=frozen, opt_state=opt_state)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return Run(graphdef, state, tx, mesh, shardings)

@@ -1,0 +1,41 @@
+"""Configs: recipes load, overrides are typed, unknown keys stop with their name."""
+import pytest
+
+from vlpjax.cli import main
+from vlpjax.config import ConfigError, load_config
+
+RECIPE = "configs/clip_shapes.py"
+
+
+def test_recipe_loads_with_typed_overrides():
+    config = load_config(RECIPE, ["--config.train.steps=12", "--config.optim.lr=0.01", "--config.data.flip=False", "--config.mesh.data=2"])
+    assert config.train.steps == 12 and isinstance(config.train.steps, int)
+    assert config.optim.lr == 0.01 and config.data.flip is False and config.mesh.data == 2
+    assert load_config(RECIPE + ":tiny").data.image_size == 32
+
+
+def test_unknown_config_key_fails_with_its_name():
+    with pytest.raises(ConfigError, match="train.stepz"):
+        load_config(RECIPE, ["--config.train.stepz=3"])
+    with pytest.raises(ConfigError, match="'trainn'"):
+        load_config(RECIPE, ["--config.trainn.steps=3"])
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [("--config.train.steps=ten", "train.steps must be a number"), ("--config.train.steps=1.5", "must be an int"), ("--config.data.flip=1", "must be a bool"), ("--config.train.parallelism=ddp", "parallelism"), ("--config.train.steps=0", "positive")],
+)
+def test_wrong_values_fail_before_building(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RECIPE, [override])
+
+
+def test_cli_reports_unknown_key_before_building(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="train.bogus"):
+        main(["train", "--config", RECIPE, "--workdir", str(tmp_path / "w"), "--config.train.bogus=1"])
+    assert not (tmp_path / "w").exists()  # nothing was built
+
+
+def test_missing_recipe_is_named():
+    with pytest.raises(ConfigError, match="nowhere.py"):
+        load_config("configs/nowhere.py")

@@ -1,0 +1,146 @@
+"""Data: shapes content, deterministic batches, disjoint process shards, folder validation."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlpjax.data import builders, shapes
+from vlpjax.data.pipeline import PipelineConfig, train_dataset, train_iterator
+from vlpjax.data.tokenizer import TextTokenizer
+from tests.shapes_fixture import TINY_DATA
+
+
+def _sources(data_dir):
+    builder = builders.load_builder("synthetic_shapes", data_dir, **TINY_DATA)
+    tokenizer = TextTokenizer(os.path.join(builders.dataset_dir(builder), "tokenizer.json"))
+    return builder.as_data_source(), tokenizer
+
+
+def test_captions_name_every_object_and_flip_swaps_sides():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scene = shapes.sample_scene(rng)
+        assert 1 <= len(scene) <= 3 and len({o.cell for o in scene}) == len(scene)
+        for caption in shapes.captions(scene, rng):
+            for obj in scene:
+                assert obj.noun_phrase() in caption and shapes.POSITIONS[obj.cell] in caption
+    assert shapes.swap_left_right("a red circle at the top left and a blue square on the right") == "a red circle at the top right and a blue square on the left"
+
+
+def test_drawn_objects_have_their_colour_inside_their_box():
+    rng = np.random.default_rng(1)
+    scene = shapes.sample_scene(rng)
+    image, boxes = shapes.draw_scene(scene, 64, rng)
+    for obj, (x1, y1, x2, y2) in zip(scene, boxes * 64):
+        patch = image[int(y1) : int(y2), int(x1) : int(x2)].reshape(-1, 3)
+        assert (patch == shapes.COLOURS[obj.colour]).all(axis=1).any()
+
+
+def test_test_split_captions_are_distinct(tiny_shapes_dir):
+    (sources, _) = _sources(tiny_shapes_dir)
+    test = sources["test"]
+    scenes = [test[i]["captions"][0] for i in range(len(test))]
+    assert len(set(scenes)) == len(scenes) == TINY_DATA["test_size"]
+    # The generator itself guarantees it for the default 1,000 test scenes.
+    many = list(shapes.unique_scenes(np.random.default_rng(7), 1000))
+    assert len(set(many)) == 1000
+
+
+def _config(**kw):
+    return PipelineConfig(batch_size=8, image_size=32, text_len=24, seed=3, flip=True, threads=0, **kw)
+
+
+def test_same_seed_same_batches_and_resume_from_state(tiny_shapes_dir):
+    sources, tokenizer = _sources(tiny_shapes_dir)
+    first = train_iterator(sources["train"], tokenizer, _config())
+    second = train_iterator(sources["train"], tokenizer, _config())
+    a = [next(first) for _ in range(3)]
+    b = [next(second) for _ in range(3)]
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    # The saved iterator state resumes at the same batch.
+    state = first.get_state()
+    expected = next(first)
+    third = train_iterator(sources["train"], tokenizer, _config())
+    third.set_state(json.loads(json.dumps(state)))
+    np.testing.assert_array_equal(next(third)["image_id"], expected["image_id"])
+    other = next(train_iterator(sources["train"], tokenizer, PipelineConfig(batch_size=8, image_size=32, text_len=24, seed=4, threads=0)))
+    assert not np.array_equal(other["image_id"], a[0]["image_id"])
+
+
+def test_process_shards_are_disjoint(tiny_shapes_dir):
+    sources, tokenizer = _sources(tiny_shapes_dir)
+    seen = []
+    for process in range(4):
+        ds = train_dataset(sources["train"], tokenizer, _config(), process_index=process, process_count=4)
+        per_epoch = 512 // 4 // 8
+        ids = np.concatenate([ds[i]["image_id"] for i in range(per_epoch)])
+        assert len(set(ids.tolist())) == len(ids)
+        seen.append(set(ids.tolist()))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            assert not seen[i] & seen[j]
+    assert len(set.union(*seen)) == 512
+
+
+def test_batches_hold_normalised_images_and_right_padded_text(tiny_shapes_dir):
+    sources, tokenizer = _sources(tiny_shapes_dir)
+    batch = next(train_iterator(sources["train"], tokenizer, _config()))
+    assert batch["image"].shape == (8, 32, 32, 3) and batch["image"].dtype == np.float32
+    assert -1.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+    mask = batch["text_mask"]
+    lengths = mask.sum(1)
+    np.testing.assert_array_equal(mask, np.arange(24)[None] < lengths[:, None])  # right padded
+    assert (batch["text_ids"][np.arange(8), lengths - 1] == tokenizer.sep_id).all()
+
+
+def _write_folder(root, rows):
+    os.makedirs(root / "imgs", exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), 120, np.uint8)).save(root / "imgs" / "ok.png")
+    Image.fromarray(np.full((8, 8, 3), 60, np.uint8)).save(root / "imgs" / "ok2.jpg")
+    (root / "imgs" / "broken.jpg").write_bytes(b"not an image")
+    (root / "secret.png").write_bytes((root / "imgs" / "ok.png").read_bytes())
+    with open(root / "manifest.jsonl", "w") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+
+
+GOOD = [
+    {"image": "imgs/ok.png", "captions": ["a grey square", "flat grey"]},
+    {"image": "imgs/ok2.jpg", "captions": ["a darker square"]},
+    {"image": "imgs/ok.png", "question": "what colour?", "answers": ["grey", "gray"]},
+]
+BAD = [
+    {"image": "imgs/missing.png", "captions": ["gone"]},
+    {"image": "imgs/broken.jpg", "captions": ["cannot decode"]},
+    {"image": "imgs/ok.png", "captions": [""]},
+    {"image": "../secret.png", "captions": ["outside"]},
+    "{not json",
+]
+
+
+def test_image_text_folder_skips_and_reports_bad_rows(tmp_path):
+    folder = tmp_path / "photos"
+    _write_folder(folder, GOOD + BAD)
+    builder = builders.build_image_text_folder(str(tmp_path / "data"), str(folder), max_bad_fraction=0.7, test_fraction=0.0)
+    assert builder.info.splits["train"].num_examples == 2  # two distinct good images
+    source = builder.as_data_source()["train"]
+    rows = {source[i]["image_path"].decode(): source[i] for i in range(2)}
+    assert [c.decode() for c in rows["imgs/ok.png"]["captions"]] == ["a grey square", "flat grey"]
+    assert rows["imgs/ok.png"]["questions"][0] == b"what colour?"
+    with open(os.path.join(builders.dataset_dir(builder), "bad_rows.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert lines[0] == {"rows": 8, "good": 3, "bad": 5}
+    reasons = {row["line"]: row["reason"] for row in lines[1:]}
+    assert "missing" in reasons[4] and "decoded" in reasons[5] and "empty" in reasons[6] and "leaves the folder" in reasons[7]
+    assert 8 in reasons
+
+
+def test_image_text_folder_stops_when_too_many_rows_are_bad(tmp_path):
+    folder = tmp_path / "photos"
+    _write_folder(folder, GOOD + BAD)
+    with pytest.raises(ValueError, match="5 of 8 manifest rows are bad.*max_bad_fraction"):
+        builders.build_image_text_folder(str(tmp_path / "data"), str(folder), max_bad_fraction=0.2)

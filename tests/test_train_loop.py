@@ -1,0 +1,101 @@
+"""The trainer end to end on tiny data: exact resume after SIGKILL, SIGTERM, pmap == mesh."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from vlpjax.config import load_config
+from vlpjax.train import checkpoints
+from vlpjax.train.build import create_run, load_data, pipeline_config
+from vlpjax.data.pipeline import train_iterator
+from vlpjax.objectives.registry import make_objective
+from vlpjax.train.loop import Stepper
+from vlpjax.train.metrics_log import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "clip_shapes.py") + ":tiny"
+
+
+def _command(workdir, data_dir, *overrides):
+    return [sys.executable, "-m", "vlpjax.cli", "train", "--config", RECIPE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *overrides]
+
+
+def _env():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per run
+    env["PYTHONPATH"] = ROOT
+    return env
+
+
+def _final_params(workdir, step):
+    saved, got_step = checkpoints.restore_params(str(workdir), None, step)
+    assert got_step == step
+    return saved["params"]
+
+
+LONG = ("--config.train.steps=300", "--config.train.checkpoint_every=10", "--config.train.log_every=50")
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny_shapes_dir, tmp_path):
+    reference = subprocess.run(_command(tmp_path / "ref", tiny_shapes_dir, *LONG), env=_env(), capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(_command(workdir, tiny_shapes_dir, *LONG), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first = workdir / "checkpoints" / "10"
+    deadline = time.time() + 300
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+    assert saved and saved[-1] < 300, saved
+
+    resumed = subprocess.run(_command(workdir, tiny_shapes_dir, *LONG), env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from" in resumed.stdout
+    want, got = _final_params(tmp_path / "ref", 300), _final_params(workdir, 300)
+    leaves_want, leaves_got = jax.tree.leaves(want), jax.tree.leaves(got)
+    assert len(leaves_want) == len(leaves_got) > 10
+    for a, b in zip(leaves_want, leaves_got):
+        np.testing.assert_array_equal(a, b)
+    # Metrics of both runs reach the same final step with the same loss.
+    last = lambda w: [m for m in read_metrics(str(w)) if "train/loss" in m][-1]
+    assert last(workdir)["step"] == last(tmp_path / "ref")["step"] == 300
+    assert last(workdir)["train/loss"] == last(tmp_path / "ref")["train/loss"]
+
+
+def test_sigterm_saves_and_exits_cleanly(tiny_shapes_dir, tmp_path):
+    workdir = tmp_path / "term"
+    proc = subprocess.Popen(_command(workdir, tiny_shapes_dir, *LONG), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (workdir / "checkpoints" / "10").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM: saved step" in out
+    step = int(out.split("SIGTERM: saved step ")[1].split()[0])
+    assert 10 <= step < 300 and (workdir / "checkpoints" / str(step)).exists()
+
+
+def test_pmap_and_mesh_steps_give_the_same_losses(tiny_shapes_dir):
+    losses = {}
+    for mode in ("mesh", "pmap"):
+        config = load_config(RECIPE, [f"--config.data.data_dir={tiny_shapes_dir}", f"--config.train.parallelism={mode}", "--config.mesh.data=8"])
+        data = load_data(config)
+        run = create_run(config, data.tokenizer.vocab_size)
+        stepper = Stepper(config, run, make_objective(config.objectives.to_dict()))
+        iterator = train_iterator(data.train_source, data.tokenizer, pipeline_config(config, 1))
+        state = stepper.to_device_state(run.state)
+        losses[mode] = []
+        for _ in range(5):
+            state, metrics = stepper(state, stepper.batch(next(iterator)))
+            losses[mode].append(float(metrics["loss"]))
+    assert losses["mesh"][0] != losses["mesh"][-1]  # the parameters moved
+    np.testing.assert_allclose(losses["pmap"], losses["mesh"], rtol=1e-5)
