@@ -124,7 +124,7 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
                     "image_path": TEXT,
                     "captions": tfds.features.Sequence(TEXT),
                     "questions": tfds.features.Sequence(TEXT),
-                    "answers": tfds.features.Sequence(tfds.features.Sequence(TEXT)),
+                    "answer_lists": tfds.features.Sequence(TEXT),  # per question, a JSON list of references
                 }
             ),
         )
@@ -141,10 +141,10 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
         test = set(rng.choice(len(images), size=int(round(len(images) * c.test_fraction)), replace=False).tolist()) if images else set()
         test_images = {images[i] for i in test}
         grouped = folder.group_by_image(scan.rows)
-        return {
-            "train": self._generate_examples([g for g in grouped if g.image not in test_images]),
-            "test": self._generate_examples([g for g in grouped if g.image in test_images]),
-        }
+        splits = {"train": self._generate_examples([g for g in grouped if g.image not in test_images])}
+        if test_images:  # TFDS rejects an empty split
+            splits["test"] = self._generate_examples([g for g in grouped if g.image in test_images])
+        return splits
 
     def _generate_examples(self, groups: list[folder.ImageEntry]) -> Iterator[tuple[str, dict]]:
         for group in groups:
@@ -156,7 +156,7 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
                 "image_path": group.image,
                 "captions": group.captions,
                 "questions": group.questions,
-                "answers": group.answers,
+                "answer_lists": [json.dumps(a) for a in group.answers],
             }
 
 
