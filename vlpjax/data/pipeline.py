@@ -82,10 +82,26 @@ class TrainTransform:
         }
 
 
-def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+class CaptionedSubset:
+    """The examples of a source that have at least one caption (user folders may hold VQA-only images)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.indices = [i for i in range(len(source)) if len(source[i]["captions"])]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.source[self.indices[index]]
+
+
+def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, captioned_only: bool = False) -> grain.MapDataset:
     """An endless MapDataset of batches: element k is the k-th batch of this process."""
     if config.flip and not config.flip_swaps_words:
         raise ValueError("a horizontal flip changes the meaning of left/right captions: turn flip off or let it swap words")
+    if captioned_only:
+        source = CaptionedSubset(source)
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) < config.batch_size:
         raise ValueError(f"this process's shard has {len(ds)} examples, fewer than one batch of {config.batch_size}")
@@ -93,9 +109,9 @@ def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, proc
     return ds.batch(config.batch_size, drop_remainder=True)
 
 
-def train_iterator(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1):
+def train_iterator(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, captioned_only: bool = False):
     """A checkpointable iterator (get_state / set_state) with background prefetch threads."""
-    ds = train_dataset(source, tokenizer, config, process_index, process_count)
+    ds = train_dataset(source, tokenizer, config, process_index, process_count, captioned_only=captioned_only)
     options = grain.ReadOptions(num_threads=config.threads, prefetch_buffer_size=config.prefetch)
     return iter(ds.to_iter_dataset(options))
 
@@ -103,7 +119,9 @@ def train_iterator(source, tokenizer: TextTokenizer, config: PipelineConfig, pro
 def eval_arrays(source, tokenizer: TextTokenizer, image_size: int, text_len: int, limit: int | None = None) -> dict[str, np.ndarray]:
     """The whole (small) test split in memory: images, first captions, all captions, labels."""
     count = len(source) if limit is None else min(limit, len(source))
-    examples = [source[i] for i in range(count)]
+    examples = [e for e in (source[i] for i in range(count)) if len(e["captions"])]
+    if not examples:
+        raise ValueError("the test split has no captioned examples to evaluate retrieval on")
     images = np.stack([normalize(resize(decode_image(e["image"]), image_size)) for e in examples])
     first = [_text(e["captions"][0]) for e in examples]
     ids, mask = tokenizer(first, text_len)

@@ -46,6 +46,8 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     builder = builders.load_builder(config.data.name, config.data.data_dir, **dataset_kwargs(config.data))
     tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
     sources = builder.as_data_source()
+    if "test" not in sources:
+        raise ValueError(f"dataset {builder.builder_config.name} has no test split to evaluate on: rebuild it with a test fraction above 0")
     return Data(builder, sources["train"], sources["test"], TextTokenizer(tokenizer_path))
 
 
@@ -82,7 +84,7 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
     source = {}
     for part in ("params", "frozen"):
         for path, value in jax.tree_util.tree_leaves_with_path(saved[part]):
-            source[rule_lib.path_string(path).removesuffix("/value")] = value
+            source[rule_lib.path_string(path)] = value
 
     def take(path, current):
         key = rule_lib.path_string(path)

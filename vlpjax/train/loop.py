@@ -55,7 +55,10 @@ class Stepper:
             self.fn = build_mesh_step(run.graphdef, run.tx, objective, run.mesh, run.shardings)
 
     def to_device_state(self, state):
-        return jax.device_put_replicated(state, self.devices) if self.pmap else state
+        if not self.pmap:
+            return state
+        copies = len(self.devices)  # pmap takes one copy per local device along a new leading axis
+        return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (copies, *np.shape(x))), state)
 
     def to_host_state(self, state):
         """The form checkpoints hold, the same for both modes."""
@@ -96,7 +99,14 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     data = load_data(config)
     run = create_run(config, data.tokenizer.vocab_size)
     stepper = Stepper(config, run, make_objective(config.objectives.to_dict()))
-    iterator = train_iterator(data.train_source, data.tokenizer, pipeline_config(config, process_count), process_index, process_count)
+    iterator = train_iterator(
+        data.train_source,
+        data.tokenizer,
+        pipeline_config(config, process_count),
+        process_index,
+        process_count,
+        captioned_only=config.data.name == "image_text_folder",
+    )
     eval_data = eval_arrays(data.test_source, data.tokenizer, config.data.image_size, config.data.text_len)
     manager = checkpoints.checkpoint_manager(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
 

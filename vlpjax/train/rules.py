@@ -12,8 +12,19 @@ import jax
 from flax import nnx
 
 
+def _part(entry) -> str:
+    for attr in ("key", "idx", "name"):  # DictKey / SequenceKey / GetAttrKey, or a plain key
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
 def path_string(path: tuple) -> str:
-    return "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
+    """'img/blocks/0/attn/query/kernel' from a key path; a Variable's own 'value' is dropped."""
+    parts = [_part(p) for p in path]
+    if parts and parts[-1] == "value":
+        parts = parts[:-1]
+    return "/".join(parts)
 
 
 def matches(path: str, patterns: Sequence[str]) -> bool:

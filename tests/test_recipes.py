@@ -1,0 +1,52 @@
+"""The shapes recipes run through the one trainer: siglip (chunked sigmoid) and LiT (frozen tower)."""
+import os
+
+import jax
+import numpy as np
+
+from vlpjax.config import load_config
+from vlpjax.train import checkpoints
+from vlpjax.train.loop import train
+from vlpjax.train.metrics_log import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(recipe, data_dir, *overrides):
+    path = os.path.join(ROOT, "configs", f"{recipe}.py") + ":tiny"
+    return load_config(path, [f"--config.data.data_dir={data_dir}", "--config.train.steps=4", "--config.eval.png_queries=0", *overrides])
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def test_siglip_recipe_trains(tiny_shapes_dir, tmp_path):
+    metrics = train(_config("siglip_shapes", tiny_shapes_dir), str(tmp_path / "siglip"))
+    assert "retrieval/t2i_r1" in metrics
+    logged = [m for m in read_metrics(str(tmp_path / "siglip")) if "train/loss" in m]
+    assert logged and np.isfinite(logged[-1]["train/loss"])
+
+
+def test_lit_recipe_freezes_the_loaded_image_tower(tiny_shapes_dir, tmp_path):
+    clip_dir = str(tmp_path / "clip")
+    train(_config("clip_shapes", tiny_shapes_dir), clip_dir)
+    clip, _ = checkpoints.restore_params(clip_dir, None)
+    clip_img = {k: v for k, v in _flat(clip["params"]).items() if k.startswith("['img']")}
+    assert clip_img
+
+    lit_dir = str(tmp_path / "lit")
+    train(_config("lit_shapes", tiny_shapes_dir, f"--config.init.checkpoint={clip_dir}"), lit_dir)
+    lit, _ = checkpoints.restore_params(lit_dir, None)
+    frozen, trainable = _flat(lit["frozen"]), _flat(lit["params"])
+    # The whole image tower is frozen, holds the clip run's values bit for bit, and trains no more.
+    assert set(frozen) == set(clip_img)
+    for key, value in clip_img.items():
+        np.testing.assert_array_equal(frozen[key], value)
+    assert not any(k.startswith("['img']") for k in trainable)
+    # Adam moments exist for the trainable leaves only: two per trainable leaf, none for frozen.
+    opt_leaves = [np.asarray(x) for x in jax.tree.leaves(lit["opt_state"])]
+    moment_leaves = [x for x in opt_leaves if x.ndim > 0 or x.dtype != np.int32]
+    trainable_sizes = sorted(int(v.size) for v in trainable.values())
+    assert len(moment_leaves) == 2 * len(trainable)
+    assert sorted(int(x.size) for x in moment_leaves) == sorted(trainable_sizes * 2)

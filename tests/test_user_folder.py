@@ -1,0 +1,62 @@
+"""User data end to end: an image folder + JSONL manifest + a local HF tokenizer, no code changes."""
+import json
+import os
+
+import numpy as np
+from PIL import Image
+
+from vlpjax.cli import main
+from vlpjax.data import shapes
+from vlpjax.train.metrics_log import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _make_folder(root, count=48):
+    rng = np.random.default_rng(0)
+    os.makedirs(root / "img")
+    words = set()
+    with open(root / "manifest.jsonl", "w") as f:
+        for i in range(count):
+            scene = shapes.sample_scene(rng)
+            image, _ = shapes.draw_scene(scene, 48, rng)
+            Image.fromarray(image).save(root / "img" / f"{i}.jpg", quality=95)
+            captions = shapes.captions(scene, rng, 2)
+            words.update(w for c in captions for w in c.replace(";", " ").replace(",", " ").split())
+            f.write(json.dumps({"image": f"img/{i}.jpg", "captions": captions}) + "\n")
+            if i % 6 == 0:
+                f.write(json.dumps({"image": f"img/{i}.jpg", "question": "how many objects?", "answers": [shapes.COUNT_WORDS[len(scene)]] * 3}) + "\n")
+        f.write(json.dumps({"image": "img/none.jpg", "captions": ["missing"]}) + "\n")
+    return words
+
+
+def _make_hf_tokenizer(path, words):
+    from transformers import BertTokenizerFast
+
+    os.makedirs(path)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ";", ","] + sorted(words)
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(path / "vocab.txt")).save_pretrained(str(path))
+    os.remove(path / "tokenizer.json")  # force the vocab.txt route through transformers
+
+
+def test_train_on_an_image_text_folder_with_a_local_hf_tokenizer(tmp_path):
+    words = _make_folder(tmp_path / "photos")
+    _make_hf_tokenizer(tmp_path / "tok", words)
+    data_dir = str(tmp_path / "data")
+    assert main(["data", "build", "image_text_folder", "--folder", str(tmp_path / "photos"), "--data_dir", data_dir, "--max_bad_fraction", "0.1"]) == 0
+    workdir = str(tmp_path / "run")
+    recipe = os.path.join(ROOT, "configs", "clip_shapes.py") + ":tiny"
+    overrides = [
+        "--config.data.name=image_text_folder",
+        f"--config.data.folder={tmp_path / 'photos'}",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.data.tokenizer={tmp_path / 'tok'}",
+        "--config.data.flip=False",
+        "--config.train.batch_size=8",
+        "--config.train.steps=3",
+        "--config.eval.batch_size=4",
+    ]
+    assert main(["train", "--config", recipe, "--workdir", workdir, *overrides]) == 0
+    final = read_metrics(workdir)[-1]
+    assert final["step"] == 3 and "retrieval/t2i_r1" in final and "zero_shot/accuracy" not in final
