@@ -58,6 +58,9 @@ def _build_data(args) -> None:
 
 
 def main(argv=None) -> int:
+    from vlpjax.xla_flags import apply_default_flags
+
+    apply_default_flags()
     argv = sys.argv[1:] if argv is None else argv
     args, extra = _parser().parse_known_args(argv)
     unknown = [a for a in extra if not a.startswith("--config.")]

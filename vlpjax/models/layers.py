@@ -116,11 +116,13 @@ def combine_masks(*masks: Array | None) -> Array | None:
 def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
     """q [B,Lq,H,Dh], k/v [B,Lk,H,Dh], mask broadcastable to [B,H,Lq,Lk] -> [B,Lq,H,Dh]."""
     scale = 1.0 / math.sqrt(q.shape[-1])
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    # Heads-major layout first: XLA's CPU batched matmuls are several times faster on it.
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q * jnp.asarray(scale, q.dtype), k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
     if mask is not None:
         logits = jnp.where(mask, logits, _MASKED_LOGIT)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3)
 
 
 class MultiHeadAttention(nnx.Module):
