@@ -35,6 +35,25 @@ def with_axes(init: Callable, axes: tuple[str | None, ...]) -> Callable:
     return nnx.with_metadata(init, logical_axes=axes)
 
 
+class Dense(nnx.Module):
+    """y = x @ kernel + bias over the last axis, with kernel [in, out] (nnx.Linear's layout).
+
+    Leading axes are flattened into one before the matmul: XLA on CPU computes the kernel
+    gradient of a 2-D matmul about twice as fast as that of a [B, L, D] contraction.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, kernel_init: Callable, bias_init: Callable | None, dtype, rngs: nnx.Rngs):
+        self.dtype = dtype
+        self.use_bias = bias_init is not None
+        self.kernel = nnx.Param(kernel_init(rngs.params(), (in_dim, out_dim), jnp.float32))
+        self.bias = nnx.Param(bias_init(rngs.params(), (out_dim,), jnp.float32)) if self.use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        kernel = self.kernel[...].astype(self.dtype)
+        y = (x.reshape(-1, x.shape[-1]).astype(self.dtype) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+        return y + self.bias[...].astype(self.dtype) if self.use_bias else y
+
+
 def dense(
     in_dim: int,
     out_dim: int,
@@ -44,18 +63,10 @@ def dense(
     dtype=jnp.float32,
     use_bias: bool = True,
     init: Callable = nnx.initializers.xavier_uniform(),
-) -> nnx.Linear:
+) -> Dense:
     """A linear layer whose kernel is [in, out] with logical axes `axes`."""
-    return nnx.Linear(
-        in_dim,
-        out_dim,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=with_axes(init, axes),
-        bias_init=with_axes(nnx.initializers.zeros_init(), (axes[1],)),
-        rngs=rngs,
-    )
+    bias_init = with_axes(nnx.initializers.zeros_init(), (axes[1],)) if use_bias else None
+    return Dense(in_dim, out_dim, kernel_init=with_axes(init, axes), bias_init=bias_init, dtype=dtype, rngs=rngs)
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32) -> nnx.LayerNorm:
@@ -150,9 +161,20 @@ class MultiHeadAttention(nnx.Module):
     def _heads(self, x: Array) -> Array:
         return x.reshape(*x.shape[:-1], self.num_heads, -1)
 
+    def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array]:
+        """Self-attention: one [D, 3D] matmul instead of three [D, D] ones (faster on CPU)."""
+        layers = (self.query, self.key, self.value)
+        kernel = jnp.concatenate([l.kernel[...] for l in layers], axis=1).astype(self.query.dtype)
+        y = (x.reshape(-1, x.shape[-1]).astype(kernel.dtype) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+        if self.query.use_bias:
+            y = y + jnp.concatenate([l.bias[...] for l in layers]).astype(y.dtype)
+        return tuple(self._heads(part) for part in jnp.split(y, 3, axis=-1))
+
     def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None) -> Array:
-        context = x if context is None else context
-        q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
+        if context is None:
+            q, k, v = self._fused_qkv(x)
+        else:
+            q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
         attended = dot_product_attention(q, k, v, mask)
         return self.out(attended.reshape(*x.shape[:-1], -1))
 
