@@ -39,3 +39,8 @@ def test_cli_reports_unknown_key_before_building(tmp_path, capsys):
 def test_missing_recipe_is_named():
     with pytest.raises(ConfigError, match="nowhere.py"):
         load_config("configs/nowhere.py")
+
+
+def test_missing_dataset_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="is not built.*vlpjax data build synthetic_shapes"):
+        main(["train", "--config", RECIPE + ":tiny", "--workdir", str(tmp_path / "w"), f"--config.data.data_dir={tmp_path / 'nodata'}"])

@@ -75,14 +75,17 @@ def main(argv=None) -> int:
         config = _load_config(args, extra)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
-    if args.command == "train":
-        from vlpjax.train.loop import train
+    try:
+        if args.command == "train":
+            from vlpjax.train.loop import train
 
-        train(config, args.workdir)
-    else:
-        from vlpjax.train.loop import evaluate_workdir
+            train(config, args.workdir)
+        else:
+            from vlpjax.train.loop import evaluate_workdir
 
-        evaluate_workdir(config, args.workdir)
+            evaluate_workdir(config, args.workdir)
+    except FileNotFoundError as err:  # missing dataset, checkpoint or tokenizer: say which
+        raise SystemExit(f"vlpjax {args.command}: {err}") from None
     return 0
 
 
