@@ -112,8 +112,29 @@ class BertEncoder(nnx.Module):
         return x
 
     def encode(self, text_ids: jax.Array, text_mask: jax.Array) -> Encoded:
-        tokens = self(text_ids, text_mask)
+        """Unimodal encoding: only the text-only layers (all of them without cross-attention)."""
+        tokens = self.text_layers(text_ids, text_mask)
         return Encoded(tokens=tokens, pooled=tokens[:, 0], mask=text_mask.astype(bool))
+
+    @property
+    def first_cross_layer(self) -> int:
+        c = self.config
+        return c.num_hidden_layers if c.cross_attention_from is None else c.cross_attention_from
+
+    def text_layers(self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
+        """ALBEF's text encoder: embeddings and the layers before cross-attention starts."""
+        mask = key_padding_mask(attention_mask)
+        x = self.embed(input_ids, token_type_ids)
+        for layer in self.layers[: self.first_cross_layer]:
+            x = layer(x, mask=mask)
+        return x
+
+    def fusion_layers(self, hidden: jax.Array, attention_mask: jax.Array, context: jax.Array, context_mask: jax.Array) -> jax.Array:
+        """ALBEF's fusion encoder: the remaining layers, attending to the image tokens."""
+        mask, ctx_mask = key_padding_mask(attention_mask), key_padding_mask(context_mask)
+        for layer in self.layers[self.first_cross_layer :]:
+            hidden = layer(hidden, mask=mask, context=context, context_mask=ctx_mask)
+        return hidden
 
 
 @dataclasses.dataclass(frozen=True)
