@@ -67,3 +67,11 @@ def test_albef_text_then_fusion_layers_compose_to_the_full_encoder():
     # The unimodal text encoding does not see the image.
     np.testing.assert_array_equal(bert.encode(ids, mask).tokens, text_only)
     assert not np.allclose(bert.fusion_layers(text_only, mask, image + 1, image_mask), fused)
+
+
+def test_cross_attention_layers_refuse_to_run_without_context():
+    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=16, cross_attention_from=1, context_dim=20)
+    bert = BertEncoder(config, rngs=nnx.Rngs(0))
+    ids, mask = random_text(np.random.default_rng(0), 2, length=8, vocab=40)
+    with pytest.raises(ValueError, match="context"):
+        bert(ids, mask)

@@ -189,6 +189,11 @@ class MLP(nnx.Module):
         return self.fc2(activation(self.act_name)(self.fc1(x)))
 
 
+def _require_context(context: Array | None) -> None:
+    if context is None:
+        raise ValueError("this block has cross-attention: pass the tokens it attends to as `context`")
+
+
 class PreLNBlock(nnx.Module):
     """x + attn(LN(x)) [+ cross_attn(LN(x), context)] + mlp(LN(x)): ViT, CLIP text, fusion layers."""
 
@@ -222,6 +227,7 @@ class PreLNBlock(nnx.Module):
     ) -> Array:
         x = x + self.attn(self.ln_attn(x), mask=mask)
         if self.has_cross:
+            _require_context(context)
             x = x + self.cross(self.ln_cross(x), context, mask=context_mask)
         return x + self.mlp(self.ln_mlp(x))
 
@@ -259,6 +265,7 @@ class PostLNBlock(nnx.Module):
     ) -> Array:
         x = self.ln_attn(x + self.attn(x, mask=mask))
         if self.has_cross:
+            _require_context(context)
             x = self.ln_cross(x + self.cross(x, context, mask=context_mask))
         return self.ln_mlp(x + self.mlp(x))
 
