@@ -1,5 +1,4 @@
 """Encoder behaviour: padding is invisible, pooling variants do what they say, variants decode."""
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

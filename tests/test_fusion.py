@@ -1,5 +1,4 @@
 """Fusion encoders: padding is invisible, streams interact, the ALBEF split composes."""
-import jax
 import numpy as np
 import pytest
 from flax import nnx

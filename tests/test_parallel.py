@@ -1,6 +1,5 @@
 """Mesh construction, the logical-axis rule table, sharded model state and global batches."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -31,13 +31,13 @@ def test_siglip_recipe_trains(tiny_shapes_dir, tmp_path):
 def test_lit_recipe_freezes_the_loaded_image_tower(tiny_shapes_dir, tmp_path):
     clip_dir = str(tmp_path / "clip")
     train(_config("clip_shapes", tiny_shapes_dir), clip_dir)
-    clip, _ = checkpoints.restore_params(clip_dir, None)
+    clip, _ = checkpoints.restore_params(clip_dir)
     clip_img = {k: v for k, v in _flat(clip["params"]).items() if k.startswith("['img']")}
     assert clip_img
 
     lit_dir = str(tmp_path / "lit")
     train(_config("lit_shapes", tiny_shapes_dir, f"--config.init.checkpoint={clip_dir}"), lit_dir)
-    lit, _ = checkpoints.restore_params(lit_dir, None)
+    lit, _ = checkpoints.restore_params(lit_dir)
     frozen, trainable = _flat(lit["frozen"]), _flat(lit["params"])
     # The whole image tower is frozen, holds the clip run's values bit for bit, and trains no more.
     assert set(frozen) == set(clip_img)

@@ -7,7 +7,6 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from vlpjax.config import load_config
 from vlpjax.train import checkpoints
@@ -32,7 +31,7 @@ def _env():
 
 
 def _final_params(workdir, step):
-    saved, got_step = checkpoints.restore_params(str(workdir), None, step)
+    saved, got_step = checkpoints.restore_params(str(workdir), step)
     assert got_step == step
     return saved["params"]
 

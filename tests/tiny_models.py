@@ -1,6 +1,4 @@
 """Tiny model configs and random batches shared by the tests."""
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -35,12 +35,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_config(args, overrides):
-    from vlpjax.config import load_config
-
-    return load_config(args.config, overrides)
-
-
 def _build_data(args) -> None:
     from vlpjax.data import builders
 
@@ -66,13 +60,13 @@ def main(argv=None) -> int:
     unknown = [a for a in extra if not a.startswith("--config.")]
     if unknown:
         raise SystemExit(f"vlpjax: unknown arguments {unknown}")
-    from vlpjax.config import ConfigError
+    from vlpjax.config import ConfigError, load_config
 
     try:
         if args.command == "data":
             _build_data(args)
             return 0
-        config = _load_config(args, extra)
+        config = load_config(args.config, extra)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
     try:

@@ -16,14 +16,9 @@ import tensorflow_datasets as tfds
 
 from vlpjax.data import folder, shapes
 from vlpjax.data.images import encode_png
-from vlpjax.data.tokenizer import TOKENIZER_FILE, train_wordpiece
+from vlpjax.data.tokenizer import TOKENIZER_FILE, as_text, train_wordpiece
 
 TEXT = tfds.features.Text()
-
-
-def as_text(value) -> str:
-    """TFDS data sources return Text features as bytes."""
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _bytes_feature():
@@ -203,7 +198,3 @@ def load_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder
         raise FileNotFoundError(f"dataset {name} ({builder.builder_config.name}) is not built in {data_dir!r}: run `vlpjax data build {name} ...` first")
     return builder
 
-
-def read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from vlpjax.data.images import decode_image
 from vlpjax.data.shapes import swap_left_right
-from vlpjax.data.tokenizer import TextTokenizer
+from vlpjax.data.tokenizer import TextTokenizer, as_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,10 +28,6 @@ class PipelineConfig:
     flip_swaps_words: bool = True
     threads: int = 2
     prefetch: int = 4
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -67,7 +63,7 @@ class TrainTransform:
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         c = self.config
         image = random_resized_crop(decode_image(example["image"]), rng, c.crop_scale, c.image_size)
-        captions = [_text(t) for t in example["captions"]]
+        captions = [as_text(t) for t in example["captions"]]
         caption = captions[rng.integers(len(captions))]
         if c.flip and rng.random() < 0.5:
             image = image[:, ::-1]
@@ -123,7 +119,7 @@ def eval_arrays(source, tokenizer: TextTokenizer, image_size: int, text_len: int
     if not examples:
         raise ValueError("the test split has no captioned examples to evaluate retrieval on")
     images = np.stack([normalize(resize(decode_image(e["image"]), image_size)) for e in examples])
-    first = [_text(e["captions"][0]) for e in examples]
+    first = [as_text(e["captions"][0]) for e in examples]
     ids, mask = tokenizer(first, text_len)
     out = {"image": images, "text_ids": ids, "text_mask": mask, "captions": np.array(first, dtype=object)}
     if "label" in examples[0]:

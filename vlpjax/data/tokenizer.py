@@ -14,6 +14,11 @@ TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
+def as_text(value) -> str:
+    """TFDS data sources return Text features as bytes."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 def train_wordpiece(*texts: Iterable[str], path: str, vocab_size: int = 256) -> None:
     """Train a lower-cased WordPiece vocabulary on `texts` and save it as tokenizer.json."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers

@@ -57,7 +57,7 @@ def evaluate(embedder: Embedder, eval_data: Mapping[str, np.ndarray], tokenizer,
     txt_emb = embedder.texts(eval_data["text_ids"], eval_data["text_mask"])
     metrics = retrieval_metrics(img_emb, txt_emb)
     if zero_shot and "label" in eval_data:
-        classes = class_embeddings(lambda texts: embedder.texts(*tokenizer(texts, text_len)), [n for n in CLASS_NAMES])
+        classes = class_embeddings(lambda texts: embedder.texts(*tokenizer(texts, text_len)), list(CLASS_NAMES))
         metrics["zero_shot/accuracy"] = zero_shot_accuracy(img_emb, classes, eval_data["label"])
         single = eval_data["object_count"] == 1
         if single.any():

@@ -39,28 +39,36 @@ class FusionConfig:
     dtype: str = "float32"
 
 
-def _input_projection(in_dim: int | None, width: int, dtype, rngs: nnx.Rngs):
-    return None if in_dim in (None, width) else dense(in_dim, width, (None, "embed"), dtype=dtype, rngs=rngs)
+class InputProjections(nnx.Module):
+    """Bring text and image tokens to the fusion width; an identity where they already match."""
 
+    def __init__(self, config: FusionConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(config.dtype)
 
-def _project(layer, x):
-    return x if layer is None else layer(x)
+        def projection(in_dim):
+            return None if in_dim in (None, config.width) else dense(in_dim, config.width, (None, "embed"), dtype=dtype, rngs=rngs)
+
+        self.text, self.image = projection(config.text_dim), projection(config.image_dim)
+
+    def __call__(self, text: jax.Array, image: jax.Array) -> tuple[jax.Array, jax.Array]:
+        t = text if self.text is None else self.text(text)
+        v = image if self.image is None else self.image(image)
+        return t, v.astype(t.dtype)
 
 
 class MergedAttentionFusion(nnx.Module):
     def __init__(self, config: FusionConfig, *, rngs: nnx.Rngs):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
-        self.text_in = _input_projection(c.text_dim, c.width, dtype, rngs)
-        self.image_in = _input_projection(c.image_dim, c.width, dtype, rngs)
+        self.inputs = InputProjections(c, rngs=rngs)
         self.type_embed = nnx.Param(with_axes(nnx.initializers.normal(0.02), (None, "embed"))(rngs.params(), (2, c.width)))
         self.blocks = nnx.List([PreLNBlock(c.width, c.num_heads, c.mlp_dim, dtype=dtype, rngs=rngs) for _ in range(c.depth)])
         self.ln_final = layer_norm(c.width, rngs=rngs)
 
     def __call__(self, text: jax.Array, text_mask: jax.Array, image: jax.Array, image_mask: jax.Array) -> Fused:
         types = self.type_embed[...]
-        t = _project(self.text_in, text) + types[0].astype(text.dtype)
-        v = _project(self.image_in, image).astype(t.dtype) + types[1].astype(t.dtype)
+        t, v = self.inputs(text, image)
+        t, v = t + types[0].astype(t.dtype), v + types[1].astype(t.dtype)
         x = jnp.concatenate([t, v], axis=1)
         mask = key_padding_mask(jnp.concatenate([text_mask.astype(bool), image_mask.astype(bool)], axis=1))
         for block in self.blocks:
@@ -74,8 +82,7 @@ class CoAttentionFusion(nnx.Module):
     def __init__(self, config: FusionConfig, *, rngs: nnx.Rngs):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
-        self.text_in = _input_projection(c.text_dim, c.width, dtype, rngs)
-        self.image_in = _input_projection(c.image_dim, c.width, dtype, rngs)
+        self.inputs = InputProjections(c, rngs=rngs)
 
         def stream():
             return nnx.List(
@@ -88,8 +95,7 @@ class CoAttentionFusion(nnx.Module):
         self.ln_image = layer_norm(c.width, rngs=rngs)
 
     def __call__(self, text: jax.Array, text_mask: jax.Array, image: jax.Array, image_mask: jax.Array) -> Fused:
-        t = _project(self.text_in, text)
-        v = _project(self.image_in, image).astype(t.dtype)
+        t, v = self.inputs(text, image)
         t_mask, v_mask = key_padding_mask(text_mask.astype(bool)), key_padding_mask(image_mask.astype(bool))
         for text_block, image_block in zip(self.text_blocks, self.image_blocks):
             # Both streams read the other's previous-layer output.

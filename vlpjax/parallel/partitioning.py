@@ -7,7 +7,7 @@ tiny test models and odd vocabularies still run on any mesh.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import jax
 from flax import nnx

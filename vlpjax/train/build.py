@@ -80,7 +80,7 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
     """Copy parameters matching `init.load` patterns from the checkpoint of another run (LiT)."""
     if not init.checkpoint:
         return params, frozen
-    saved, step = checkpoints.restore_params(init.checkpoint, None)
+    saved, step = checkpoints.restore_params(init.checkpoint)
     source = {}
     for part in ("params", "frozen"):
         for path, value in jax.tree_util.tree_leaves_with_path(saved[part]):

@@ -48,7 +48,7 @@ def restore(manager: ocp.CheckpointManager, state_template, step: int | None = N
     return restored["state"], restored.get("data") if with_data else None, step
 
 
-def restore_params(directory: str, params_template, step: int | None = None):
+def restore_params(directory: str, step: int | None = None):
     """Only the parameters of another run's checkpoint (LiT: a pretrained image tower)."""
     manager = ocp.CheckpointManager(os.path.join(os.path.abspath(directory), CHECKPOINT_DIR), options=ocp.CheckpointManagerOptions(create=False))
     step = manager.latest_step() if step is None else step

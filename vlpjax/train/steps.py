@@ -9,12 +9,11 @@ from __future__ import annotations
 from typing import Callable
 
 import jax
-import numpy as np
 from flax import nnx
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vlpjax.parallel.mesh import BATCH_AXES
+from vlpjax.parallel.sharded_objective import objective_on_mesh
 from vlpjax.train.state import TrainState, apply_gradients
 
 PMAP_AXIS = "batch"
@@ -23,18 +22,6 @@ PMAP_AXIS = "batch"
 def _forward(graphdef, params, frozen, batch):
     model = nnx.merge(graphdef, params, jax.lax.stop_gradient(frozen))
     return model(batch)
-
-
-def _batch_specs(tree, batch_size: int):
-    """Arrays whose leading dimension is the global batch are split over the batch axes."""
-    return jax.tree.map(lambda x: P(BATCH_AXES) if np.ndim(x) >= 1 and x.shape[0] == batch_size else P(), tree)
-
-
-def objective_on_mesh(objective: Callable, mesh: Mesh, outputs, batch):
-    batch_size = jax.tree.leaves(batch)[0].shape[0]
-    specs = (_batch_specs(outputs, batch_size), _batch_specs(batch, batch_size))
-    run = jax.shard_map(lambda o, b: objective(o, b, BATCH_AXES), mesh=mesh, in_specs=specs, out_specs=P())
-    return run(outputs, batch)
 
 
 def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardings, donate: bool = True):
