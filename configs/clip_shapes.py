@@ -20,6 +20,10 @@ def get_config(arg=None):
         text_len=32,
         flip=True,  # shapes captions swap left/right with the image
         crop_scale=(1.0, 1.0),  # random resized crop area range; (1, 1) keeps the whole image
+        task="image_text",  # or "vqa": (image, question, answers) rows
+        region_grid=0,  # > 0: region features pooled from the dataset's boxes (uniter_regions)
+        max_regions=3,
+        max_answers=0,  # VQA answer vocabulary: the N most frequent training answers; 0 = all
     )
 
     c.model = dict(
@@ -51,7 +55,7 @@ def get_config(arg=None):
         parallelism="mesh",
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.eval = dict(batch_size=250, zero_shot=True, png_queries=4)
+    c.eval = dict(batch_size=250, zero_shot=True, png_queries=4, itm_top_k=16)  # itm_top_k: fusion models only
     if arg == "tiny":  # a few seconds on CPU: tests and smoke runs
         c.data.image_size = 32
         c.data.train_size = 512

@@ -4,16 +4,11 @@ tower and both projections train. Run clip_shapes first (e.g. `make demo`), then
     vlpjax train --config configs/lit_shapes.py --workdir workdirs/lit_shapes \\
         --config.init.checkpoint=workdirs/clip_shapes
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location("clip_shapes", os.path.join(os.path.dirname(__file__), "clip_shapes.py"))
-clip_shapes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(clip_shapes)
+from vlpjax.config import base_recipe
 
 
 def get_config(arg=None):
-    c = clip_shapes.get_config(arg)
+    c = base_recipe(__file__, "clip_shapes").get_config(arg)
     c.init.checkpoint = "workdirs/clip_shapes"  # the workdir of the run whose image tower LiT locks
     c.init.load = (r"img/.*",)
     c.rules.frozen = (r"img/.*",)

@@ -2,16 +2,11 @@
 
     vlpjax train --config configs/siglip_shapes.py --workdir workdirs/siglip_shapes
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location("clip_shapes", os.path.join(os.path.dirname(__file__), "clip_shapes.py"))
-clip_shapes = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(clip_shapes)
+from vlpjax.config import base_recipe
 
 
 def get_config(arg=None):
-    c = clip_shapes.get_config(arg)
+    c = base_recipe(__file__, "clip_shapes").get_config(arg)
     c.model.contrastive = "sigmoid"
     c.objectives.itc.chunked = True  # ppermute ring: memory per device independent of device count
     return c

@@ -1,8 +1,11 @@
-"""The shapes recipes run through the one trainer: siglip (chunked sigmoid) and LiT (frozen tower)."""
+"""The shapes recipes run through the one trainer: siglip (chunked sigmoid), LiT (frozen tower), the
+fusion family (ALBEF, METER, ViLT, UNITER on regions) and VQA fine-tuning from a checkpoint."""
+import json
 import os
 
 import jax
 import numpy as np
+import pytest
 
 from vlpjax.config import load_config
 from vlpjax.train import checkpoints
@@ -50,3 +53,43 @@ def test_lit_recipe_freezes_the_loaded_image_tower(tiny_shapes_dir, tmp_path):
     trainable_sizes = sorted(int(v.size) for v in trainable.values())
     assert len(moment_leaves) == 2 * len(trainable)
     assert sorted(int(x.size) for x in moment_leaves) == sorted(trainable_sizes * 2)
+
+
+FUSION_METRICS = ("retrieval/t2i_r1", "retrieval/itm_t2i_r1", "retrieval/itm_i2t_r1")
+FUSION_TRAIN_METRICS = ("train/itc/loss", "train/itm/loss", "train/itm/accuracy", "train/mlm/loss", "train/mlm/masked_tokens")
+
+
+def _train_metrics(workdir):
+    logged = [m for m in read_metrics(workdir) if "train/loss" in m]
+    assert logged
+    return logged[-1]
+
+
+@pytest.mark.parametrize("recipe", ["meter_shapes", "vilt_shapes", "uniter_regions"])
+def test_fusion_recipes_train_and_rerank(tiny_shapes_dir, tmp_path, recipe):
+    workdir = str(tmp_path / recipe)
+    metrics = train(_config(recipe, tiny_shapes_dir), workdir)
+    assert all(k in metrics for k in FUSION_METRICS)
+    last = _train_metrics(workdir)
+    assert all(np.isfinite(last[k]) for k in FUSION_TRAIN_METRICS) and last["train/mlm/masked_tokens"] > 0
+
+
+def test_albef_pretrains_then_vqa_fine_tunes_from_its_checkpoint(tiny_shapes_dir, tmp_path):
+    albef_dir = str(tmp_path / "albef")
+    metrics = train(_config("albef_shapes", tiny_shapes_dir), albef_dir)
+    assert all(k in metrics for k in FUSION_METRICS)
+    albef, _ = checkpoints.restore_params(albef_dir)
+
+    vqa_dir = str(tmp_path / "vqa")
+    metrics = train(_config("vqa_shapes", tiny_shapes_dir, f"--config.init.checkpoint={albef_dir}"), vqa_dir)
+    assert 0.0 <= metrics["vqa/accuracy"] <= 1.0 and metrics["vqa/questions"] > 64  # several questions per test image
+    answers = json.load(open(os.path.join(vqa_dir, "answers.json")))
+    assert {"yes", "no", "one", "red", "circle"} <= set(answers)
+    vqa, _ = checkpoints.restore_params(vqa_dir)
+    # The answer head is new (sized by the answer vocabulary); the unused heads were loaded and stayed frozen.
+    head = _flat(vqa["params"])["['vqa_head']['out']['kernel']['value']"]
+    assert head.shape[-1] == len(answers)
+    loaded_frozen = {k: v for k, v in _flat(vqa["frozen"]).items() if k.startswith("['itm_head']")}
+    assert loaded_frozen
+    for key, value in loaded_frozen.items():
+        np.testing.assert_array_equal(value, _flat(albef["params"])[key])

@@ -7,6 +7,7 @@ import time
 
 import jax
 import numpy as np
+import pytest
 
 from vlpjax.config import load_config
 from vlpjax.train import checkpoints
@@ -83,13 +84,15 @@ def test_sigterm_saves_and_exits_cleanly(tiny_shapes_dir, tmp_path):
     assert 10 <= step < 300 and (workdir / "checkpoints" / str(step)).exists()
 
 
-def test_pmap_and_mesh_steps_give_the_same_losses(tiny_shapes_dir):
+@pytest.mark.parametrize("recipe", ["clip_shapes", "albef_shapes"])
+def test_pmap_and_mesh_steps_give_the_same_losses(tiny_shapes_dir, recipe):
+    """albef adds ITM negatives mined across devices and MLM masking, both drawn from the step key."""
     losses = {}
     for mode in ("mesh", "pmap"):
-        config = load_config(RECIPE, [f"--config.data.data_dir={tiny_shapes_dir}", f"--config.train.parallelism={mode}", "--config.mesh.data=8"])
+        config = load_config(os.path.join(ROOT, "configs", f"{recipe}.py:tiny"), [f"--config.data.data_dir={tiny_shapes_dir}", f"--config.train.parallelism={mode}", "--config.mesh.data=8"])
         data = load_data(config)
         run = create_run(config, data.tokenizer.vocab_size)
-        stepper = Stepper(config, run, make_objective(config.objectives.to_dict()))
+        stepper = Stepper(config, run, make_objective(config.objectives.to_dict(), data.vocab))
         iterator = train_iterator(data.train_source, data.tokenizer, pipeline_config(config, 1))
         state = stepper.to_device_state(run.state)
         losses[mode] = []

@@ -60,3 +60,45 @@ def test_train_on_an_image_text_folder_with_a_local_hf_tokenizer(tmp_path):
     assert main(["train", "--config", recipe, "--workdir", workdir, *overrides]) == 0
     final = read_metrics(workdir)[-1]
     assert final["step"] == 3 and "retrieval/t2i_r1" in final and "zero_shot/accuracy" not in final
+
+
+def _make_vqa_folder(root, count=40):
+    """Only VQA rows, several reference answers each (some disagreeing), as annotators give them."""
+    rng = np.random.default_rng(1)
+    os.makedirs(root / "img")
+    words = set()
+    with open(root / "manifest.jsonl", "w") as f:
+        for i in range(count):
+            scene = shapes.sample_scene(rng)
+            image, _ = shapes.draw_scene(scene, 48, rng)
+            Image.fromarray(image).save(root / "img" / f"{i}.png")
+            for question, answer in shapes.questions(scene, rng)[:3]:
+                answers = [answer] * 4 + ["maybe"]
+                words.update(question.rstrip("?").split())
+                f.write(json.dumps({"image": f"img/{i}.png", "question": question, "answers": answers}) + "\n")
+    return words | {"?"}
+
+
+def test_vqa_fine_tunes_and_evaluates_on_a_user_jsonl_folder(tmp_path):
+    words = _make_vqa_folder(tmp_path / "vqa")
+    _make_hf_tokenizer(tmp_path / "tok", words)
+    data_dir = str(tmp_path / "data")
+    assert main(["data", "build", "image_text_folder", "--folder", str(tmp_path / "vqa"), "--data_dir", data_dir]) == 0
+    workdir = str(tmp_path / "run")
+    recipe = os.path.join(ROOT, "configs", "vqa_shapes.py") + ":tiny"
+    overrides = [
+        "--config.data.name=image_text_folder",
+        f"--config.data.folder={tmp_path / 'vqa'}",
+        f"--config.data.data_dir={data_dir}",
+        f"--config.data.tokenizer={tmp_path / 'tok'}",
+        "--config.data.flip=False",
+        "--config.init.checkpoint=",  # no pretrained checkpoint: train from scratch
+        "--config.train.batch_size=8",
+        "--config.train.steps=3",
+        "--config.eval.batch_size=8",
+    ]
+    assert main(["train", "--config", recipe, "--workdir", workdir, *overrides]) == 0
+    final = read_metrics(workdir)[-1]
+    assert final["step"] == 3 and 0.0 <= final["vqa/accuracy"] <= 1.0
+    answers = json.load(open(os.path.join(workdir, "answers.json")))
+    assert "maybe" in answers  # the vocabulary comes from the training answers

@@ -20,9 +20,7 @@ class ConfigError(ValueError):
     """A config problem found before anything was built; the message names the culprit."""
 
 
-def load_recipe(spec: str) -> ml_collections.ConfigDict:
-    """'configs/clip_shapes.py' or 'configs/clip_shapes.py:arg' -> ConfigDict."""
-    path, _, arg = spec.partition(":")
+def _recipe_module(path: str):
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"vlpjax_recipe_{os.path.basename(path)[:-3]}", path)
@@ -30,9 +28,20 @@ def load_recipe(spec: str) -> ml_collections.ConfigDict:
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} defines no get_config()")
-    config = module.get_config(arg or None)
+    return module
+
+
+def load_recipe(spec: str) -> ml_collections.ConfigDict:
+    """'configs/clip_shapes.py' or 'configs/clip_shapes.py:arg' -> ConfigDict."""
+    path, _, arg = spec.partition(":")
+    config = _recipe_module(path).get_config(arg or None)
     config.lock()
     return config
+
+
+def base_recipe(recipe_file: str, name: str):
+    """The module of the recipe `<name>.py` beside `recipe_file`, for recipes that extend it."""
+    return _recipe_module(os.path.join(os.path.dirname(os.path.abspath(recipe_file)), f"{name}.py"))
 
 
 def _parse_value(text: str):

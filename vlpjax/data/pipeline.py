@@ -6,15 +6,20 @@ and the iterator's state (a small dict) resumes a run exactly; it is saved with 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+import json
+from typing import Any, Mapping, Sequence
 
 import grain
 import numpy as np
 from PIL import Image
 
 from vlpjax.data.images import decode_image
+from vlpjax.data.regions import flip_boxes, region_arrays
 from vlpjax.data.shapes import swap_left_right
 from vlpjax.data.tokenizer import TextTokenizer, as_text
+from vlpjax.objectives.vqa import answer_vocabulary, target_scores
+
+TASKS = ("image_text", "vqa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +31,17 @@ class PipelineConfig:
     crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop area range; (1, 1) is off
     flip: bool = False  # horizontal flip; shapes captions swap left/right with it
     flip_swaps_words: bool = True
+    task: str = "image_text"  # or "vqa": (image, question, answer scores) rows
+    region_grid: int = 0  # > 0: region features pooled from each example's boxes (see data/regions.py)
+    max_regions: int = 3
     threads: int = 2
     prefetch: int = 4
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"data.task must be one of {TASKS}, got {self.task!r}")
+        if self.region_grid and self.crop_scale != (1.0, 1.0):
+            raise ValueError("region features from boxes need data.crop_scale=(1.0, 1.0): a crop would move the boxes")
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -53,37 +67,66 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
 
 
-class TrainTransform:
-    """Decode, augment and tokenize one example; its randomness comes from grain's per-index rng."""
+def question_rows(example: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
+    """(question, reference answers) pairs: one answer each in synthetic_shapes, a JSON list
+    per question in image_text_folder."""
+    questions = [as_text(q) for q in example["questions"]]
+    if "answer_lists" in example:
+        references = [json.loads(as_text(a)) for a in example["answer_lists"]]
+    else:
+        references = [[as_text(a)] for a in example["answers"]]
+    return list(zip(questions, references))
 
-    def __init__(self, config: PipelineConfig, tokenizer: TextTokenizer):
+
+class TrainTransform:
+    """Decode, augment and tokenize one example; its randomness comes from grain's per-index rng.
+
+    image_text: a random caption of the image. vqa: a random question of the image, with the
+    soft scores of its answers over `answers` (the answer vocabulary).
+    """
+
+    def __init__(self, config: PipelineConfig, tokenizer: TextTokenizer, answers: Sequence[str] = ()):
+        if config.task == "vqa" and not answers:
+            raise ValueError("VQA training needs an answer vocabulary")
         self.config = config
         self.tokenizer = tokenizer
+        self.answers = {a: i for i, a in enumerate(answers)}
 
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         c = self.config
         image = random_resized_crop(decode_image(example["image"]), rng, c.crop_scale, c.image_size)
+        flipped = c.flip and rng.random() < 0.5
+        if flipped:
+            image = image[:, ::-1]
+        out = {"image": normalize(image), "image_id": np.int64(example["id"])}
+        if c.region_grid:
+            boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
+            out.update(region_arrays(out["image"], flip_boxes(boxes) if flipped else boxes, c.region_grid, c.max_regions))
+        if c.task == "vqa":
+            question, references = question_rows(example)[rng.integers(len(example["questions"]))]
+            if flipped and c.flip_swaps_words:
+                question, references = swap_left_right(question), [swap_left_right(a) for a in references]
+            ids, mask = self.tokenizer([question], c.text_len)
+            out.update(question_ids=ids[0], question_mask=mask[0], answer_scores=target_scores(references, self.answers))
+            return out
         captions = [as_text(t) for t in example["captions"]]
         caption = captions[rng.integers(len(captions))]
-        if c.flip and rng.random() < 0.5:
-            image = image[:, ::-1]
-            if c.flip_swaps_words:
-                caption = swap_left_right(caption)
+        if flipped and c.flip_swaps_words:
+            caption = swap_left_right(caption)
         ids, mask = self.tokenizer([caption], c.text_len)
-        return {
-            "image": normalize(image),
-            "text_ids": ids[0],
-            "text_mask": mask[0],
-            "image_id": np.int64(example["id"]),
-        }
+        out.update(text_ids=ids[0], text_mask=mask[0])
+        return out
 
 
-class CaptionedSubset:
-    """The examples of a source that have at least one caption (user folders may hold VQA-only images)."""
+class NonEmptySubset:
+    """The examples of a source whose `field` is not empty (user folders may mix caption-only
+    and VQA-only images)."""
 
-    def __init__(self, source):
+    def __init__(self, source, field: str):
         self.source = source
-        self.indices = [i for i in range(len(source)) if len(source[i]["captions"])]
+        self.indices = [i for i in range(len(source)) if len(source[i][field])]
+        if not self.indices:
+            raise ValueError(f"no example has any {field}")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -92,37 +135,73 @@ class CaptionedSubset:
         return self.source[self.indices[index]]
 
 
-def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, captioned_only: bool = False) -> grain.MapDataset:
-    """An endless MapDataset of batches: element k is the k-th batch of this process."""
+def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, filter_empty: bool = False, answers: Sequence[str] = ()) -> grain.MapDataset:
+    """An endless MapDataset of batches: element k is the k-th batch of this process.
+
+    `filter_empty` drops examples without captions (image_text) or questions (vqa) first.
+    """
     if config.flip and not config.flip_swaps_words:
-        raise ValueError("a horizontal flip changes the meaning of left/right captions: turn flip off or let it swap words")
-    if captioned_only:
-        source = CaptionedSubset(source)
+        raise ValueError("a horizontal flip changes the meaning of left/right words: turn flip off or let it swap words")
+    if filter_empty:
+        source = NonEmptySubset(source, "questions" if config.task == "vqa" else "captions")
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) < config.batch_size:
         raise ValueError(f"this process's shard has {len(ds)} examples, fewer than one batch of {config.batch_size}")
-    ds = ds.shuffle(seed=config.seed).random_map(TrainTransform(config, tokenizer), seed=config.seed).repeat(None)
+    ds = ds.shuffle(seed=config.seed).random_map(TrainTransform(config, tokenizer, answers), seed=config.seed).repeat(None)
     return ds.batch(config.batch_size, drop_remainder=True)
 
 
-def train_iterator(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, captioned_only: bool = False):
+def train_iterator(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, filter_empty: bool = False, answers: Sequence[str] = ()):
     """A checkpointable iterator (get_state / set_state) with background prefetch threads."""
-    ds = train_dataset(source, tokenizer, config, process_index, process_count, captioned_only=captioned_only)
+    ds = train_dataset(source, tokenizer, config, process_index, process_count, filter_empty=filter_empty, answers=answers)
     options = grain.ReadOptions(num_threads=config.threads, prefetch_buffer_size=config.prefetch)
     return iter(ds.to_iter_dataset(options))
 
 
-def eval_arrays(source, tokenizer: TextTokenizer, image_size: int, text_len: int, limit: int | None = None) -> dict[str, np.ndarray]:
-    """The whole (small) test split in memory: images, first captions, all captions, labels."""
+def _image_arrays(examples, config: PipelineConfig) -> dict[str, np.ndarray]:
+    images = np.stack([normalize(resize(decode_image(e["image"]), config.image_size)) for e in examples])
+    out = {"image": images}
+    if config.region_grid:
+        rows = [region_arrays(img, e["boxes"], config.region_grid, config.max_regions) for img, e in zip(images, examples)]
+        out.update({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+    return out
+
+
+def _test_examples(source, field: str, limit: int | None):
     count = len(source) if limit is None else min(limit, len(source))
-    examples = [e for e in (source[i] for i in range(count)) if len(e["captions"])]
+    examples = [e for e in (source[i] for i in range(count)) if len(e[field])]
     if not examples:
-        raise ValueError("the test split has no captioned examples to evaluate retrieval on")
-    images = np.stack([normalize(resize(decode_image(e["image"]), image_size)) for e in examples])
+        raise ValueError(f"the test split has no examples with {field} to evaluate on")
+    return examples
+
+
+def eval_arrays(source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None) -> dict[str, np.ndarray]:
+    """The whole (small) test split in memory: images (and regions), first captions, labels."""
+    examples = _test_examples(source, "captions", limit)
     first = [as_text(e["captions"][0]) for e in examples]
-    ids, mask = tokenizer(first, text_len)
-    out = {"image": images, "text_ids": ids, "text_mask": mask, "captions": np.array(first, dtype=object)}
+    ids, mask = tokenizer(first, config.text_len)
+    out = {**_image_arrays(examples, config), "text_ids": ids, "text_mask": mask, "captions": np.array(first, dtype=object)}
     if "label" in examples[0]:
         out["label"] = np.array([int(e["label"]) for e in examples], np.int64)
         out["object_count"] = np.array([len(e["labels"]) for e in examples], np.int64)
     return out
+
+
+def vqa_eval_arrays(source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None) -> dict[str, Any]:
+    """Every question of the test images: `image_index` [Q] points into the image arrays."""
+    examples = _test_examples(source, "questions", limit)
+    rows = [(i, q, refs) for i, e in enumerate(examples) for q, refs in question_rows(e)]
+    ids, mask = tokenizer([q for _, q, _ in rows], config.text_len)
+    return {
+        **_image_arrays(examples, config),
+        "image_index": np.array([i for i, _, _ in rows], np.int64),
+        "question_ids": ids,
+        "question_mask": mask,
+        "questions": [q for _, q, _ in rows],
+        "references": [refs for _, _, refs in rows],
+    }
+
+
+def training_answers(source, max_answers: int | None = None) -> list[str]:
+    """The answer vocabulary of a training split: its most frequent answers."""
+    return answer_vocabulary((refs for i in range(len(source)) for _, refs in question_rows(source[i])), max_answers)

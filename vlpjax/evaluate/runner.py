@@ -1,42 +1,50 @@
-"""Evaluate a dual encoder on the in-memory test split: retrieval, zero-shot, a top-5 PNG."""
+"""Evaluate a model on the in-memory test split: retrieval (ITC, and ITM re-ranking for fusion
+models), zero-shot classification, VQA accuracy, and a PNG of top-5 retrievals."""
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
 from vlpjax.data.shapes import CLASS_NAMES
 from vlpjax.evaluate.report import top_k_png
-from vlpjax.evaluate.retrieval import retrieval_metrics
+from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
+from vlpjax.evaluate.vqa import vqa_accuracy
 from vlpjax.evaluate.zero_shot import class_embeddings, zero_shot_accuracy
 
 PNG_FILE = "retrieval_top5.png"
+IMAGE_KEYS = ("image", "regions", "boxes", "region_mask")
 
 
-class Embedder:
-    """Jitted image and text embedding with the run's parameters, fed in fixed-size batches."""
+def _itm_match_logit(model, batch):
+    logits = model.itm_logits(model.encode_text(batch["text_ids"], batch["text_mask"]), model.encode_image(batch))
+    return logits[:, 1] - logits[:, 0]
+
+
+class Inference:
+    """Jitted model methods with the run's parameters, fed in fixed-size (padded) batches."""
 
     def __init__(self, graphdef, params, frozen, mesh: Mesh, batch_size: int):
         self.params, self.frozen, self.batch_size = params, frozen, batch_size
         self.replicated = NamedSharding(mesh, P())
 
-        def image_fn(params, frozen, batch):
-            return nnx.merge(graphdef, params, frozen).embed_image(batch)
+        def jitted(fn: Callable):
+            return jax.jit(lambda p, f, batch: fn(nnx.merge(graphdef, p, f), batch), out_shardings=self.replicated)
 
-        def text_fn(params, frozen, batch):
-            return nnx.merge(graphdef, params, frozen).embed_text(batch)
+        self._image = jitted(lambda m, b: m.embed_image(b))
+        self._text = jitted(lambda m, b: m.embed_text(b))
+        self._itm = jitted(_itm_match_logit)
+        self._answers = jitted(lambda m, b: m.answer_logits(b))
 
-        self._image = jax.jit(image_fn, out_shardings=self.replicated)
-        self._text = jax.jit(text_fn, out_shardings=self.replicated)
-
-    def _batched(self, fn, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    def _batched(self, fn, arrays: Mapping[str, np.ndarray], desc: str | None = None) -> np.ndarray:
         n = len(next(iter(arrays.values())))
         out = []
-        for start in range(0, n, self.batch_size):
+        for start in tqdm(range(0, n, self.batch_size), desc=desc, disable=desc is None, leave=False):
             chunk = {k: v[start : start + self.batch_size] for k, v in arrays.items()}
             rows = len(next(iter(chunk.values())))
             if rows < self.batch_size:  # pad to one compiled shape
@@ -45,19 +53,46 @@ class Embedder:
             out.append(np.asarray(fn(self.params, self.frozen, chunk))[:rows])
         return np.concatenate(out)
 
-    def images(self, images: np.ndarray) -> np.ndarray:
-        return self._batched(self._image, {"image": images})
+    def images(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self._batched(self._image, images)
 
     def texts(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self._batched(self._text, {"text_ids": ids, "text_mask": mask})
 
+    def match_logits(self, images: Mapping[str, np.ndarray], image_rows: np.ndarray, ids: np.ndarray, mask: np.ndarray, text_rows: np.ndarray) -> np.ndarray:
+        """ITM score (match minus no-match logit) of each (text row, image row) pair."""
+        pairs = {k: v[image_rows] for k, v in images.items()}
+        pairs.update(text_ids=ids[text_rows], text_mask=mask[text_rows])
+        return self._batched(self._itm, pairs, desc="itm re-rank")
 
-def evaluate(embedder: Embedder, eval_data: Mapping[str, np.ndarray], tokenizer, text_len: int, *, zero_shot: bool = True, png_path: str | None = None, png_queries: int = 4) -> dict[str, float]:
-    img_emb = embedder.images(eval_data["image"])
-    txt_emb = embedder.texts(eval_data["text_ids"], eval_data["text_mask"])
+    def answer_logits(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self._batched(self._answers, arrays, desc="vqa")
+
+
+def image_inputs(eval_data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: eval_data[k] for k in IMAGE_KEYS if k in eval_data}
+
+
+def evaluate(
+    inference: Inference,
+    eval_data: Mapping[str, np.ndarray],
+    tokenizer,
+    text_len: int,
+    *,
+    zero_shot: bool = True,
+    itm_top_k: int = 0,
+    png_path: str | None = None,
+    png_queries: int = 4,
+) -> dict[str, float]:
+    images = image_inputs(eval_data)
+    img_emb = inference.images(images)
+    txt_emb = inference.texts(eval_data["text_ids"], eval_data["text_mask"])
     metrics = retrieval_metrics(img_emb, txt_emb)
+    if itm_top_k:
+        score = lambda t, i: inference.match_logits(images, i, eval_data["text_ids"], eval_data["text_mask"], t)
+        metrics.update(reranked_retrieval_metrics(img_emb, txt_emb, score, itm_top_k))
     if zero_shot and "label" in eval_data:
-        classes = class_embeddings(lambda texts: embedder.texts(*tokenizer(texts, text_len)), list(CLASS_NAMES))
+        classes = class_embeddings(lambda texts: inference.texts(*tokenizer(texts, text_len)), list(CLASS_NAMES))
         metrics["zero_shot/accuracy"] = zero_shot_accuracy(img_emb, classes, eval_data["label"])
         single = eval_data["object_count"] == 1
         if single.any():
@@ -67,6 +102,15 @@ def evaluate(embedder: Embedder, eval_data: Mapping[str, np.ndarray], tokenizer,
         similarity = txt_emb[queries] @ img_emb.T
         top_k_png(png_path, [str(c) for c in eval_data["captions"][queries]], similarity, eval_data["image"], queries)
     return metrics
+
+
+def evaluate_vqa(inference: Inference, vqa_data: Mapping, answers: list[str]) -> dict[str, float]:
+    """Accuracy of the top answer over every test question (the VQA benchmark's scoring)."""
+    rows = vqa_data["image_index"]
+    arrays = {k: v[rows] for k, v in image_inputs(vqa_data).items()}
+    arrays.update(question_ids=vqa_data["question_ids"], question_mask=vqa_data["question_mask"])
+    predicted = [answers[i] for i in np.argmax(inference.answer_logits(arrays), axis=-1)]
+    return vqa_accuracy(predicted, vqa_data["references"], vqa_data["questions"])
 
 
 def png_path(workdir: str) -> str:

@@ -47,6 +47,22 @@ def take_global_rows(x: jax.Array, indices: jax.Array, axis_name: AxisName) -> j
     return jnp.take(gather_rows(x, axis_name), indices, axis=0)
 
 
+def mine_hard_negatives(img_emb, txt_emb, image_ids, image, text, logit_scale, key, *, axis_name: AxisName = None):
+    """(a hard-negative image for each local text, a hard-negative text for each local image).
+
+    img_emb / txt_emb [b, E] are the ITC embeddings that score candidates; `image` and `text`
+    are pytrees of per-row arrays (the fusion inputs: tokens and masks) gathered with gradient.
+    """
+    sim_i2t = logit_scale * img_emb @ gather_rows(txt_emb, axis_name).T
+    sim_t2i = logit_scale * txt_emb @ gather_rows(img_emb, axis_name).T
+    neg_text, neg_image = hard_negatives(key, sim_i2t, sim_t2i, image_ids, axis_name=axis_name)
+
+    def rows_of(tree, indices):
+        return jax.tree.map(lambda x: take_global_rows(x, indices, axis_name), tree)
+
+    return rows_of(image, neg_image), rows_of(text, neg_text)
+
+
 def itm_loss(pos_logits: jax.Array, neg_image_logits: jax.Array, neg_text_logits: jax.Array, *, axis_name: AxisName = None):
     """Binary matching cross-entropy over the 3b scored pairs (class 1 = match), global mean."""
     logits = jnp.concatenate([pos_logits, neg_image_logits, neg_text_logits]).astype(jnp.float32)

@@ -1,41 +1,114 @@
 """The objective set a config names, combined into one weighted loss.
 
-Each objective is `fn(outputs, batch, axis_name, **options) -> (loss, metrics)`; the total is
-the weighted sum, and every objective's metrics are reported next to it.
+A term is `term(outputs, batch, ctx, **options) -> (loss, metrics)`. `outputs` is what the
+model's forward pass returned (global view on the mesh, one shard under pmap); `ctx` gives the
+model (for terms that run its fusion encoder), this step's key, and `ctx.shards`, which runs a
+pure per-shard function with an axis name. The heavy lifting stays in pure functions of local
+shards (contrastive.py, matching.py, masking.py, vqa.py), each tested against one device.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
 
 from vlpjax.objectives.contrastive import sigmoid_loss, softmax_loss
+from vlpjax.objectives.masking import mask_tokens, mlm_loss
+from vlpjax.objectives.matching import itm_loss, mine_hard_negatives
+from vlpjax.objectives.vqa import vqa_loss
+
+# Independent random streams drawn from the step key.
+_ITM_STREAM, _MLM_STREAM = 1, 2
 
 
-def itc(outputs, batch, axis_name, *, chunked: bool = False):
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    model: Any
+    key: jax.Array
+    shards: Callable  # parallel.MeshShards or parallel.AxisShards
+
+
+@dataclasses.dataclass(frozen=True)
+class TextVocab:
+    """What MLM needs to know of the tokenizer."""
+
+    vocab_size: int
+    mask_id: int | None
+    special_ids: tuple[int, ...]
+
+
+def itc(outputs, batch, ctx: StepContext, *, chunked: bool = False):
     """Image-text contrastive: sigmoid when the model has a logit bias (SigLIP), else softmax."""
+    rows = (outputs["img_emb"], outputs["txt_emb"])
     if "logit_bias" in outputs:
-        return sigmoid_loss(outputs["img_emb"], outputs["txt_emb"], outputs["logit_scale"], outputs["logit_bias"], axis_name=axis_name, chunked=chunked)
+        loss = functools.partial(sigmoid_loss, chunked=chunked)
+        return ctx.shards(loss, rows=rows, shared=(outputs["logit_scale"], outputs["logit_bias"]))
     if chunked:
         raise ValueError("objectives.itc.chunked applies to the sigmoid loss only (model.contrastive='sigmoid')")
-    return softmax_loss(outputs["img_emb"], outputs["txt_emb"], outputs["logit_scale"], axis_name=axis_name)
+    return ctx.shards(softmax_loss, rows=rows, shared=(outputs["logit_scale"],))
 
 
-OBJECTIVES: dict[str, Callable] = {"itc": itc}
+def itm(outputs, batch, ctx: StepContext):
+    """Image-text matching on (positive, hard-negative image, hard-negative text) triples."""
+    image, text = outputs["image"], outputs["text"]
+    key = jax.random.fold_in(ctx.key, _ITM_STREAM)
+    neg_image, neg_text = ctx.shards(
+        mine_hard_negatives,
+        rows=(outputs["img_emb"], outputs["txt_emb"], batch["image_id"], image, text),
+        shared=(outputs["logit_scale"], key),
+        per_row=True,
+    )
+    model = ctx.model
+    logits = (model.itm_logits(text, image), model.itm_logits(text, neg_image), model.itm_logits(neg_text, image))
+    return ctx.shards(itm_loss, rows=logits)
 
 
-def make_objective(spec: Mapping[str, Mapping]) -> Callable:
-    """{'itc': {'weight': 1.0, ...options}} -> objective(outputs, batch, axis_name)."""
+def mlm(outputs, batch, ctx: StepContext, *, vocab: TextVocab, prob: float = 0.15):
+    """Masked language modelling of the text, conditioned on its image through the fusion."""
+    if vocab.mask_id is None:
+        raise ValueError("objectives.mlm needs a tokenizer with a [MASK] token")
+    key = jax.random.fold_in(ctx.key, _MLM_STREAM)
+    masking = functools.partial(mask_tokens, mask_id=vocab.mask_id, special_ids=vocab.special_ids, vocab_size=vocab.vocab_size, prob=prob)
+    masked_ids, targets, selected = ctx.shards(
+        lambda ids, mask, k, axis_name: masking(k, ids, mask, axis_name=axis_name),
+        rows=(batch["text_ids"], batch["text_mask"]),
+        shared=(key,),
+        per_row=True,
+    )
+    model = ctx.model
+    logits = model.mlm_logits(model.encode_text(masked_ids, batch["text_mask"]), outputs["image"])
+    return ctx.shards(mlm_loss, rows=(logits, targets, selected))
+
+
+def vqa(outputs, batch, ctx: StepContext):
+    """Answer classification against soft VQA targets."""
+    return ctx.shards(vqa_loss, rows=(outputs["answer_logits"], batch["answer_scores"]))
+
+
+OBJECTIVES: dict[str, Callable] = {"itc": itc, "itm": itm, "mlm": mlm, "vqa": vqa}
+NEEDS_VOCAB = ("mlm",)
+
+
+def make_objective(spec: Mapping[str, Mapping], vocab: TextVocab | None = None) -> Callable:
+    """{'itc': {'weight': 1.0, ...options}, ...} -> objective(outputs, batch, ctx)."""
     parts = []
     for name, options in spec.items():
         if name not in OBJECTIVES:
             raise ValueError(f"unknown objective {name!r}; available: {sorted(OBJECTIVES)}")
         options = dict(options)
         weight = float(options.pop("weight", 1.0))
+        if name in NEEDS_VOCAB:
+            if vocab is None:
+                raise ValueError(f"objective {name!r} needs the tokenizer's vocabulary")
+            options["vocab"] = vocab
         parts.append((name, weight, OBJECTIVES[name], options))
 
-    def objective(outputs, batch, axis_name):
+    def objective(outputs, batch, ctx: StepContext):
         total, metrics = 0.0, {}
         for name, weight, fn, options in parts:
-            loss, m = fn(outputs, batch, axis_name, **options)
+            loss, m = fn(outputs, batch, ctx, **options)
             total = total + weight * loss
             metrics.update(m)
             metrics[f"{name}/loss"] = loss

@@ -1,40 +1,47 @@
-"""Run a pure objective over the batch axes of a mesh with `jax.shard_map`."""
+"""Run pure per-shard objectives over the batch axes: under `jax.shard_map` on a mesh, or
+directly with an axis name where the caller already holds one shard (pmap)."""
 from __future__ import annotations
 
 import functools
 from typing import Callable
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from vlpjax.parallel.mesh import BATCH_AXES
 
 
-def over_batch_axes(objective: Callable, mesh: Mesh, num_batched: int, **kwargs) -> Callable:
-    """`objective(*batched, *replicated, axis_name=..., **kwargs)` on global arrays.
+class MeshShards:
+    """Runs a per-shard function over the batch axes of a mesh (the mesh-jit step).
 
-    The first `num_batched` positional arguments are split by rows over (data, fsdp); the
-    rest (temperatures, keys) are replicated. The (loss, metrics) result is replicated.
+    `shards(fn, rows=(...), shared=(...))` calls `fn(*rows, *shared, axis_name=...)` under
+    shard_map: every leaf in `rows` is split by its leading (batch) axis, `shared` leaves
+    are replicated. The result is replicated, or split by rows with `per_row=True`.
     """
-    local = functools.partial(objective, axis_name=BATCH_AXES, **kwargs)
 
-    def run(*args):
-        specs = tuple(P(BATCH_AXES) if i < num_batched else P() for i in range(len(args)))
-        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())(*args)
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
 
-    return run
-
-
-def _batch_specs(tree, batch_size: int):
-    """Arrays whose leading dimension is the global batch are split over the batch axes."""
-    return jax.tree.map(lambda x: P(BATCH_AXES) if np.ndim(x) >= 1 and x.shape[0] == batch_size else P(), tree)
+    def __call__(self, fn: Callable, *, rows=(), shared=(), per_row: bool = False):
+        in_specs = tuple(P(BATCH_AXES) for _ in rows) + tuple(P() for _ in shared)
+        local = functools.partial(fn, axis_name=BATCH_AXES)
+        return jax.shard_map(local, mesh=self.mesh, in_specs=in_specs, out_specs=P(BATCH_AXES) if per_row else P())(*rows, *shared)
 
 
-def objective_on_mesh(objective: Callable, mesh: Mesh, outputs, batch):
-    """`objective(outputs, batch, axis_name)` on global pytrees: batch-sized arrays split over
-    (data, fsdp), everything else replicated; the (loss, metrics) result is replicated."""
-    batch_size = jax.tree.leaves(batch)[0].shape[0]
-    specs = (_batch_specs(outputs, batch_size), _batch_specs(batch, batch_size))
-    run = jax.shard_map(lambda o, b: objective(o, b, BATCH_AXES), mesh=mesh, in_specs=specs, out_specs=P())
-    return run(outputs, batch)
+class AxisShards:
+    """The same interface where the caller already holds one shard per device (pmap), or
+    `axis_name=None` for one device holding the whole batch."""
+
+    def __init__(self, axis_name):
+        self.axis_name = axis_name
+
+    def __call__(self, fn: Callable, *, rows=(), shared=(), per_row: bool = False):
+        return fn(*rows, *shared, axis_name=self.axis_name)
+
+
+def over_batch_axes(objective: Callable, mesh: Mesh, num_batched: int, **kwargs) -> Callable:
+    """`objective(*batched, *replicated, axis_name=..., **kwargs)` as a function of global
+    arrays: the first `num_batched` arguments are split by rows, the rest replicated."""
+    shards = MeshShards(mesh)
+    fn = functools.partial(objective, **kwargs)
+    return lambda *args: shards(fn, rows=args[:num_batched], shared=args[num_batched:])

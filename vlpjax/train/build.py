@@ -13,15 +13,17 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from vlpjax.data import builders
-from vlpjax.data.pipeline import PipelineConfig
+from vlpjax.data.pipeline import PipelineConfig, training_answers
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
+from vlpjax.models.fusion_vlp import build_fusion_vlp
 from vlpjax.models.vlp import build_dual_encoder
+from vlpjax.objectives.registry import TextVocab
 from vlpjax.parallel import make_mesh, state_shardings
 from vlpjax.train import checkpoints, rules as rule_lib
 from vlpjax.train.optimizer import make_optimizer
 from vlpjax.train.state import TrainState, split_model
 
-MODEL_FAMILIES = ("dual_encoder",)
+MODEL_FAMILIES = ("dual_encoder", "fusion")
 
 
 @dataclasses.dataclass
@@ -30,6 +32,12 @@ class Data:
     train_source: Any
     test_source: Any
     tokenizer: TextTokenizer
+    answers: list[str]  # the VQA answer vocabulary (empty unless data.task == 'vqa')
+
+    @property
+    def vocab(self) -> TextVocab:
+        t = self.tokenizer
+        return TextVocab(vocab_size=t.vocab_size, mask_id=t.mask_id, special_ids=t.special_ids)
 
 
 def dataset_kwargs(data: ml_collections.ConfigDict) -> dict:
@@ -48,7 +56,10 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     sources = builder.as_data_source()
     if "test" not in sources:
         raise ValueError(f"dataset {builder.builder_config.name} has no test split to evaluate on: rebuild it with a test fraction above 0")
-    return Data(builder, sources["train"], sources["test"], TextTokenizer(tokenizer_path))
+    answers = training_answers(sources["train"], config.data.max_answers or None) if config.data.task == "vqa" else []
+    if config.data.task == "vqa" and not answers:
+        raise ValueError(f"data.task='vqa' but dataset {config.data.name} has no training questions")
+    return Data(builder, sources["train"], sources["test"], TextTokenizer(tokenizer_path), answers)
 
 
 def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> PipelineConfig:
@@ -62,10 +73,13 @@ def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> Pi
         crop_scale=tuple(config.data.crop_scale),
         flip=config.data.flip,
         flip_swaps_words=config.data.name == "synthetic_shapes",
+        task=config.data.task,
+        region_grid=config.data.region_grid,
+        max_regions=config.data.max_regions,
     )
 
 
-def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: int) -> nnx.Module:
+def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: int, num_answers: int = 0) -> nnx.Module:
     spec = model_config.to_dict()
     family = spec.pop("family")
     if family not in MODEL_FAMILIES:
@@ -73,7 +87,13 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: 
     dtype = spec.pop("dtype", "float32")
     spec["image"] = {**spec["image"], "dtype": dtype}
     spec["text"] = {**spec["text"], "vocab_size": vocab_size, "dtype": dtype}
-    return build_dual_encoder(spec, rngs=nnx.Rngs(seed))
+    if family == "dual_encoder":
+        if num_answers:
+            raise ValueError("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
+        return build_dual_encoder(spec, rngs=nnx.Rngs(seed))
+    if spec.get("fusion", {}).get("layout", "albef") != "albef":
+        spec["fusion"] = {**spec["fusion"], "dtype": dtype}
+    return build_fusion_vlp({**spec, "num_answers": num_answers}, rngs=nnx.Rngs(seed))
 
 
 def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
@@ -111,8 +131,8 @@ class Run:
     shardings: Any
 
 
-def create_run(config: ml_collections.ConfigDict, vocab_size: int) -> Run:
-    model = build_model(config.model, vocab_size, config.seed)
+def create_run(config: ml_collections.ConfigDict, vocab_size: int, num_answers: int = 0) -> Run:
+    model = build_model(config.model, vocab_size, config.seed, num_answers)
     graphdef, params, frozen = split_model(model, tuple(config.rules.frozen))
     params, frozen = load_pretrained(params, frozen, config.init)
     tx = make_optimizer(config.optim, config.rules, params, config.train.steps)

@@ -1,6 +1,7 @@
 """The one trainer: every recipe runs this loop; the config picks model, objectives and data."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -10,18 +11,19 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from vlpjax.data.pipeline import eval_arrays, train_iterator
-from vlpjax.evaluate.runner import Embedder, evaluate, png_path
+from vlpjax.data.pipeline import eval_arrays, train_iterator, vqa_eval_arrays
+from vlpjax.evaluate.runner import Inference, evaluate, evaluate_vqa, png_path
 from vlpjax.evaluate.report import metrics_table
 from vlpjax.objectives.registry import make_objective
 from vlpjax.parallel import host_local_to_global
 from vlpjax.train import checkpoints
-from vlpjax.train.build import Run, create_run, load_data, pipeline_config
+from vlpjax.train.build import Data, Run, create_run, load_data, pipeline_config
 from vlpjax.train.metrics_log import MetricsLog
 from vlpjax.train.state import count_params
 from vlpjax.train.steps import build_mesh_step, build_pmap_step, split_for_pmap
 
-DATA_KEYS = ("image", "text_ids", "text_mask", "image_id", "regions", "boxes", "region_mask")
+DATA_KEYS = ("image", "text_ids", "text_mask", "image_id", "regions", "boxes", "region_mask", "question_ids", "question_mask", "answer_scores")
+ANSWERS_FILE = "answers.json"
 
 
 class StopFlag:
@@ -50,9 +52,9 @@ class Stepper:
         self.run = run
         if self.pmap:
             self.devices = jax.local_devices()
-            self.fn = build_pmap_step(run.graphdef, run.tx, objective)
+            self.fn = build_pmap_step(run.graphdef, run.tx, objective, seed=config.seed)
         else:
-            self.fn = build_mesh_step(run.graphdef, run.tx, objective, run.mesh, run.shardings)
+            self.fn = build_mesh_step(run.graphdef, run.tx, objective, run.mesh, run.shardings, seed=config.seed)
 
     def to_device_state(self, state):
         if not self.pmap:
@@ -75,20 +77,37 @@ class Stepper:
         return state, (_unreplicate(metrics) if self.pmap else metrics)
 
 
+def _eval_data(config: ml_collections.ConfigDict, data: Data) -> dict:
+    pipeline = pipeline_config(config, jax.process_count())
+    if config.data.task == "vqa":
+        return vqa_eval_arrays(data.test_source, data.tokenizer, pipeline)
+    return eval_arrays(data.test_source, data.tokenizer, pipeline)
+
+
 def _eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dict:
-    embedder = Embedder(run.graphdef, state.params, state.frozen, run.mesh, config.eval.batch_size)
-    is_main = jax.process_index() == 0
-    metrics = evaluate(
-        embedder,
-        eval_data,
-        data.tokenizer,
-        config.data.text_len,
-        zero_shot=config.eval.zero_shot and config.data.name == "synthetic_shapes",
-        png_path=png_path(workdir) if is_main else None,
-        png_queries=config.eval.png_queries,
-    )
+    inference = Inference(run.graphdef, state.params, state.frozen, run.mesh, config.eval.batch_size)
+    if config.data.task == "vqa":
+        metrics = evaluate_vqa(inference, eval_data, data.answers)
+    else:
+        metrics = evaluate(
+            inference,
+            eval_data,
+            data.tokenizer,
+            config.data.text_len,
+            zero_shot=config.eval.zero_shot and config.data.name == "synthetic_shapes",
+            itm_top_k=config.eval.itm_top_k if config.model.family == "fusion" else 0,
+            png_path=png_path(workdir) if jax.process_index() == 0 else None,
+            png_queries=config.eval.png_queries,
+        )
     log.write(step, metrics)
     return metrics
+
+
+def _save_answers(workdir: str, answers: list[str]) -> None:
+    """The answer vocabulary, index = VQA head output: what a user of the checkpoint needs."""
+    if answers and jax.process_index() == 0:
+        with open(os.path.join(workdir, ANSWERS_FILE), "w") as f:
+            json.dump(answers, f, indent=0)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -97,17 +116,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
     data = load_data(config)
-    run = create_run(config, data.tokenizer.vocab_size)
-    stepper = Stepper(config, run, make_objective(config.objectives.to_dict()))
+    run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
+    _save_answers(workdir, data.answers)
+    stepper = Stepper(config, run, make_objective(config.objectives.to_dict(), data.vocab))
     iterator = train_iterator(
         data.train_source,
         data.tokenizer,
         pipeline_config(config, process_count),
         process_index,
         process_count,
-        captioned_only=config.data.name == "image_text_folder",
+        filter_empty=config.data.name == "image_text_folder",
+        answers=data.answers,
     )
-    eval_data = eval_arrays(data.test_source, data.tokenizer, config.data.image_size, config.data.text_len)
+    eval_data = _eval_data(config, data)
     manager = checkpoints.checkpoint_manager(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
 
     host_state, start = run.state, 0
@@ -162,28 +183,24 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def final_report(metrics: dict, workdir: str, log: MetricsLog) -> str:
-    return "\n".join(
-        [
-            "",
-            metrics_table(metrics),
-            "",
-            f"top-5 retrievals: {png_path(workdir)}",
-            f"metrics:          {log.path}",
-            f"tensorboard:      {log.tensorboard_dir}  (tensorboard --logdir {log.tensorboard_dir})",
-        ]
-    )
+    lines = ["", metrics_table(metrics), ""]
+    if os.path.exists(png_path(workdir)):
+        lines.append(f"top-5 retrievals: {png_path(workdir)}")
+    lines.append(f"metrics:          {log.path}")
+    lines.append(f"tensorboard:      {log.tensorboard_dir}  (tensorboard --logdir {log.tensorboard_dir})")
+    return "\n".join(lines)
 
 
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`vlpjax eval`: the latest checkpoint in `workdir`, evaluated and logged at its step."""
     data = load_data(config)
-    run = create_run(config, data.tokenizer.vocab_size)
+    run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
     manager = checkpoints.checkpoint_manager(workdir, every=1, keep=config.train.keep_checkpoints, async_save=False)
     try:
         state, _, step = checkpoints.restore(manager, run.state, with_data=False)
     finally:
         manager.close()
-    eval_data = eval_arrays(data.test_source, data.tokenizer, config.data.image_size, config.data.text_len)
+    eval_data = _eval_data(config, data)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     metrics = _eval_and_log(config, run, state, data, eval_data, workdir, log, step)
     log.close()

@@ -13,22 +13,31 @@ from flax import nnx
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from vlpjax.parallel.sharded_objective import objective_on_mesh
+from vlpjax.objectives.registry import StepContext
+from vlpjax.parallel.sharded_objective import AxisShards, MeshShards
 from vlpjax.train.state import TrainState, apply_gradients
 
 PMAP_AXIS = "batch"
 
 
-def _forward(graphdef, params, frozen, batch):
+def step_key(seed: int, step: jax.Array) -> jax.Array:
+    """Masking and negative sampling at `step`: the same on every process and after a resume
+    (objectives fold in the global row index, so each row draws its own numbers)."""
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def _loss(graphdef, params, frozen, batch, objective, key, shards):
     model = nnx.merge(graphdef, params, jax.lax.stop_gradient(frozen))
-    return model(batch)
+    outputs = model(batch)
+    return objective(outputs, batch, StepContext(model=model, key=key, shards=shards))
 
 
-def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardings, donate: bool = True):
+def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardings, donate: bool = True, seed: int = 0):
+    shards = MeshShards(mesh)
+
     def step(state: TrainState, batch):
         def loss_fn(params):
-            outputs = _forward(graphdef, params, state.frozen, batch)
-            return objective_on_mesh(objective, mesh, outputs, batch)
+            return _loss(graphdef, params, state.frozen, batch, objective, step_key(seed, state.step), shards)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return apply_gradients(state, grads, tx), metrics
@@ -37,11 +46,12 @@ def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardin
     return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,) if donate else ())
 
 
-def build_pmap_step(graphdef, tx, objective: Callable, donate: bool = True):
+def build_pmap_step(graphdef, tx, objective: Callable, donate: bool = True, seed: int = 0):
+    shards = AxisShards(PMAP_AXIS)
+
     def step(state: TrainState, batch):
         def loss_fn(params):
-            outputs = _forward(graphdef, params, state.frozen, batch)
-            return objective(outputs, batch, PMAP_AXIS)
+            return _loss(graphdef, params, state.frozen, batch, objective, step_key(seed, state.step), shards)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grads = lax.pmean(grads, PMAP_AXIS)

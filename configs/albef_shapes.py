@@ -1,0 +1,43 @@
+"""ALBEF on synthetic_shapes: ViT + BERT-style text whose last layers cross-attend to the image;
+ITC + ITM with hard negatives from the global batch + MLM, then retrieval re-ranked by ITM.
+
+    vlpjax train --config configs/albef_shapes.py --workdir workdirs/albef_shapes
+"""
+from vlpjax.config import base_recipe
+
+
+def get_config(arg=None):
+    c = base_recipe(__file__, "clip_shapes").get_config()
+    c.model = dict(
+        family="fusion",
+        image=dict(kind="vit", variant="x/16", width=128, depth=4, mlp_dim=512, num_heads=2, image_size=64, pool="gap"),
+        # 2 text-only layers (the ITC text encoder), then 2 layers with cross-attention (the fusion).
+        text=dict(kind="bert", hidden_size=128, num_hidden_layers=4, cross_attention_from=2, num_attention_heads=2, intermediate_size=512, max_position_embeddings=32),
+        fusion=dict(layout="albef"),
+        embed_dim=128,
+        dtype="float32",
+    )
+    c.objectives = dict(itc=dict(weight=1.0), itm=dict(weight=1.0), mlm=dict(weight=1.0, prob=0.15))
+    c.train.update(batch_size=128, steps=500, checkpoint_every=250)
+    c.optim.lr = 5e-4
+    c.eval.itm_top_k = 16
+    if arg == "tiny":
+        shrink_for_tests(c)
+    return c
+
+
+def shrink_for_tests(c):
+    """A few seconds on CPU: the `:tiny` variants of every fusion recipe."""
+    c.data.update(image_size=32, train_size=512, test_size=64)
+    if c.model.image.kind == "vit":
+        c.model.image.update(image_size=32, width=32, depth=min(c.model.image.depth, 1), mlp_dim=64)
+    else:
+        c.model.image.update(width=32, depth=0)
+    c.model.text.update(hidden_size=32, intermediate_size=64, num_hidden_layers=min(c.model.text.num_hidden_layers, 2))
+    if c.model.text.get("cross_attention_from") is not None:
+        c.model.text.cross_attention_from = 1
+    if c.model.fusion.layout != "albef":
+        c.model.fusion.update(width=32, depth=1, mlp_dim=64)
+    c.model.embed_dim = 32
+    c.train.update(batch_size=32, steps=8, log_every=2, checkpoint_every=4)
+    c.eval.update(batch_size=32, itm_top_k=4)

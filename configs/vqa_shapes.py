@@ -1,0 +1,28 @@
+"""VQA on synthetic_shapes: fine-tune an albef_shapes checkpoint with a new answer classifier
+over the training answers. Run albef_shapes first, then:
+
+    vlpjax train --config configs/vqa_shapes.py --workdir workdirs/vqa_shapes \\
+        --config.init.checkpoint=workdirs/albef_shapes
+
+The same recipe fine-tunes on a user folder's VQA rows with
+`--config.data.name=image_text_folder --config.data.folder=DIR` (see README).
+"""
+from vlpjax.config import base_recipe
+
+albef = base_recipe(__file__, "albef_shapes")
+
+
+def get_config(arg=None):
+    c = albef.get_config()
+    c.data.task = "vqa"
+    c.objectives = dict(vqa=dict(weight=1.0))
+    c.init.checkpoint = "workdirs/albef_shapes"
+    c.init.load = (r"(?!vqa_head/).*",)  # everything but the new answer head
+    # Heads VQA does not use: frozen, so they hold no optimizer state.
+    c.rules.frozen = (r"(itm_head|mlm_head|img_proj|txt_proj)/.*", r"logit_scale")
+    c.train.update(steps=600, checkpoint_every=300)
+    c.optim.update(lr=3e-4, warmup_steps=50)
+    c.eval.update(zero_shot=False, itm_top_k=0, png_queries=0)
+    if arg == "tiny":
+        albef.shrink_for_tests(c)
+    return c

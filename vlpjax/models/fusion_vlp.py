@@ -1,0 +1,134 @@
+"""`FusionVLP`: the ALBEF / METER / ViLT / UNITER family, whose towers meet in a fusion encoder.
+
+An image encoder (ViT, CNN grid or regions) and a BERT-style text encoder give unimodal
+tokens; ITC projects their pooled outputs. A fusion step then joins a text with an image:
+
+- `layout='albef'`: the text encoder's last layers cross-attend to the image tokens
+  (`BertConfig.cross_attention_from` marks where they start);
+- `layout='merged'`: one transformer over the concatenated sequences (ViLT, UNITER);
+- `layout='co_attention'`: two streams that cross-attend to each other (METER).
+
+The fused [CLS] feeds the ITM and VQA heads; the fused text tokens feed the MLM head. The
+model is device-agnostic: hard-negative mining and the losses live in `vlpjax.objectives`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlpjax.models.fusion import CoAttentionFusion, FusionConfig, Fused, MergedAttentionFusion
+from vlpjax.models.heads import AnswerHead, MaskedLMHead, MatchingHead, Projection
+from vlpjax.models.layers import Encoded
+from vlpjax.models.text import BertConfig, BertEncoder
+from vlpjax.models.vlp import MAX_LOGIT_SCALE, build_image_encoder
+
+LAYOUTS = ("albef", "merged", "co_attention")
+
+
+class FusionVLP(nnx.Module):
+    def __init__(
+        self,
+        image_encoder: nnx.Module,
+        text_encoder: BertEncoder,
+        fusion: nnx.Module | None,
+        *,
+        embed_dim: int,
+        num_answers: int = 0,
+        rngs: nnx.Rngs,
+    ):
+        if fusion is None and text_encoder.first_cross_layer == text_encoder.config.num_hidden_layers:
+            raise ValueError("the ALBEF layout needs text layers with cross-attention: set text.cross_attention_from")
+        self.img = image_encoder
+        self.txt = text_encoder
+        self.fusion = fusion
+        fused_dim = text_encoder.out_dim if fusion is None else fusion.config.width
+        self.img_proj = Projection(image_encoder.out_dim, embed_dim, rngs=rngs)
+        self.txt_proj = Projection(text_encoder.out_dim, embed_dim, rngs=rngs)
+        self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
+        self.itm_head = MatchingHead(fused_dim, rngs=rngs)
+        self.mlm_head = MaskedLMHead(fused_dim, text_encoder.config.vocab_size, act=text_encoder.config.hidden_act, rngs=rngs)
+        self.vqa_head = AnswerHead(fused_dim, num_answers, rngs=rngs) if num_answers else None
+
+    # --- unimodal -------------------------------------------------------------------------
+    def encode_image(self, batch: Mapping[str, jax.Array]) -> Encoded:
+        return self.img(*[batch[k] for k in self.img.input_keys])
+
+    def encode_text(self, ids: jax.Array, mask: jax.Array) -> Encoded:
+        return self.txt.encode(ids, mask)
+
+    def embed_image(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return self.img_proj(self.encode_image(batch).pooled)
+
+    def embed_text(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        return self.txt_proj(self.encode_text(batch["text_ids"], batch["text_mask"]).pooled)
+
+    def scale(self) -> jax.Array:
+        return jnp.exp(jnp.minimum(self.logit_scale[...], math.log(MAX_LOGIT_SCALE)))
+
+    # --- fusion and heads -----------------------------------------------------------------
+    def fuse(self, text: Encoded, image: Encoded) -> Fused:
+        if self.fusion is None:
+            tokens = self.txt.fusion_layers(text.tokens, text.mask, image.tokens, image.mask)
+            return Fused(text=tokens, image=image.tokens, pooled=tokens[:, 0])
+        return self.fusion(text.tokens, text.mask, image.tokens, image.mask)
+
+    def itm_logits(self, text: Encoded, image: Encoded) -> jax.Array:
+        """[B, 2] match logits of text row i with image row i."""
+        return self.itm_head(self.fuse(text, image).pooled)
+
+    def mlm_logits(self, text: Encoded, image: Encoded) -> jax.Array:
+        """[B, L, V] vocabulary logits of the image-conditioned text tokens."""
+        return self.mlm_head(self.fuse(text, image).text)
+
+    def answer_logits(self, batch: Mapping[str, jax.Array]) -> jax.Array:
+        """[B, A] VQA logits for (image, question) rows."""
+        if self.vqa_head is None:
+            raise ValueError("this model has no VQA head: set model.num_answers (the recipe's answer vocabulary)")
+        question = self.encode_text(batch["question_ids"], batch["question_mask"])
+        return self.vqa_head(self.fuse(question, self.encode_image(batch)).pooled)
+
+    def __call__(self, batch: Mapping[str, jax.Array]) -> dict[str, Any]:
+        """Unimodal encodings and ITC embeddings; the objectives run the fusion as they need it."""
+        if "question_ids" in batch:  # VQA fine-tuning
+            return {"answer_logits": self.answer_logits(batch)}
+        image = self.encode_image(batch)
+        text = self.encode_text(batch["text_ids"], batch["text_mask"])
+        return {
+            "image": image,
+            "text": text,
+            "img_emb": self.img_proj(image.pooled),
+            "txt_emb": self.txt_proj(text.pooled),
+            "logit_scale": self.scale(),
+        }
+
+
+def build_fusion(spec: Mapping[str, Any] | None, text_dim: int, image_dim: int, *, rngs: nnx.Rngs) -> nnx.Module | None:
+    """{'layout': 'albef'} -> None (the text encoder fuses); merged / co_attention -> an encoder."""
+    spec = dict(spec or {})
+    layout = spec.pop("layout", "albef")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown fusion layout {layout!r}; choose one of {LAYOUTS}")
+    if layout == "albef":
+        if spec:
+            raise ValueError(f"the albef layout takes its fusion layers from the text encoder; drop fusion fields {sorted(spec)}")
+        return None
+    config = FusionConfig(text_dim=text_dim, image_dim=image_dim, **spec)
+    return (MergedAttentionFusion if layout == "merged" else CoAttentionFusion)(config, rngs=rngs)
+
+
+def build_fusion_vlp(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> FusionVLP:
+    """{'image': {...}, 'text': {BertConfig fields}, 'fusion': {'layout': ..., ...}, 'embed_dim', 'num_answers'}."""
+    image = build_image_encoder(spec["image"], rngs=rngs)
+    text_fields = dict(spec["text"])
+    if text_fields.pop("kind", "bert") != "bert":
+        raise ValueError("fusion models use a BERT-style text encoder (model.text.kind='bert')")
+    fusion_spec = spec.get("fusion") or {}
+    if fusion_spec.get("layout", "albef") == "albef":
+        text_fields.setdefault("context_dim", image.out_dim)
+    text = BertEncoder(BertConfig(**text_fields), rngs=rngs)
+    fusion = build_fusion(fusion_spec, text.out_dim, image.out_dim, rngs=rngs)
+    return FusionVLP(image, text, fusion, embed_dim=spec.get("embed_dim", 256), num_answers=spec.get("num_answers", 0), rngs=rngs)
