@@ -18,7 +18,7 @@ def get_config(arg=None):
         dtype="float32",
     )
     c.objectives = dict(itc=dict(weight=1.0), itm=dict(weight=1.0), mlm=dict(weight=1.0, prob=0.15))
-    c.train.update(batch_size=128, steps=500, checkpoint_every=250)
+    c.train.update(batch_size=128, steps=1000, checkpoint_every=250)
     c.optim.lr = 5e-4
     c.eval.itm_top_k = 16
     if arg == "tiny":

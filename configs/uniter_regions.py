@@ -18,6 +18,7 @@ def get_config(arg=None):
     c.model.image = dict(kind="regions", feature_dim=REGION_GRID * REGION_GRID * 3, width=128, depth=1, num_heads=2, mlp_dim=512)
     c.model.text.update(num_hidden_layers=2, cross_attention_from=None)
     c.model.fusion = dict(layout="merged", width=128, depth=2, num_heads=2, mlp_dim=512)
+    c.train.steps = 300
     if arg == "tiny":
         albef.shrink_for_tests(c)
     return c

@@ -14,6 +14,7 @@ def get_config(arg=None):
     c.model.image.update(depth=0)  # raw patch tokens (+ position embeddings)
     c.model.text.update(num_hidden_layers=0, cross_attention_from=None)  # word embeddings only
     c.model.fusion = dict(layout="merged", width=128, depth=4, num_heads=2, mlp_dim=512)
+    c.train.steps = 300
     if arg == "tiny":
         albef.shrink_for_tests(c)
     return c

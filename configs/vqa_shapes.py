@@ -20,8 +20,8 @@ def get_config(arg=None):
     c.init.load = (r"(?!vqa_head/).*",)  # everything but the new answer head
     # Heads VQA does not use: frozen, so they hold no optimizer state.
     c.rules.frozen = (r"(itm_head|mlm_head|img_proj|txt_proj)/.*", r"logit_scale")
-    c.train.update(steps=600, checkpoint_every=300)
-    c.optim.update(lr=3e-4, warmup_steps=50)
+    c.train.update(steps=1500, checkpoint_every=500)
+    c.optim.update(lr=5e-4, warmup_steps=100)
     c.eval.update(zero_shot=False, itm_top_k=0, png_queries=0)
     if arg == "tiny":
         albef.shrink_for_tests(c)

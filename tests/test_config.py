@@ -30,6 +30,19 @@ def test_wrong_values_fail_before_building(override, message):
         load_config(RECIPE, [override])
 
 
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.data.task=vqa", r"objectives.itc does not apply to data.task='vqa'"),
+        ("--config.model.family=dual_encoder", r"objectives.itm needs a model family among \['fusion'\]"),
+        ("--config.data.task=captions", "data.task must be one of"),
+    ],
+)
+def test_objectives_that_cannot_run_fail_before_building(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/albef_shapes.py", [override])
+
+
 def test_cli_reports_unknown_key_before_building(tmp_path, capsys):
     with pytest.raises(SystemExit, match="train.bogus"):
         main(["train", "--config", RECIPE, "--workdir", str(tmp_path / "w"), "--config.train.bogus=1"])

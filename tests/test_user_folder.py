@@ -12,15 +12,21 @@ from vlpjax.train.metrics_log import read_metrics
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _make_folder(root, count=48):
-    rng = np.random.default_rng(0)
+def _scenes(root, count, seed, suffix):
+    """(index, scene, rng) for `count` shapes images written to root/img/<index><suffix>."""
+    rng = np.random.default_rng(seed)
     os.makedirs(root / "img")
+    for i in range(count):
+        scene = shapes.sample_scene(rng)
+        image, _ = shapes.draw_scene(scene, 48, rng)
+        Image.fromarray(image).save(root / "img" / f"{i}{suffix}", quality=95)
+        yield i, scene, rng
+
+
+def _make_folder(root, count=48):
     words = set()
     with open(root / "manifest.jsonl", "w") as f:
-        for i in range(count):
-            scene = shapes.sample_scene(rng)
-            image, _ = shapes.draw_scene(scene, 48, rng)
-            Image.fromarray(image).save(root / "img" / f"{i}.jpg", quality=95)
+        for i, scene, rng in _scenes(root, count, 0, ".jpg"):
             captions = shapes.captions(scene, rng, 2)
             words.update(w for c in captions for w in c.replace(";", " ").replace(",", " ").split())
             f.write(json.dumps({"image": f"img/{i}.jpg", "captions": captions}) + "\n")
@@ -64,14 +70,9 @@ def test_train_on_an_image_text_folder_with_a_local_hf_tokenizer(tmp_path):
 
 def _make_vqa_folder(root, count=40):
     """Only VQA rows, several reference answers each (some disagreeing), as annotators give them."""
-    rng = np.random.default_rng(1)
-    os.makedirs(root / "img")
     words = set()
     with open(root / "manifest.jsonl", "w") as f:
-        for i in range(count):
-            scene = shapes.sample_scene(rng)
-            image, _ = shapes.draw_scene(scene, 48, rng)
-            Image.fromarray(image).save(root / "img" / f"{i}.png")
+        for i, scene, rng in _scenes(root, count, 1, ".png"):
             for question, answer in shapes.questions(scene, rng)[:3]:
                 answers = [answer] * 4 + ["maybe"]
                 words.update(question.rstrip("?").split())

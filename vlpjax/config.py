@@ -14,6 +14,9 @@ import ml_collections
 
 REQUIRED_SECTIONS = ("data", "model", "objectives", "optim", "train", "mesh")
 PARALLELISMS = ("mesh", "pmap")
+# Which objectives each model family can run, and which a data task feeds.
+FAMILY_OBJECTIVES = {"dual_encoder": ("itc",), "fusion": ("itc", "itm", "mlm", "vqa")}
+TASK_OBJECTIVES = {"image_text": ("itc", "itm", "mlm"), "vqa": ("vqa",)}
 
 
 class ConfigError(ValueError):
@@ -117,7 +120,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             raise ConfigError(f"train.{field} must be positive, got {config.train[field]}")
     if not config.objectives:
         raise ConfigError("objectives is empty: name at least one objective with a weight")
+    _validate_objectives(config)
     return config
+
+
+def _validate_objectives(config: ml_collections.ConfigDict) -> None:
+    family, task = config.model.get("family"), config.data.get("task", "image_text")
+    if family not in FAMILY_OBJECTIVES:
+        raise ConfigError(f"model.family must be one of {tuple(FAMILY_OBJECTIVES)}, got {family!r}")
+    if task not in TASK_OBJECTIVES:
+        raise ConfigError(f"data.task must be one of {tuple(TASK_OBJECTIVES)}, got {task!r}")
+    for name in config.objectives:
+        if name not in FAMILY_OBJECTIVES[family]:
+            raise ConfigError(f"objectives.{name} needs a model family among {[f for f, o in FAMILY_OBJECTIVES.items() if name in o]}; model.family is {family!r}")
+        if name not in TASK_OBJECTIVES[task]:
+            raise ConfigError(f"objectives.{name} does not apply to data.task={task!r}; that task trains {TASK_OBJECTIVES[task]}")
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
