@@ -10,7 +10,9 @@ def get_config(arg=None):
     c = base_recipe(__file__, "clip_shapes").get_config()
     c.model = dict(
         family="fusion",
-        image=dict(kind="vit", variant="x/16", width=128, depth=4, mlp_dim=512, num_heads=2, image_size=64, pool="gap"),
+        # Fixed sin-cos positions: as strong as the patch content from step 0, which VQA's
+        # "what is at the top left" questions need (learned ones start some 40x weaker than the patch embedding).
+        image=dict(kind="vit", variant="x/16", width=128, depth=4, mlp_dim=512, num_heads=2, image_size=64, pool="gap", posemb="sincos2d"),
         # 2 text-only layers (the ITC text encoder), then 2 layers with cross-attention (the fusion).
         text=dict(kind="bert", hidden_size=128, num_hidden_layers=4, cross_attention_from=2, num_attention_heads=2, intermediate_size=512, max_position_embeddings=32),
         fusion=dict(layout="albef"),

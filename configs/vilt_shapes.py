@@ -1,6 +1,7 @@
-"""ViLT on synthetic_shapes: no unimodal towers to speak of (patch embeddings and word
-embeddings), one merged-attention transformer over the concatenated sequence; ITC + ITM + MLM.
-ITC here scores pooled raw embeddings: it is weak by design and serves to mine ITM negatives.
+"""ViLT on synthetic_shapes: raw patch tokens (no vision layers) and a one-layer text encoder,
+then one merged-attention transformer over the concatenated sequence; ITC + ITM + MLM.
+ViLT itself has no ITC; here ITC scores the mean patch token against the text's [CLS], weak
+by design, to mine the ITM negatives. The text keeps one layer so that [CLS] sees the words.
 
     vlpjax train --config configs/vilt_shapes.py --workdir workdirs/vilt_shapes
 """
@@ -12,7 +13,7 @@ albef = base_recipe(__file__, "albef_shapes")
 def get_config(arg=None):
     c = albef.get_config()
     c.model.image.update(depth=0)  # raw patch tokens (+ position embeddings)
-    c.model.text.update(num_hidden_layers=0, cross_attention_from=None)  # word embeddings only
+    c.model.text.update(num_hidden_layers=1, cross_attention_from=None)
     c.model.fusion = dict(layout="merged", width=128, depth=4, num_heads=2, mlp_dim=512)
     c.train.steps = 300
     if arg == "tiny":

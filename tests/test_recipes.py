@@ -9,7 +9,7 @@ import pytest
 
 from vlpjax.config import load_config
 from vlpjax.train import checkpoints
-from vlpjax.train.loop import train
+from vlpjax.train.loop import evaluate_workdir, train
 from vlpjax.train.metrics_log import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,8 +81,10 @@ def test_albef_pretrains_then_vqa_fine_tunes_from_its_checkpoint(tiny_shapes_dir
     albef, _ = checkpoints.restore_params(albef_dir)
 
     vqa_dir = str(tmp_path / "vqa")
-    metrics = train(_config("vqa_shapes", tiny_shapes_dir, f"--config.init.checkpoint={albef_dir}"), vqa_dir)
+    vqa_config = _config("vqa_shapes", tiny_shapes_dir, f"--config.init.checkpoint={albef_dir}")
+    metrics = train(vqa_config, vqa_dir)
     assert 0.0 <= metrics["vqa/accuracy"] <= 1.0 and metrics["vqa/questions"] > 64  # several questions per test image
+    assert evaluate_workdir(vqa_config, vqa_dir) == metrics  # `vlpjax eval` rebuilds the same answer head and data
     answers = json.load(open(os.path.join(vqa_dir, "answers.json")))
     assert {"yes", "no", "one", "red", "circle"} <= set(answers)
     vqa, _ = checkpoints.restore_params(vqa_dir)

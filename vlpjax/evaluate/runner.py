@@ -41,16 +41,18 @@ class Inference:
         self._itm = jitted(_itm_match_logit)
         self._answers = jitted(lambda m, b: m.answer_logits(b))
 
-    def _batched(self, fn, arrays: Mapping[str, np.ndarray], desc: str | None = None) -> np.ndarray:
-        n = len(next(iter(arrays.values())))
+    def _batched(self, fn, arrays: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray] | None = None, desc: str | None = None) -> np.ndarray:
+        """fn over fixed-size batches. `rows[k]`, where given, picks the rows of `arrays[k]` that
+        make up the inputs, batch by batch, so pairs of a large test split are never all in memory."""
+        rows = rows or {}
+        n = len(next(iter(rows.values()))) if rows else len(next(iter(arrays.values())))
         out = []
         for start in tqdm(range(0, n, self.batch_size), desc=desc, disable=desc is None, leave=False):
-            chunk = {k: v[start : start + self.batch_size] for k, v in arrays.items()}
-            rows = len(next(iter(chunk.values())))
-            if rows < self.batch_size:  # pad to one compiled shape
-                chunk = {k: np.concatenate([v, np.repeat(v[-1:], self.batch_size - rows, 0)]) for k, v in chunk.items()}
+            index = np.arange(start, min(start + self.batch_size, n))
+            index = np.concatenate([index, np.repeat(index[-1:], self.batch_size - len(index))])  # one compiled shape
+            chunk = {k: v[rows[k][index]] if k in rows else v[index] for k, v in arrays.items()}
             chunk = jax.device_put(chunk, self.replicated)
-            out.append(np.asarray(fn(self.params, self.frozen, chunk))[:rows])
+            out.append(np.asarray(fn(self.params, self.frozen, chunk))[: min(self.batch_size, n - start)])
         return np.concatenate(out)
 
     def images(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -61,12 +63,15 @@ class Inference:
 
     def match_logits(self, images: Mapping[str, np.ndarray], image_rows: np.ndarray, ids: np.ndarray, mask: np.ndarray, text_rows: np.ndarray) -> np.ndarray:
         """ITM score (match minus no-match logit) of each (text row, image row) pair."""
-        pairs = {k: v[image_rows] for k, v in images.items()}
-        pairs.update(text_ids=ids[text_rows], text_mask=mask[text_rows])
-        return self._batched(self._itm, pairs, desc="itm re-rank")
+        arrays = {**images, "text_ids": ids, "text_mask": mask}
+        rows = {**{k: image_rows for k in images}, "text_ids": text_rows, "text_mask": text_rows}
+        return self._batched(self._itm, arrays, rows, desc="itm re-rank")
 
-    def answer_logits(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
-        return self._batched(self._answers, arrays, desc="vqa")
+    def answer_logits(self, images: Mapping[str, np.ndarray], image_rows: np.ndarray, question_ids: np.ndarray, question_mask: np.ndarray) -> np.ndarray:
+        arrays = {**images, "question_ids": question_ids, "question_mask": question_mask}
+        rows = {k: image_rows for k in images}
+        rows.update(question_ids=np.arange(len(image_rows)), question_mask=np.arange(len(image_rows)))
+        return self._batched(self._answers, arrays, rows, desc="vqa")
 
 
 def image_inputs(eval_data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -106,10 +111,8 @@ def evaluate(
 
 def evaluate_vqa(inference: Inference, vqa_data: Mapping, answers: list[str]) -> dict[str, float]:
     """Accuracy of the top answer over every test question (the VQA benchmark's scoring)."""
-    rows = vqa_data["image_index"]
-    arrays = {k: v[rows] for k, v in image_inputs(vqa_data).items()}
-    arrays.update(question_ids=vqa_data["question_ids"], question_mask=vqa_data["question_mask"])
-    predicted = [answers[i] for i in np.argmax(inference.answer_logits(arrays), axis=-1)]
+    logits = inference.answer_logits(image_inputs(vqa_data), vqa_data["image_index"], vqa_data["question_ids"], vqa_data["question_mask"])
+    predicted = [answers[i] for i in np.argmax(logits, axis=-1)]
     return vqa_accuracy(predicted, vqa_data["references"], vqa_data["questions"])
 
 
