@@ -15,7 +15,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _scenes(root, count, seed, suffix):
     """(index, scene, rng) for `count` shapes images written to root/img/<index><suffix>."""
     rng = np.random.default_rng(seed)
-    os.makedirs(root / "img")
     for i in range(count):
         scene = shapes.sample_scene(rng)
         image, _ = shapes.draw_scene(scene, 48, rng)
@@ -24,6 +23,7 @@ def _scenes(root, count, seed, suffix):
 
 
 def _make_folder(root, count=48):
+    os.makedirs(root / "img")
     words = set()
     with open(root / "manifest.jsonl", "w") as f:
         for i, scene, rng in _scenes(root, count, 0, ".jpg"):
@@ -70,6 +70,7 @@ def test_train_on_an_image_text_folder_with_a_local_hf_tokenizer(tmp_path):
 
 def _make_vqa_folder(root, count=40):
     """Only VQA rows, several reference answers each (some disagreeing), as annotators give them."""
+    os.makedirs(root / "img")
     words = set()
     with open(root / "manifest.jsonl", "w") as f:
         for i, scene, rng in _scenes(root, count, 1, ".png"):
