@@ -5,69 +5,14 @@ matching vlpjax parameters, with every shape checked before anything is written.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Iterator
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file
 
+from vlpjax.interop.safetensors_io import strip_prefix, assign_weights, read_config, read_safetensors
+from vlpjax.interop.hf_lm import load_decoder_lm, save_decoder_lm  # noqa: F401 - the public import path
 from vlpjax.models.text import BertConfig, BertEncoder
-
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
-
-
-def read_config(path: str) -> dict:
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"no config.json in {path!r}: expected a Hugging Face model directory")
-    with open(config_path) as f:
-        return json.load(f)
-
-
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    """All tensors of a model directory: one model.safetensors or the shards its index names."""
-    single = os.path.join(path, WEIGHTS_FILE)
-    index = os.path.join(path, WEIGHTS_INDEX)
-    if os.path.isfile(single):
-        return load_file(single)
-    if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        tensors: dict[str, np.ndarray] = {}
-        for shard in shards:
-            tensors.update(load_file(os.path.join(path, shard)))
-        return tensors
-    raise FileNotFoundError(f"no {WEIGHTS_FILE} or {WEIGHTS_INDEX} in {path!r} (pickled .bin weights are not read)")
-
-
-def _strip_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    """Checkpoints of task models (BertForMaskedLM, ...) nest the encoder under `prefix`."""
-    if any(k.startswith(prefix) for k in tensors):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    return tensors
-
-
-def _variable(model: nnx.Module, path: tuple) -> nnx.Variable:
-    node = model
-    for part in path:
-        node = node[part] if isinstance(part, int) else getattr(node, part)
-    return node
-
-
-def assign_weights(model: nnx.Module, pairs: list[tuple[tuple, np.ndarray]], source: str) -> None:
-    """Check every shape first, then write: a mismatch leaves the model untouched."""
-    for path, value in pairs:
-        target = _variable(model, path)
-        if tuple(target.shape) != tuple(value.shape):
-            raise ValueError(
-                f"{source}: weight for {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
-                f"the model expects {tuple(target.shape)}"
-            )
-    for path, value in pairs:
-        _variable(model, path)[...] = np.asarray(value, dtype=np.float32)
 
 
 # --- BERT ---------------------------------------------------------------------------------
@@ -137,7 +82,7 @@ def load_text_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> Be
     Call it as `model(input_ids, attention_mask, token_type_ids=None)` -> last hidden state.
     """
     config = bert_config_from_hf(read_config(path), dtype=dtype)
-    tensors = _legacy_layer_norm_names(_strip_prefix(read_safetensors(path), "bert."))
+    tensors = _legacy_layer_norm_names(strip_prefix(read_safetensors(path), "bert."))
     pairs = []
     for hf_name, ours, transpose in bert_weight_map(config.num_hidden_layers):
         if hf_name not in tensors:

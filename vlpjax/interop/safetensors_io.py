@@ -1,0 +1,67 @@
+"""Reading and writing Hugging Face model directories: config.json plus safetensors.
+
+Shared by every importer (BERT encoders, decoder LMs). Tensors go through `safetensors.numpy`:
+no torch, no network, no pickle.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load_file
+
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+
+
+def read_config(path: str) -> dict:
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"no config.json in {path!r}: expected a Hugging Face model directory")
+    with open(config_path) as f:
+        return json.load(f)
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """All tensors of a model directory: one model.safetensors or the shards its index names."""
+    single = os.path.join(path, WEIGHTS_FILE)
+    index = os.path.join(path, WEIGHTS_INDEX)
+    if os.path.isfile(single):
+        return load_file(single)
+    if os.path.isfile(index):
+        with open(index) as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+        tensors: dict[str, np.ndarray] = {}
+        for shard in shards:
+            tensors.update(load_file(os.path.join(path, shard)))
+        return tensors
+    raise FileNotFoundError(f"no {WEIGHTS_FILE} or {WEIGHTS_INDEX} in {path!r} (pickled .bin weights are not read)")
+
+
+def strip_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """Checkpoints of task models (BertForMaskedLM, ...) nest the encoder under `prefix`."""
+    if any(k.startswith(prefix) for k in tensors):
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    return tensors
+
+
+def variable_at(model: nnx.Module, path: tuple) -> nnx.Variable:
+    node = model
+    for part in path:
+        node = node[part] if isinstance(part, int) else getattr(node, part)
+    return node
+
+
+def assign_weights(model: nnx.Module, pairs: list[tuple[tuple, np.ndarray]], source: str) -> None:
+    """Check every shape first, then write: a mismatch leaves the model untouched."""
+    for path, value in pairs:
+        target = variable_at(model, path)
+        if tuple(target.shape) != tuple(value.shape):
+            raise ValueError(
+                f"{source}: weight for {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(target.shape)}"
+            )
+    for path, value in pairs:
+        variable_at(model, path)[...] = np.asarray(value, dtype=np.float32)
