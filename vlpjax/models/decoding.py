@@ -27,15 +27,16 @@ def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndar
     return ids, mask
 
 
-def jitted_step(module, method: str = "__call__") -> Step:
-    """step(ids, mask, cache) running `module.method` under jit, weights passed as arguments."""
+def jitted_step(module, method: str = "__call__", *fixed) -> Step:
+    """step(ids, mask, cache) running `module.method(ids, mask, cache, *fixed)` under jit, with
+    the weights and `fixed` (Flamingo's media latents, encoded once) passed as arguments."""
     graphdef, state = nnx.split(module)
 
     @jax.jit
-    def run(state, ids, mask, cache):
-        return getattr(nnx.merge(graphdef, state), method)(ids, mask, cache)
+    def run(state, fixed, ids, mask, cache):
+        return getattr(nnx.merge(graphdef, state), method)(ids, mask, cache, *fixed)
 
-    return lambda ids, mask, cache: run(state, ids, mask, cache)
+    return lambda ids, mask, cache: run(state, fixed, ids, mask, cache)
 
 
 def greedy(step: Step, ids, mask, cache, max_new_tokens: int, eos_id: int | None = None) -> np.ndarray:

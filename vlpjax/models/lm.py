@@ -231,11 +231,14 @@ class DecoderLM(nnx.Module):
             self.lm_head = nnx.Param(init(rngs.params(), (c.vocab_size, c.hidden_size)))
 
     # The pieces, for models (Flamingo) that run their own layers in between.
-    def embed(self, ids: Array, positions: Array) -> Array:
-        x = jnp.take(self.embed_tokens[...], ids, axis=0)
+    def token_vectors(self, ids: Array) -> Array:
+        return jnp.take(self.embed_tokens[...], ids, axis=0)
+
+    def embed(self, vectors: Array, positions: Array) -> Array:
+        """Token vectors [B, L, D] plus learned positions (GPT-2; LLaMA rotates q, k instead)."""
         if self.config.arch == "gpt2":
-            x = x + jnp.take(self.pos_embed[...], positions, axis=0)
-        return x.astype(jnp.dtype(self.config.dtype))
+            vectors = vectors + jnp.take(self.pos_embed[...], positions, axis=0)
+        return vectors.astype(jnp.dtype(self.config.dtype))
 
     def output_embedding(self) -> Array:
         """[V, D]: the rows whose dot product with the final hidden state gives the logits."""
@@ -248,16 +251,17 @@ class DecoderLM(nnx.Module):
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, cache: KVCache | None = None):
         """Logits [B, L, V]; with `cache`, (logits, updated cache)."""
-        return run_decoder(self, input_ids, attention_mask, cache, between_layers=None)
+        return run_decoder(self, self.token_vectors(input_ids), attention_mask, cache)
 
 
-def run_decoder(lm: DecoderLM, ids: Array, attention_mask: Array | None, cache: KVCache | None, between_layers):
-    """The decoder's forward pass; `between_layers(i, hidden)` (if given) runs before layer i.
+def run_decoder(lm: DecoderLM, vectors: Array, attention_mask: Array | None, cache: KVCache | None, between_layers=None, head=None):
+    """The decoder's forward pass from token vectors [B, L, D]. `between_layers(i, hidden)`
+    runs before layer i; `head(hidden)` replaces the LM's head (Flamingo adds logits).
 
     Without a cache the keys are the L new tokens themselves; with one, the new tokens are
     written at slots cache.length.. and attend to everything valid before them.
     """
-    b, length = ids.shape
+    b, length = vectors.shape[:2]
     mask = jnp.ones((b, length), bool) if attention_mask is None else attention_mask.astype(bool)
     if cache is None:
         positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
@@ -266,7 +270,7 @@ def run_decoder(lm: DecoderLM, ids: Array, attention_mask: Array | None, cache: 
         positions = jnp.maximum(cache.positions(mask), 0)
         offset = cache.length
         key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, offset, axis=1)
-    x = lm.embed(ids, positions)
+    x = lm.embed(vectors, positions)
     new_keys, new_values = [], []
     for i, block in enumerate(lm.blocks):
         if between_layers is not None:
@@ -275,7 +279,7 @@ def run_decoder(lm: DecoderLM, ids: Array, attention_mask: Array | None, cache: 
         x, (k, v) = block(x, positions, key_mask, past, offset)
         new_keys.append(k)
         new_values.append(v)
-    logits = lm.head(x)
+    logits = (head or lm.head)(x)
     if cache is None:
         return logits
     return logits, KVCache(tuple(new_keys), tuple(new_values), key_mask, offset + length)

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from vlpjax.objectives.captioning import causal_lm_loss
 from vlpjax.objectives.contrastive import sigmoid_loss, softmax_loss
 from vlpjax.objectives.masking import mask_tokens, mlm_loss
 from vlpjax.objectives.matching import itm_loss, mine_hard_negatives
@@ -87,7 +88,13 @@ def vqa(outputs, batch, ctx: StepContext):
     return ctx.shards(vqa_loss, rows=(outputs["answer_logits"], batch["answer_scores"]))
 
 
-OBJECTIVES: dict[str, Callable] = {"itc": itc, "itm": itm, "mlm": mlm, "vqa": vqa}
+def lm(outputs, batch, ctx: StepContext):
+    """Next-token prediction of the text (Flamingo: conditioned on the images before it)."""
+    loss = functools.partial(causal_lm_loss, ignore_ids=getattr(ctx.model, "ignored_targets", ()))
+    return ctx.shards(loss, rows=(outputs["logits"], batch["text_ids"], batch["text_mask"]))
+
+
+OBJECTIVES: dict[str, Callable] = {"itc": itc, "itm": itm, "mlm": mlm, "vqa": vqa, "lm": lm}
 NEEDS_VOCAB = ("mlm",)
 
 
