@@ -23,7 +23,7 @@ from vlpjax.train.state import TrainState, count_params, split_model
 from vlpjax.train.steps import build_mesh_step
 
 VOCAB = 40
-FROZEN = (r"vision/.*", r"lm/.*")
+FROZEN = (r"img/.*", r"lm/.*")
 
 
 def tiny_flamingo(arch="llama", tie=False, seed=0, cross_every=1):

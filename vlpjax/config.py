@@ -15,8 +15,10 @@ import ml_collections
 REQUIRED_SECTIONS = ("data", "model", "objectives", "optim", "train", "mesh")
 PARALLELISMS = ("mesh", "pmap")
 # Which objectives each model family can run, and which a data task feeds.
-FAMILY_OBJECTIVES = {"dual_encoder": ("itc",), "fusion": ("itc", "itm", "mlm", "vqa")}
-TASK_OBJECTIVES = {"image_text": ("itc", "itm", "mlm"), "vqa": ("vqa",)}
+FAMILY_OBJECTIVES = {"dual_encoder": ("itc",), "fusion": ("itc", "itm", "mlm", "vqa"), "decoder_lm": ("lm",), "flamingo": ("lm",)}
+TASK_OBJECTIVES = {"image_text": ("itc", "itm", "mlm"), "vqa": ("vqa",), "text": ("lm",), "interleaved": ("lm",)}
+# Families whose inputs only one data task produces.
+FAMILY_TASK = {"decoder_lm": "text", "flamingo": "interleaved"}
 
 
 class ConfigError(ValueError):
@@ -130,6 +132,8 @@ def _validate_objectives(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"model.family must be one of {tuple(FAMILY_OBJECTIVES)}, got {family!r}")
     if task not in TASK_OBJECTIVES:
         raise ConfigError(f"data.task must be one of {tuple(TASK_OBJECTIVES)}, got {task!r}")
+    if FAMILY_TASK.get(family, task) != task:
+        raise ConfigError(f"model.family={family!r} trains on data.task={FAMILY_TASK[family]!r}, got data.task={task!r}")
     for name in config.objectives:
         if name not in FAMILY_OBJECTIVES[family]:
             raise ConfigError(f"objectives.{name} needs a model family among {[f for f, o in FAMILY_OBJECTIVES.items() if name in o]}; model.family is {family!r}")

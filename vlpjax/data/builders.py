@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vlpjax.data import folder, shapes
+from vlpjax.data import documents, folder, shapes
 from vlpjax.data.images import encode_png
 from vlpjax.data.tokenizer import TOKENIZER_FILE, as_text, train_wordpiece
 
@@ -155,6 +155,47 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
             }
 
 
+class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
+    """A folder of images with a JSONL file of interleaved documents (see data/documents.py)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [FolderConfig(name="default", manifest=documents.DOCUMENTS_FILE)]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=self.__doc__,
+            features=tfds.features.FeaturesDict(
+                {
+                    "id": np.int64,
+                    "images": tfds.features.Sequence(_bytes_feature()),
+                    "texts": tfds.features.Sequence(TEXT),  # before the first image, then after each image
+                }
+            ),
+        )
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        scan = documents.scan_documents(c.folder, c.manifest)
+        folder.check_bad_fraction(scan, c.max_bad_fraction)
+        self.scan_report = scan
+        docs = list(enumerate(scan.rows))
+        rng = np.random.default_rng(c.seed)
+        test = set(rng.choice(len(docs), size=int(round(len(docs) * c.test_fraction)), replace=False).tolist())
+        splits = {"train": self._generate_examples([d for d in docs if d[0] not in test])}
+        if test:
+            splits["test"] = self._generate_examples([d for d in docs if d[0] in test])
+        return splits
+
+    def _generate_examples(self, docs) -> Iterator[tuple[int, dict]]:
+        for index, doc in docs:
+            images = []
+            for image in doc.images:
+                with open(os.path.join(self.builder_config.folder, image), "rb") as f:
+                    images.append(f.read())
+            yield index, {"id": index, "images": images, "texts": doc.texts}
+
+
 # --- entry points used by `vlpjax data build` ---------------------------------------------
 
 
@@ -170,15 +211,22 @@ def build_synthetic_shapes(data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
     if not os.path.exists(tokenizer_path):
         source = builder.as_data_source(split="train")
         texts = (as_text(c) for i in range(len(source)) for c in source[i]["captions"])
-        extra = (as_text(q) for i in range(min(len(source), 5000)) for q in source[i]["questions"])
+        # Questions and their answers too: generated answers ("zero", ...) must be words, not [UNK].
+        extra = (as_text(t) for i in range(min(len(source), 5000)) for t in [*source[i]["questions"], *source[i]["answers"]])
         train_wordpiece(texts, extra, path=tokenizer_path)
     return builder
 
 
-def build_image_text_folder(data_dir: str, path: str, **kwargs) -> tfds.core.DatasetBuilder:
-    """Validate the manifest, write the dataset, and leave `bad_rows.jsonl` beside it."""
+FOLDER_BUILDERS = {"image_text_folder": ImageTextFolder, "interleaved_folder": InterleavedFolder}
+
+
+def build_image_text_folder(data_dir: str, path: str, kind: str = "image_text_folder", **kwargs) -> tfds.core.DatasetBuilder:
+    """Validate the manifest (or documents file), write the dataset, and leave
+    `bad_rows.jsonl` beside it."""
+    if kind == "interleaved_folder":
+        kwargs.setdefault("manifest", documents.DOCUMENTS_FILE)
     config = folder_config(path, **kwargs)
-    builder = ImageTextFolder(data_dir=data_dir, config=config, file_format="array_record")
+    builder = FOLDER_BUILDERS[kind](data_dir=data_dir, config=config, file_format="array_record")
     builder.download_and_prepare()
     report = getattr(builder, "scan_report", None)
     if report is not None:
@@ -190,10 +238,12 @@ def load_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder
     """An already-built dataset, with a clear message when it is not there."""
     if name == "synthetic_shapes":
         builder = SyntheticShapes(data_dir=data_dir, config=shapes_config(**kwargs), file_format="array_record")
-    elif name == "image_text_folder":
-        builder = ImageTextFolder(data_dir=data_dir, config=folder_config(**kwargs), file_format="array_record")
+    elif name in FOLDER_BUILDERS:
+        if name == "interleaved_folder":
+            kwargs.setdefault("manifest", documents.DOCUMENTS_FILE)
+        builder = FOLDER_BUILDERS[name](data_dir=data_dir, config=folder_config(**kwargs), file_format="array_record")
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose synthetic_shapes or image_text_folder")
+        raise ValueError(f"unknown dataset {name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder")
     if not builder.is_prepared():
         raise FileNotFoundError(f"dataset {name} ({builder.builder_config.name}) is not built in {data_dir!r}: run `vlpjax data build {name} ...` first")
     return builder

@@ -74,11 +74,8 @@ def _strings(value, field: str) -> list[str]:
     return cleaned
 
 
-def _parse(line_no: int, text: str, root: str, decodable: dict[str, bool]) -> Row:
-    record = json.loads(text)
-    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-        raise ValueError("row needs an 'image' path")
-    image = record["image"]
+def check_image(root: str, image: str, decodable: dict[str, bool]) -> None:
+    """Raise ValueError unless `image` is a decodable file inside `root` (results cached)."""
     if not _inside(root, image):
         raise ValueError("image path leaves the folder")
     path = os.path.join(root, image)
@@ -93,6 +90,14 @@ def _parse(line_no: int, text: str, root: str, decodable: dict[str, bool]) -> Ro
             decodable[image] = False
     if not decodable[image]:
         raise ValueError("image cannot be decoded")
+
+
+def _parse(line_no: int, text: str, root: str, decodable: dict[str, bool]) -> Row:
+    record = json.loads(text)
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        raise ValueError("row needs an 'image' path")
+    image = record["image"]
+    check_image(root, image, decodable)
     if "question" in record:
         question = record["question"]
         if not isinstance(question, str) or not question.strip():

@@ -6,20 +6,20 @@ and the iterator's state (a small dict) resumes a run exactly; it is saved with 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, Mapping, Sequence
 
 import grain
 import numpy as np
-from PIL import Image
 
-from vlpjax.data.images import decode_image
+from vlpjax.data.fields import question_rows
+from vlpjax.data.images import decode_image, normalize, resize
+from vlpjax.data.interleaved import DocumentTransform, InterleavedTransform, TextTransform
 from vlpjax.data.regions import flip_boxes, region_arrays
 from vlpjax.data.shapes import swap_left_right
 from vlpjax.data.tokenizer import TextTokenizer, as_text
 from vlpjax.objectives.vqa import answer_vocabulary, target_scores
 
-TASKS = ("image_text", "vqa")
+TASKS = ("image_text", "vqa", "interleaved", "text")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,11 @@ class PipelineConfig:
     crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop area range; (1, 1) is off
     flip: bool = False  # horizontal flip; shapes captions swap left/right with it
     flip_swaps_words: bool = True
-    task: str = "image_text"  # or "vqa": (image, question, answer scores) rows
+    task: str = "image_text"  # "vqa": (image, question, answer scores) rows; "interleaved": Flamingo
+    # sequences of `chunks` images with their texts; "text": captions and QA as plain text
+    chunks: int = 2
+    lm_vocab_size: int = 0  # interleaved: the LM's vocabulary size (0: the tokenizer's)
+    documents: bool = False  # interleaved_folder: rows are documents, `chunks` caps their images
     region_grid: int = 0  # > 0: region features pooled from each example's boxes (see data/regions.py)
     max_regions: int = 3
     threads: int = 2
@@ -40,13 +44,10 @@ class PipelineConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"data.task must be one of {TASKS}, got {self.task!r}")
+        if self.documents and self.task != "interleaved":
+            raise ValueError(f"interleaved_folder documents train Flamingo (data.task='interleaved'), not data.task={self.task!r}")
         if self.region_grid and self.crop_scale != (1.0, 1.0):
             raise ValueError("region features from boxes need data.crop_scale=(1.0, 1.0): a crop would move the boxes")
-
-
-def normalize(image: np.ndarray) -> np.ndarray:
-    """uint8 -> float32 in [-1, 1]."""
-    return image.astype(np.float32) / 127.5 - 1.0
 
 
 def random_resized_crop(image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float], out_size: int) -> np.ndarray:
@@ -59,23 +60,6 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, scale: tupl
         top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         image = image[top : top + ch, left : left + cw]
     return resize(image, out_size)
-
-
-def resize(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] == size and image.shape[1] == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
-
-
-def question_rows(example: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
-    """(question, reference answers) pairs: one answer each in synthetic_shapes, a JSON list
-    per question in image_text_folder."""
-    questions = [as_text(q) for q in example["questions"]]
-    if "answer_lists" in example:
-        references = [json.loads(as_text(a)) for a in example["answer_lists"]]
-    else:
-        references = [[as_text(a)] for a in example["answers"]]
-    return list(zip(questions, references))
 
 
 class TrainTransform:
@@ -135,6 +119,16 @@ class NonEmptySubset:
         return self.source[self.indices[index]]
 
 
+def train_transform(source, tokenizer: TextTokenizer, config: PipelineConfig, answers: Sequence[str] = ()):
+    if config.documents:
+        return DocumentTransform(tokenizer, config.image_size, config.text_len, config.chunks, config.lm_vocab_size)
+    if config.task == "interleaved":
+        return InterleavedTransform(source, tokenizer, config.image_size, config.text_len, config.chunks, config.lm_vocab_size)
+    if config.task == "text":
+        return TextTransform(tokenizer, config.text_len)
+    return TrainTransform(config, tokenizer, answers)
+
+
 def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, filter_empty: bool = False, answers: Sequence[str] = ()) -> grain.MapDataset:
     """An endless MapDataset of batches: element k is the k-th batch of this process.
 
@@ -142,12 +136,12 @@ def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, proc
     """
     if config.flip and not config.flip_swaps_words:
         raise ValueError("a horizontal flip changes the meaning of left/right words: turn flip off or let it swap words")
-    if filter_empty:
+    if filter_empty and config.task in ("image_text", "vqa"):  # interleaved / text rows take captions or questions
         source = NonEmptySubset(source, "questions" if config.task == "vqa" else "captions")
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) < config.batch_size:
         raise ValueError(f"this process's shard has {len(ds)} examples, fewer than one batch of {config.batch_size}")
-    ds = ds.shuffle(seed=config.seed).random_map(TrainTransform(config, tokenizer, answers), seed=config.seed).repeat(None)
+    ds = ds.shuffle(seed=config.seed).random_map(train_transform(source, tokenizer, config, answers), seed=config.seed).repeat(None)
     return ds.batch(config.batch_size, drop_remainder=True)
 
 

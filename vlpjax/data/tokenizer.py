@@ -73,6 +73,7 @@ class TextTokenizer:
         self.mask_id = self._id("[MASK]", "<mask>", default=None)
         self.cls_id = self._id("[CLS]", "<s>", default=None)
         self.sep_id = self._id("[SEP]", "</s>", default=None)
+        self.unk_id = self._id("[UNK]", "<unk>", default=None)
         self.vocab_size = self._fast.get_vocab_size()
 
     def _id(self, *names: str, default):
@@ -95,6 +96,14 @@ class TextTokenizer:
             ids[row, : len(tokens)] = tokens
         mask = ids != self.pad_id
         return ids, mask
+
+    def save(self, path: str) -> None:
+        """The tokenizer as one tokenizer.json (what an exported Hugging Face directory holds)."""
+        self._fast.save(path)
+
+    def encode_plain(self, text: str) -> list[int]:
+        """Token ids of `text` without the [CLS] ... [SEP] template (a chunk inside a sequence)."""
+        return self._fast.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._fast.decode([int(i) for i in ids if i != self.pad_id])

@@ -16,9 +16,9 @@ from flax import nnx
 Step = Callable[..., tuple[jax.Array, object]]
 
 
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Token lists -> (ids [B, L], mask [B, L]) padded on the left."""
-    length = max(len(p) for p in prompts)
+def left_pad(prompts: list[list[int]], pad_id: int, round_to: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (ids [B, L], mask [B, L]) padded on the left, L a multiple of `round_to`."""
+    length = -(-max(len(p) for p in prompts) // round_to) * round_to
     ids = np.full((len(prompts), length), pad_id, np.int32)
     mask = np.zeros((len(prompts), length), bool)
     for row, p in enumerate(prompts):

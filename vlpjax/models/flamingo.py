@@ -107,7 +107,7 @@ class FlamingoCache(NamedTuple):
 class Flamingo(nnx.Module):
     def __init__(self, vision: nnx.Module, lm: DecoderLM, config: FlamingoConfig, *, rngs: nnx.Rngs):
         c = self.config = config
-        self.vision = vision
+        self.img = vision
         self.lm = lm
         vocab, width, media_dim = lm.config.vocab_size, lm.config.hidden_size, vision.out_dim
         self.image_id, self.chunk_end_id = vocab, vocab + 1
@@ -133,7 +133,7 @@ class Flamingo(nnx.Module):
     def encode_media(self, media: Array) -> Array:
         """[B, M, H, W, 3] -> latents [B, M * num_latents, D]."""
         b, m = media.shape[:2]
-        tokens = self.vision(media.reshape(b * m, *media.shape[2:])).tokens
+        tokens = self.img(media.reshape(b * m, *media.shape[2:])).tokens
         latents = self.resampler(tokens)
         return latents.reshape(b, m * latents.shape[1], latents.shape[2])
 

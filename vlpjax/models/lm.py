@@ -283,3 +283,13 @@ def run_decoder(lm: DecoderLM, vectors: Array, attention_mask: Array | None, cac
     if cache is None:
         return logits
     return logits, KVCache(tuple(new_keys), tuple(new_values), key_mask, offset + length)
+
+
+class LanguageModel(nnx.Module):
+    """A decoder LM as a recipe's model (LM pretraining): batch -> {'logits': [B, L, V]}."""
+
+    def __init__(self, lm: DecoderLM):
+        self.lm = lm
+
+    def __call__(self, batch) -> dict:
+        return {"logits": self.lm(batch["text_ids"], batch["text_mask"])}

@@ -15,15 +15,19 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from vlpjax.data import builders
 from vlpjax.data.pipeline import PipelineConfig, training_answers
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
+from vlpjax.interop.hf_lm import decoder_config_from_hf, load_decoder_lm
+from vlpjax.interop.safetensors_io import read_config
+from vlpjax.models.flamingo import Flamingo, FlamingoConfig
 from vlpjax.models.fusion_vlp import build_fusion_vlp
-from vlpjax.models.vlp import build_dual_encoder
+from vlpjax.models.lm import DecoderLM, DecoderLMConfig, LanguageModel
+from vlpjax.models.vlp import build_dual_encoder, build_image_encoder
 from vlpjax.objectives.registry import TextVocab
 from vlpjax.parallel import make_mesh, state_shardings
 from vlpjax.train import checkpoints, rules as rule_lib
 from vlpjax.train.optimizer import make_optimizer
 from vlpjax.train.state import TrainState, split_model
 
-MODEL_FAMILIES = ("dual_encoder", "fusion")
+MODEL_FAMILIES = ("dual_encoder", "fusion", "decoder_lm", "flamingo")
 
 
 @dataclasses.dataclass
@@ -43,16 +47,18 @@ class Data:
 def dataset_kwargs(data: ml_collections.ConfigDict) -> dict:
     if data.name == "synthetic_shapes":
         return dict(image_size=data.image_size, train_size=data.train_size, test_size=data.test_size)
-    if data.name == "image_text_folder":
+    if data.name in ("image_text_folder", "interleaved_folder"):
         if not data.folder:
-            raise ValueError("data.folder must name the image folder for image_text_folder")
+            raise ValueError(f"data.folder must name the image folder for {data.name}")
         return dict(path=data.folder)
-    raise ValueError(f"unknown data.name {data.name!r}; choose synthetic_shapes or image_text_folder")
+    raise ValueError(f"unknown data.name {data.name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder")
 
 
 def load_data(config: ml_collections.ConfigDict) -> Data:
     builder = builders.load_builder(config.data.name, config.data.data_dir, **dataset_kwargs(config.data))
     tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
+    if config.model.family == "flamingo" and not config.data.tokenizer:
+        tokenizer_path = lm_directory(config.model)  # the LM's own tokenizer
     sources = builder.as_data_source()
     if "test" not in sources:
         raise ValueError(f"dataset {builder.builder_config.name} has no test split to evaluate on: rebuild it with a test fraction above 0")
@@ -74,9 +80,34 @@ def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> Pi
         flip=config.data.flip,
         flip_swaps_words=config.data.name == "synthetic_shapes",
         task=config.data.task,
+        chunks=config.data.get("chunks", 2),
+        lm_vocab_size=lm_vocab_size(config.model),
+        documents=config.data.name == "interleaved_folder",
         region_grid=config.data.region_grid,
         max_regions=config.data.max_regions,
     )
+
+
+def lm_directory(model_config: ml_collections.ConfigDict) -> str:
+    """Flamingo's LM: a local Hugging Face directory (config.json + safetensors)."""
+    path = model_config.lm.get("path", "")
+    if not path or not os.path.isdir(path):
+        raise FileNotFoundError(f"model.lm.path={path!r} is not a directory: point it at a Hugging Face decoder LM (see README, Flamingo)")
+    return path
+
+
+def lm_vocab_size(model_config: ml_collections.ConfigDict) -> int:
+    """Flamingo's new tokens take the ids after the LM's vocabulary; 0 for other families."""
+    if model_config.family != "flamingo":
+        return 0
+    path = lm_directory(model_config)
+    return decoder_config_from_hf(read_config(path), os.path.join(path, "config.json")).vocab_size
+
+
+def build_flamingo(spec: dict, dtype: str, seed: int) -> Flamingo:
+    lm = load_decoder_lm(lm_directory(ml_collections.ConfigDict({"lm": spec["lm"]})), dtype=dtype)
+    vision = build_image_encoder({**spec["image"], "dtype": dtype}, rngs=nnx.Rngs(seed))
+    return Flamingo(vision, lm, FlamingoConfig(**spec.get("flamingo", {})), rngs=nnx.Rngs(seed + 1))
 
 
 def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: int, num_answers: int = 0) -> nnx.Module:
@@ -85,6 +116,10 @@ def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: 
     if family not in MODEL_FAMILIES:
         raise ValueError(f"unknown model.family {family!r}; available: {MODEL_FAMILIES}")
     dtype = spec.pop("dtype", "float32")
+    if family == "decoder_lm":
+        return LanguageModel(DecoderLM(DecoderLMConfig(**spec["lm"], vocab_size=vocab_size, dtype=dtype), rngs=nnx.Rngs(seed)))
+    if family == "flamingo":
+        return build_flamingo(spec, dtype, seed)
     spec["image"] = {**spec["image"], "dtype": dtype}
     spec["text"] = {**spec["text"], "vocab_size": vocab_size, "dtype": dtype}
     if family == "dual_encoder":

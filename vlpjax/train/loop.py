@@ -9,9 +9,13 @@ import time
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
+from vlpjax.data.interleaved import DocumentTransform
 from vlpjax.data.pipeline import eval_arrays, train_iterator, vqa_eval_arrays
+from vlpjax.evaluate.generation import evaluate_flamingo
+from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
 from vlpjax.evaluate.runner import Inference, evaluate, evaluate_vqa, png_path
 from vlpjax.evaluate.report import metrics_table
 from vlpjax.objectives.registry import make_objective
@@ -22,8 +26,9 @@ from vlpjax.train.metrics_log import MetricsLog
 from vlpjax.train.state import count_params
 from vlpjax.train.steps import build_mesh_step, build_pmap_step, split_for_pmap
 
-DATA_KEYS = ("image", "text_ids", "text_mask", "image_id", "regions", "boxes", "region_mask", "question_ids", "question_mask", "answer_scores")
+DATA_KEYS = ("image", "text_ids", "text_mask", "image_id", "regions", "boxes", "region_mask", "question_ids", "question_mask", "answer_scores", "media")
 ANSWERS_FILE = "answers.json"
+GENERATIVE_TASKS = ("text", "interleaved")  # evaluated by generating / scoring text, not by embeddings
 
 
 class StopFlag:
@@ -77,14 +82,33 @@ class Stepper:
         return state, (_unreplicate(metrics) if self.pmap else metrics)
 
 
-def _eval_data(config: ml_collections.ConfigDict, data: Data) -> dict:
+def _eval_data(config: ml_collections.ConfigDict, data: Data) -> dict | None:
+    """The in-memory test arrays; generative tasks read their test examples as they go."""
+    if config.data.task in GENERATIVE_TASKS:
+        return None
     pipeline = pipeline_config(config, jax.process_count())
     if config.data.task == "vqa":
         return vqa_eval_arrays(data.test_source, data.tokenizer, pipeline)
     return eval_arrays(data.test_source, data.tokenizer, pipeline)
 
 
+def _generative_metrics(config, run, state, data) -> dict:
+    model = nnx.merge(run.graphdef, state.params, state.frozen)
+    if config.data.task == "text":
+        return evaluate_lm(model, data.tokenizer, data.test_source, config.data.text_len, config.eval.batch_size)
+    if config.data.name == "interleaved_folder":  # documents: no captions or questions to generate for
+        pipeline = pipeline_config(config, jax.process_count())
+        transform = DocumentTransform(data.tokenizer, pipeline.image_size, pipeline.text_len, pipeline.chunks, pipeline.lm_vocab_size)
+        return evaluate_documents(model, transform, data.test_source, config.eval.batch_size)
+    shapes = config.data.name == "synthetic_shapes"
+    return evaluate_flamingo(model, data.tokenizer, data.train_source, data.test_source, config.eval, config.data.image_size, shapes)
+
+
 def _eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dict:
+    if config.data.task in GENERATIVE_TASKS:
+        metrics = _generative_metrics(config, run, state, data)
+        log.write(step, metrics)
+        return metrics
     inference = Inference(run.graphdef, state.params, state.frozen, run.mesh, config.eval.batch_size)
     if config.data.task == "vqa":
         metrics = evaluate_vqa(inference, eval_data, data.answers)
@@ -142,6 +166,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         print(f"parameters: {count_params(run.state.params):,} trainable, {count_params(run.state.frozen):,} frozen")
 
     log = MetricsLog(workdir, enabled=is_main)
+    if start == 0 and config.eval.get("at_start", False):  # the untrained baseline (Flamingo: closed gates)
+        _eval_and_log(config, run, host_state, data, eval_data, workdir, log, 0)
     stop = StopFlag()
     steps = config.train.steps
     bar = tqdm(total=steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
@@ -191,15 +217,29 @@ def final_report(metrics: dict, workdir: str, log: MetricsLog) -> str:
     return "\n".join(lines)
 
 
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """`vlpjax eval`: the latest checkpoint in `workdir`, evaluated and logged at its step."""
+def restore_run(config: ml_collections.ConfigDict, workdir: str):
+    """(data, run, state, step) of the latest checkpoint in `workdir`."""
     data = load_data(config)
     run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
     manager = checkpoints.checkpoint_manager(workdir, every=1, keep=config.train.keep_checkpoints, async_save=False)
     try:
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir!r}: train the recipe first")
         state, _, step = checkpoints.restore(manager, run.state, with_data=False)
     finally:
         manager.close()
+    return data, run, state, step
+
+
+def trained_model(config: ml_collections.ConfigDict, workdir: str):
+    """(model with the latest checkpoint's weights, data) for export and generation."""
+    data, run, state, _ = restore_run(config, workdir)
+    return nnx.merge(run.graphdef, state.params, state.frozen), data
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`vlpjax eval`: the latest checkpoint in `workdir`, evaluated and logged at its step."""
+    data, run, state, step = restore_run(config, workdir)
     eval_data = _eval_data(config, data)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
     metrics = _eval_and_log(config, run, state, data, eval_data, workdir, log, step)
