@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -96,9 +97,11 @@ def test_greedy_continuation_matches_transformers_with_and_without_cache(tmp_pat
     cache = KVCache.empty(lm.config, batch=1, max_len=5 + new)
     cached = greedy(jitted_step(lm), prompt, np.ones_like(prompt, bool), cache, new)[0]
 
+    graphdef, state = nnx.split(lm)
+    full = jax.jit(lambda state, seq: nnx.merge(graphdef, state)(seq)[0, -1])
     uncached, seq = [], prompt
     for _ in range(new):  # the full sequence again at every step
-        token = int(np.argmax(np.asarray(lm(jnp.asarray(seq)))[0, -1]))
+        token = int(np.argmax(np.asarray(full(state, jnp.asarray(seq)))))
         uncached.append(token)
         seq = np.concatenate([seq, [[token]]], axis=1)
     np.testing.assert_array_equal(cached, expected)

@@ -177,9 +177,11 @@ def test_generation_encodes_media_once_and_beam_one_is_greedy():
     step = jitted_step(model, "decode", latents)
     out = greedy(step, ids, np.ones_like(ids, bool), model.empty_cache(1, 14), 5)
     # Without the cache: the whole sequence again for every new token.
+    graphdef, state = nnx.split(model)
+    full = jax.jit(lambda state, seq: nnx.merge(graphdef, state).logits(seq, None, latents)[0, -1])
     seq = ids
     for t in range(5):
-        nxt = int(np.argmax(np.asarray(model.logits(jnp.asarray(seq), None, latents))[0, -1]))
+        nxt = int(np.argmax(np.asarray(full(state, jnp.asarray(seq)))))
         assert nxt == out[0, t]
         seq = np.concatenate([seq, [[nxt]]], axis=1)
     beam, _ = beam_search(step, ids, np.ones_like(ids, bool), model.empty_cache(1, 14), 5, beams=1)

@@ -74,3 +74,27 @@ def test_cross_attention_layers_refuse_to_run_without_context():
     ids, mask = random_text(np.random.default_rng(0), 2, length=8, vocab=40)
     with pytest.raises(ValueError, match="context"):
         bert(ids, mask)
+
+
+def test_fusion_posemb_gives_the_fusion_each_patch_position_again():
+    from vlpjax.models.fusion_vlp import build_fusion_vlp
+    from vlpjax.models.layers import sincos_2d
+    from tests.tiny_models import IMAGE_SIZE, TINY_VIT
+
+    spec = {
+        "image": {**TINY_VIT, "pool": "gap"},
+        "text": {"vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 2, "cross_attention_from": 1, "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 8},
+        "embed_dim": 8,
+    }
+    plain = build_fusion_vlp(spec, rngs=nnx.Rngs(0))
+    with_positions = build_fusion_vlp({**spec, "fusion_posemb": True}, rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    image = plain.encode_image({"image": rng.normal(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)})
+    ids, mask = random_text(rng, 2, length=8, vocab=30)
+    text = plain.encode_text(ids, mask)
+    grid = IMAGE_SIZE // 4
+    shifted = image._replace(tokens=image.tokens + sincos_2d(grid, grid, image.tokens.shape[-1]))
+    np.testing.assert_allclose(np.asarray(with_positions.fuse(text, image).pooled), np.asarray(plain.fuse(text, shifted).pooled), atol=1e-6)
+    assert np.abs(np.asarray(with_positions.fuse(text, image).pooled) - np.asarray(plain.fuse(text, image).pooled)).max() > 1e-3
+    with pytest.raises(ValueError, match="fusion_posemb"):
+        build_fusion_vlp({**spec, "image": {**TINY_VIT, "pool": "cls"}, "fusion_posemb": True}, rngs=nnx.Rngs(0))

@@ -32,10 +32,15 @@ def qa_text(question: str, answer: str | None = None) -> str:
 
 def example_texts(example: Mapping[str, Any]) -> list[str]:
     """Every text an example offers as a chunk: its captions and its answered questions."""
-    texts = [as_text(c) for c in example.get("captions", [])]
-    if len(example.get("questions", [])):
-        texts += [qa_text(q, refs[0]) for q, refs in question_rows(example)]
-    return texts
+    return caption_texts(example) + question_texts(example)
+
+
+def caption_texts(example: Mapping[str, Any]) -> list[str]:
+    return [as_text(c) for c in example.get("captions", [])]
+
+
+def question_texts(example: Mapping[str, Any]) -> list[str]:
+    return [qa_text(q, refs[0]) for q, refs in question_rows(example)] if len(example.get("questions", [])) else []
 
 
 class ChunkTokens:
@@ -68,7 +73,11 @@ class ChunkTokens:
 
 
 class InterleavedTransform:
-    """One training sequence from `chunks` examples: this one and chunks-1 random others."""
+    """One training sequence from `chunks` examples: this one and chunks-1 random others.
+
+    All chunks of a sequence are captions, or all are answered questions (half the sequences
+    each), so a sequence looks like a few-shot prompt and the model learns to continue in the
+    form of the chunks before it."""
 
     def __init__(self, source, tokenizer: TextTokenizer, image_size: int, text_len: int, chunks: int, lm_vocab_size: int = 0):
         self.source, self.tokens = source, ChunkTokens(tokenizer, lm_vocab_size)
@@ -76,9 +85,10 @@ class InterleavedTransform:
 
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         examples = [example] + [self.source[int(i)] for i in rng.integers(len(self.source), size=self.chunks - 1)]
+        kind = caption_texts if rng.random() < 0.5 else question_texts
         chunks, media = [], []
         for e in examples:
-            texts = example_texts(e)
+            texts = kind(e) or example_texts(e)  # a folder image may have only the other kind
             chunks.append(self.tokens.chunk(texts[rng.integers(len(texts))]))
             media.append(normalize(resize(decode_image(e["image"]), self.image_size)))
         ids, mask = self.tokens.sequence(chunks, self.text_len)

@@ -22,8 +22,9 @@ from flax import nnx
 
 from vlpjax.models.fusion import CoAttentionFusion, FusionConfig, Fused, MergedAttentionFusion
 from vlpjax.models.heads import AnswerHead, MaskedLMHead, MatchingHead, Projection
-from vlpjax.models.layers import Encoded
+from vlpjax.models.layers import Encoded, sincos_2d
 from vlpjax.models.text import BertConfig, BertEncoder
+from vlpjax.models.vit import ViTConfig
 from vlpjax.models.vlp import MAX_LOGIT_SCALE, build_image_encoder
 
 LAYOUTS = ("albef", "merged", "co_attention")
@@ -38,12 +39,17 @@ class FusionVLP(nnx.Module):
         *,
         embed_dim: int,
         num_answers: int = 0,
+        fusion_posemb: bool = False,
         rngs: nnx.Rngs,
     ):
         if fusion is None and text_encoder.first_cross_layer == text_encoder.config.num_hidden_layers:
             raise ValueError("the ALBEF layout needs text layers with cross-attention: set text.cross_attention_from")
         self.img = image_encoder
         self.txt = text_encoder
+        # Grid encoders only: the fusion's keys and values get the 2-D sin-cos position of their
+        # patch added again (as DETR does for its cross-attention), so "the object at the top left"
+        # is a position lookup even after the image tower has mixed its tokens.
+        self.fusion_grid = _position_grid(image_encoder) if fusion_posemb else None  # (grid, width)
         self.fusion = fusion
         fused_dim = text_encoder.out_dim if fusion is None else fusion.config.width
         self.img_proj = Projection(image_encoder.out_dim, embed_dim, rngs=rngs)
@@ -71,6 +77,9 @@ class FusionVLP(nnx.Module):
 
     # --- fusion and heads -----------------------------------------------------------------
     def fuse(self, text: Encoded, image: Encoded) -> Fused:
+        if self.fusion_grid is not None:
+            grid, width = self.fusion_grid
+            image = image._replace(tokens=image.tokens + jnp.asarray(sincos_2d(grid, grid, width), image.tokens.dtype))
         if self.fusion is None:
             tokens = self.txt.fusion_layers(text.tokens, text.mask, image.tokens, image.mask)
             return Fused(text=tokens, image=image.tokens, pooled=tokens[:, 0])
@@ -106,6 +115,13 @@ class FusionVLP(nnx.Module):
         }
 
 
+def _position_grid(image_encoder) -> tuple[int, int]:
+    config = getattr(image_encoder, "config", None)
+    if not isinstance(config, ViTConfig) or config.pool == "cls":
+        raise ValueError("model.fusion_posemb needs a ViT image encoder without a [CLS] token (pool gap or map)")
+    return config.grid, config.width
+
+
 def build_fusion(spec: Mapping[str, Any] | None, text_dim: int, image_dim: int, *, rngs: nnx.Rngs) -> nnx.Module | None:
     """{'layout': 'albef'} -> None (the text encoder fuses); merged / co_attention -> an encoder."""
     spec = dict(spec or {})
@@ -131,4 +147,4 @@ def build_fusion_vlp(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> FusionVLP:
         text_fields.setdefault("context_dim", image.out_dim)
     text = BertEncoder(BertConfig(**text_fields), rngs=rngs)
     fusion = build_fusion(fusion_spec, text.out_dim, image.out_dim, rngs=rngs)
-    return FusionVLP(image, text, fusion, embed_dim=spec.get("embed_dim", 256), num_answers=spec.get("num_answers", 0), rngs=rngs)
+    return FusionVLP(image, text, fusion, embed_dim=spec.get("embed_dim", 256), num_answers=spec.get("num_answers", 0), fusion_posemb=spec.get("fusion_posemb", False), rngs=rngs)
