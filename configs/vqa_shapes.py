@@ -18,9 +18,12 @@ def get_config(arg=None):
     c.objectives = dict(vqa=dict(weight=1.0))
     c.init.checkpoint = "workdirs/albef_shapes"
     c.init.load = (r"(?!vqa_head/).*",)  # everything but the new answer head
+    # "What shape is at the top left?": the fusion sees each patch's position again (no parameters,
+    # so the pretrained checkpoint loads unchanged).
+    c.model.fusion_posemb = True
     # Heads VQA does not use: frozen, so they hold no optimizer state.
     c.rules.frozen = (r"(itm_head|mlm_head|img_proj|txt_proj)/.*", r"logit_scale")
-    c.train.update(steps=1500, checkpoint_every=500)
+    c.train.update(steps=3000, checkpoint_every=500)
     c.optim.update(lr=5e-4, warmup_steps=100)
     c.eval.update(zero_shot=False, itm_top_k=0, png_queries=0)
     if arg == "tiny":
