@@ -145,11 +145,10 @@ class Flamingo(nnx.Module):
 
     def head(self, hidden: Array) -> Array:
         """The LM's logits with the new tokens' columns appended: [B, L, V + 2]."""
-        logits = self.lm.head(hidden)
+        h = self.lm.ln_final(hidden)  # normed once for both sets of columns
         rows = self.new_token_embed if self.lm.config.tie_embeddings else self.new_token_head
-        h = self.lm.ln_final(hidden)
         extra = jnp.einsum("bld,nd->bln", h, rows[...].astype(h.dtype), preferred_element_type=jnp.float32)
-        return jnp.concatenate([logits, extra], axis=-1)
+        return jnp.concatenate([self.lm.vocab_logits(h), extra], axis=-1)
 
     def logits(self, ids: Array, mask: Array | None, latents: Array, cache: FlamingoCache | None = None):
         """Logits [B, L, V + 2] (and the updated cache) given the media latents of the rows."""

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlpjax.models.layers import _MASKED_LOGIT, activation, dense, layer_norm, with_axes
+from vlpjax.models.layers import _MASKED_LOGIT, MLP, activation, dense, layer_norm, with_axes
 
 Array = jax.Array
 ARCHS = ("gpt2", "llama")
@@ -187,16 +187,6 @@ class SwiGLU(nnx.Module):
         return self.down(activation(self.act_name)(self.gate(x)) * self.up(x))
 
 
-class GeluMLP(nnx.Module):
-    def __init__(self, dim: int, hidden: int, *, act: str, dtype, rngs: nnx.Rngs):
-        self.act_name = act
-        self.fc1 = dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
-        self.fc2 = dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        return self.fc2(activation(self.act_name)(self.fc1(x)))
-
-
 class DecoderBlock(nnx.Module):
     """x + attn(norm(x)), then x + mlp(norm(x))."""
 
@@ -205,7 +195,7 @@ class DecoderBlock(nnx.Module):
         self.ln_attn = norm_for(config, rngs)
         self.attn = LMAttention(config, rngs=rngs)
         self.ln_mlp = norm_for(config, rngs)
-        mlp = SwiGLU if config.arch == "llama" else GeluMLP
+        mlp = SwiGLU if config.arch == "llama" else MLP  # GPT-2: fc1 -> gelu_new -> fc2
         self.mlp = mlp(config.hidden_size, config.intermediate_size, act=config.act_name, dtype=dtype, rngs=rngs)
 
     def __call__(self, x, positions, key_mask, past, offset):
@@ -246,8 +236,11 @@ class DecoderLM(nnx.Module):
 
     def head(self, hidden: Array) -> Array:
         """Final norm and vocabulary logits, in float32."""
-        h = self.ln_final(hidden)
-        return jnp.einsum("bld,vd->blv", h, self.output_embedding().astype(h.dtype), preferred_element_type=jnp.float32)
+        return self.vocab_logits(self.ln_final(hidden))
+
+    def vocab_logits(self, normed: Array) -> Array:
+        """Logits of final-normed hidden states against the output embedding."""
+        return jnp.einsum("bld,vd->blv", normed, self.output_embedding().astype(normed.dtype), preferred_element_type=jnp.float32)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, cache: KVCache | None = None):
         """Logits [B, L, V]; with `cache`, (logits, updated cache)."""

@@ -58,7 +58,7 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     builder = builders.load_builder(config.data.name, config.data.data_dir, **dataset_kwargs(config.data))
     tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
     if config.model.family == "flamingo" and not config.data.tokenizer:
-        tokenizer_path = lm_directory(config.model)  # the LM's own tokenizer
+        tokenizer_path = lm_directory(config.model.lm)  # the LM's own tokenizer
     sources = builder.as_data_source()
     if "test" not in sources:
         raise ValueError(f"dataset {builder.builder_config.name} has no test split to evaluate on: rebuild it with a test fraction above 0")
@@ -88,9 +88,9 @@ def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> Pi
     )
 
 
-def lm_directory(model_config: ml_collections.ConfigDict) -> str:
+def lm_directory(lm_spec) -> str:
     """Flamingo's LM: a local Hugging Face directory (config.json + safetensors)."""
-    path = model_config.lm.get("path", "")
+    path = lm_spec.get("path", "")
     if not path or not os.path.isdir(path):
         raise FileNotFoundError(f"model.lm.path={path!r} is not a directory: point it at a Hugging Face decoder LM (see README, Flamingo)")
     return path
@@ -100,12 +100,12 @@ def lm_vocab_size(model_config: ml_collections.ConfigDict) -> int:
     """Flamingo's new tokens take the ids after the LM's vocabulary; 0 for other families."""
     if model_config.family != "flamingo":
         return 0
-    path = lm_directory(model_config)
+    path = lm_directory(model_config.lm)
     return decoder_config_from_hf(read_config(path), os.path.join(path, "config.json")).vocab_size
 
 
 def build_flamingo(spec: dict, dtype: str, seed: int) -> Flamingo:
-    lm = load_decoder_lm(lm_directory(ml_collections.ConfigDict({"lm": spec["lm"]})), dtype=dtype)
+    lm = load_decoder_lm(lm_directory(spec["lm"]), dtype=dtype)
     vision = build_image_encoder({**spec["image"], "dtype": dtype}, rngs=nnx.Rngs(seed))
     return Flamingo(vision, lm, FlamingoConfig(**spec.get("flamingo", {})), rngs=nnx.Rngs(seed + 1))
 
