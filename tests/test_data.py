@@ -1,4 +1,5 @@
 """Data: shapes content, deterministic batches, disjoint process shards, folder validation."""
+import dataclasses
 import json
 import os
 
@@ -27,6 +28,30 @@ def test_captions_name_every_object_and_flip_swaps_sides():
             for obj in scene:
                 assert obj.noun_phrase() in caption and shapes.POSITIONS[obj.cell] in caption
     assert shapes.swap_left_right("a red circle at the top left and a blue square on the right") == "a red circle at the top right and a blue square on the left"
+
+
+def _mirrored(scene):
+    return tuple(dataclasses.replace(o, cell=(o.cell[0], 2 - o.cell[1])) for o in scene)
+
+
+def test_swapped_texts_are_the_texts_of_the_mirrored_scene():
+    """The flip's text rule checked against the generator: swapping left/right in a scene's
+    captions and questions gives what the generator writes for the mirrored scene."""
+    rng = np.random.default_rng(3)
+    relational = 0
+    for seed in range(300):
+        scene = shapes.sample_scene(rng)
+        mirror = _mirrored(scene)
+        texts, mirror_texts = shapes.captions(scene, np.random.default_rng(seed)), shapes.captions(mirror, np.random.default_rng(seed))
+        assert [shapes.swap_left_right(t) for t in texts] == mirror_texts
+        qa, mirror_qa = shapes.questions(scene, np.random.default_rng(seed)), shapes.questions(mirror, np.random.default_rng(seed))
+        for (q, a), (mq, ma) in zip(qa, mirror_qa, strict=True):
+            if " left of " in q:  # the mirror is asked "left of" and answers the opposite
+                relational += 1
+                assert shapes.swap_left_right(q) == mq.replace(" left of ", " right of ") and {a, ma} == {"yes", "no"}
+            else:
+                assert (shapes.swap_left_right(q), a) == (mq, ma)
+    assert relational > 50
 
 
 def test_drawn_objects_have_their_colour_inside_their_box():

@@ -7,6 +7,7 @@ question-answer pairs. Everything is a function of a numpy Generator, so a seed 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Iterator
 
 import numpy as np
@@ -165,10 +166,13 @@ def captions(scene: Scene, rng: np.random.Generator, count: int = 3) -> list[str
     return out
 
 
+_LEFT_OR_RIGHT = re.compile(r"\b(left|right)\b")
+
+
 def swap_left_right(text: str) -> str:
-    """The caption of the horizontally flipped image."""
-    words = text.split(" ")
-    return " ".join("right" if w == "left" else "left" if w == "right" else w for w in words)
+    """The caption or question of the horizontally flipped image. Whole words only, wherever
+    they stand: "top left?" and "top left," swap as well as "left of"."""
+    return _LEFT_OR_RIGHT.sub(lambda m: "right" if m.group(1) == "left" else "left", text)
 
 
 def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
