@@ -16,13 +16,21 @@ from vlpjax.evaluate.report import top_k_png
 from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
 from vlpjax.evaluate.vqa import vqa_accuracy
 from vlpjax.evaluate.zero_shot import class_embeddings, zero_shot_accuracy
+from vlpjax.models.layers import Encoded
 
 PNG_FILE = "retrieval_top5.png"
 IMAGE_KEYS = ("image", "regions", "boxes", "region_mask")
 
 
+def _unimodal_tokens(encoded: Encoded, prefix: str) -> dict:
+    return {f"{prefix}_tokens": encoded.tokens, f"{prefix}_mask": encoded.mask}
+
+
 def _itm_match_logit(model, batch):
-    logits = model.itm_logits(model.encode_text(batch["text_ids"], batch["text_mask"]), model.encode_image(batch))
+    """Fusion and ITM head only: the towers' tokens come encoded once per image and text."""
+    text = Encoded(batch["text_tokens"], None, batch["text_mask"])
+    image = Encoded(batch["image_tokens"], None, batch["image_mask"])
+    logits = model.itm_logits(text, image)
     return logits[:, 1] - logits[:, 0]
 
 
@@ -38,12 +46,15 @@ class Inference:
 
         self._image = jitted(lambda m, b: m.embed_image(b))
         self._text = jitted(lambda m, b: m.embed_text(b))
+        self._image_tokens = jitted(lambda m, b: _unimodal_tokens(m.encode_image(b), "image"))
+        self._text_tokens = jitted(lambda m, b: _unimodal_tokens(m.encode_text(b["text_ids"], b["text_mask"]), "text"))
         self._itm = jitted(_itm_match_logit)
         self._answers = jitted(lambda m, b: m.answer_logits(b))
 
-    def _batched(self, fn, arrays: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray] | None = None, desc: str | None = None) -> np.ndarray:
-        """fn over fixed-size batches. `rows[k]`, where given, picks the rows of `arrays[k]` that
-        make up the inputs, batch by batch, so pairs of a large test split are never all in memory."""
+    def _batched(self, fn, arrays: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray] | None = None, desc: str | None = None):
+        """fn over fixed-size batches (its output: an array or a pytree of them). `rows[k]`, where
+        given, picks the rows of `arrays[k]` that make up the inputs, batch by batch, so pairs of
+        a large test split are never all in memory."""
         rows = rows or {}
         n = len(next(iter(rows.values()))) if rows else len(next(iter(arrays.values())))
         out = []
@@ -52,8 +63,9 @@ class Inference:
             index = np.concatenate([index, np.repeat(index[-1:], self.batch_size - len(index))])  # one compiled shape
             chunk = {k: v[rows[k][index]] if k in rows else v[index] for k, v in arrays.items()}
             chunk = jax.device_put(chunk, self.replicated)
-            out.append(np.asarray(fn(self.params, self.frozen, chunk))[: min(self.batch_size, n - start)])
-        return np.concatenate(out)
+            kept = min(self.batch_size, n - start)
+            out.append(jax.tree.map(lambda x: np.asarray(x)[:kept], fn(self.params, self.frozen, chunk)))
+        return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
     def images(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
         return self._batched(self._image, images)
@@ -61,11 +73,19 @@ class Inference:
     def texts(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return self._batched(self._text, {"text_ids": ids, "text_mask": mask})
 
-    def match_logits(self, images: Mapping[str, np.ndarray], image_rows: np.ndarray, ids: np.ndarray, mask: np.ndarray, text_rows: np.ndarray) -> np.ndarray:
-        """ITM score (match minus no-match logit) of each (text row, image row) pair."""
-        arrays = {**images, "text_ids": ids, "text_mask": mask}
-        rows = {**{k: image_rows for k in images}, "text_ids": text_rows, "text_mask": text_rows}
-        return self._batched(self._itm, arrays, rows, desc="itm re-rank")
+    def image_tokens(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The image tower's tokens and mask, the fusion's image input."""
+        return self._batched(self._image_tokens, images)
+
+    def text_tokens(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The text tower's tokens and mask (before any cross-attention layer)."""
+        return self._batched(self._text_tokens, {"text_ids": ids, "text_mask": mask})
+
+    def match_logits(self, image_tokens: Mapping[str, np.ndarray], image_rows: np.ndarray, text_tokens: Mapping[str, np.ndarray], text_rows: np.ndarray) -> np.ndarray:
+        """ITM score (match minus no-match logit) of each (text row, image row) pair, from the
+        towers' cached tokens (`image_tokens`, `text_tokens`)."""
+        rows = {**{k: image_rows for k in image_tokens}, **{k: text_rows for k in text_tokens}}
+        return self._batched(self._itm, {**image_tokens, **text_tokens}, rows, desc="itm re-rank")
 
     def answer_logits(self, images: Mapping[str, np.ndarray], image_rows: np.ndarray, question_ids: np.ndarray, question_mask: np.ndarray) -> np.ndarray:
         arrays = {**images, "question_ids": question_ids, "question_mask": question_mask}
@@ -94,7 +114,9 @@ def evaluate(
     txt_emb = inference.texts(eval_data["text_ids"], eval_data["text_mask"])
     metrics = retrieval_metrics(img_emb, txt_emb)
     if itm_top_k:
-        score = lambda t, i: inference.match_logits(images, i, eval_data["text_ids"], eval_data["text_mask"], t)
+        # Each tower runs once per image and text; only the fusion runs per candidate pair.
+        image_tokens, text_tokens = inference.image_tokens(images), inference.text_tokens(eval_data["text_ids"], eval_data["text_mask"])
+        score = lambda t, i: inference.match_logits(image_tokens, i, text_tokens, t)
         metrics.update(reranked_retrieval_metrics(img_emb, txt_emb, score, itm_top_k))
     if zero_shot and "label" in eval_data:
         classes = class_embeddings(lambda texts: inference.texts(*tokenizer(texts, text_len)), list(CLASS_NAMES))

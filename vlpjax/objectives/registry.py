@@ -55,9 +55,11 @@ def itm(outputs, batch, ctx: StepContext):
     """Image-text matching on (positive, hard-negative image, hard-negative text) triples."""
     image, text = outputs["image"], outputs["text"]
     key = jax.random.fold_in(ctx.key, _ITM_STREAM)
+    # The fusion reads tokens and masks only: leaving `pooled` out saves its all-gather.
+    fusion_inputs = (image._replace(pooled=None), text._replace(pooled=None))
     neg_image, neg_text = ctx.shards(
         mine_hard_negatives,
-        rows=(outputs["img_emb"], outputs["txt_emb"], batch["image_id"], image, text),
+        rows=(outputs["img_emb"], outputs["txt_emb"], batch["image_id"], *fusion_inputs),
         shared=(outputs["logit_scale"], key),
         per_row=True,
     )
