@@ -58,7 +58,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_shapes_dir, tmp_path):
 
     resumed = subprocess.run(_command(workdir, tiny_shapes_dir, *LONG), env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from" in resumed.stdout
+    assert "resumed from" in resumed.stdout
     want, got = _final_params(tmp_path / "ref", 300), _final_params(workdir, 300)
     leaves_want, leaves_got = jax.tree.leaves(want), jax.tree.leaves(got)
     assert len(leaves_want) == len(leaves_got) > 10

@@ -42,3 +42,21 @@ def test_accuracy_overall_and_per_question_type():
     assert metrics["vqa/accuracy"] == 2 / 3
     assert metrics["vqa/accuracy_how_many"] == 1.0 and metrics["vqa/accuracy_what_colour"] == 0.0
     assert metrics["vqa/questions"] == 3
+
+
+def test_a_runs_saved_vocabulary_wins_over_a_rescan(tmp_path):
+    import json
+
+    import pytest
+
+    from vlpjax.train.build import vqa_answers
+
+    train = [{"questions": ["q1", "q2"], "answers": ["a", "b"]}, {"questions": ["q3"], "answers": ["b"]}]
+    assert vqa_answers(train, None, None) == ["b", "a"]
+    assert vqa_answers(train, None, str(tmp_path / "missing.json")) == ["b", "a"]
+    saved = tmp_path / "answers.json"
+    saved.write_text(json.dumps(["a", "b", "c"]))  # the order a checkpoint's head was trained with
+    assert vqa_answers(train, 1, str(saved)) == ["a", "b", "c"]
+    saved.write_text(json.dumps({"a": 0}))
+    with pytest.raises(ValueError, match="answers.json must hold a JSON list"):
+        vqa_answers(train, None, str(saved))

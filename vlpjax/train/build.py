@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -54,7 +55,12 @@ def dataset_kwargs(data: ml_collections.ConfigDict) -> dict:
     raise ValueError(f"unknown data.name {data.name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder")
 
 
-def load_data(config: ml_collections.ConfigDict) -> Data:
+def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = None) -> Data:
+    """The dataset, its tokenizer and (VQA) the answer vocabulary.
+
+    `saved_answers`: a run's answers.json. Where it exists it is the vocabulary, since a
+    checkpoint's answer head is indexed by it; otherwise the training split is scanned for it.
+    """
     builder = builders.load_builder(config.data.name, config.data.data_dir, **dataset_kwargs(config.data))
     tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
     if config.model.family == "flamingo" and not config.data.tokenizer:
@@ -62,10 +68,20 @@ def load_data(config: ml_collections.ConfigDict) -> Data:
     sources = builder.as_data_source()
     if "test" not in sources:
         raise ValueError(f"dataset {builder.builder_config.name} has no test split to evaluate on: rebuild it with a test fraction above 0")
-    answers = training_answers(sources["train"], config.data.max_answers or None) if config.data.task == "vqa" else []
+    answers = vqa_answers(sources["train"], config.data.max_answers or None, saved_answers) if config.data.task == "vqa" else []
     if config.data.task == "vqa" and not answers:
         raise ValueError(f"data.task='vqa' but dataset {config.data.name} has no training questions")
     return Data(builder, sources["train"], sources["test"], TextTokenizer(tokenizer_path), answers)
+
+
+def vqa_answers(train_source, max_answers: int | None, saved_answers: str | None) -> list[str]:
+    if saved_answers and os.path.exists(saved_answers):
+        with open(saved_answers) as f:
+            answers = json.load(f)
+        if not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
+            raise ValueError(f"{saved_answers} must hold a JSON list of answer strings")
+        return answers
+    return training_answers(train_source, max_answers)
 
 
 def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> PipelineConfig:

@@ -127,10 +127,14 @@ def _eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> di
     return metrics
 
 
+def _answers_path(workdir: str) -> str:
+    return os.path.join(workdir, ANSWERS_FILE)
+
+
 def _save_answers(workdir: str, answers: list[str]) -> None:
     """The answer vocabulary, index = VQA head output: what a user of the checkpoint needs."""
     if answers and jax.process_index() == 0:
-        with open(os.path.join(workdir, ANSWERS_FILE), "w") as f:
+        with open(_answers_path(workdir), "w") as f:
             json.dump(answers, f, indent=0)
 
 
@@ -139,7 +143,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
-    data = load_data(config)
+    # A resumed run keeps the vocabulary its answer head was trained on.
+    resuming = checkpoints.latest_step(workdir) is not None
+    data = load_data(config, _answers_path(workdir) if resuming else None)
     run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
     _save_answers(workdir, data.answers)
     stepper = Stepper(config, run, make_objective(config.objectives.to_dict(), data.vocab))
@@ -219,7 +225,7 @@ def final_report(metrics: dict, workdir: str, log: MetricsLog) -> str:
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str):
     """(data, run, state, step) of the latest checkpoint in `workdir`."""
-    data = load_data(config)
+    data = load_data(config, _answers_path(workdir))
     run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
     manager = checkpoints.checkpoint_manager(workdir, every=1, keep=config.train.keep_checkpoints, async_save=False)
     try:
