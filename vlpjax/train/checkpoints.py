@@ -24,18 +24,6 @@ def checkpoint_manager(workdir: str, *, every: int, keep: int, async_save: bool 
     return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options)
 
 
-def latest_step(workdir: str) -> int | None:
-    """The newest complete checkpoint's step in `workdir`, None when there is none."""
-    directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
-    if not os.path.isdir(directory):
-        return None
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
-    try:
-        return manager.latest_step()
-    finally:
-        manager.close()
-
-
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict | None, *, force: bool = False) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
     if data_state is not None:

@@ -143,8 +143,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
+    manager = checkpoints.checkpoint_manager(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
+    resuming = manager.latest_step() is not None
     # A resumed run keeps the vocabulary its answer head was trained on.
-    resuming = checkpoints.latest_step(workdir) is not None
     data = load_data(config, _answers_path(workdir) if resuming else None)
     run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
     _save_answers(workdir, data.answers)
@@ -159,10 +160,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         answers=data.answers,
     )
     eval_data = _eval_data(config, data)
-    manager = checkpoints.checkpoint_manager(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
 
     host_state, start = run.state, 0
-    if manager.latest_step() is not None:
+    if resuming:
         host_state, data_state, start = checkpoints.restore(manager, run.state)
         iterator.set_state(data_state)
         if is_main:
