@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DATA_DIR ?= data
 WORKDIR ?= workdirs/clip_shapes
 
-.PHONY: demo test install clean
+.PHONY: demo test lint install clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): setup.py
 demo: $(STAMP)
 	$(VENV)/bin/vlpjax data build synthetic_shapes --data_dir $(DATA_DIR)
 	$(VENV)/bin/vlpjax train --config configs/clip_shapes.py --workdir $(WORKDIR) --config.data.data_dir=$(DATA_DIR)
+
+# `make lint`: ruff (pyflakes, import order, bugbear, line length 120; ruff.toml) and format check.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest tests

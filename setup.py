@@ -1,4 +1,5 @@
 """vlpjax: image-text pretraining in JAX/Flax NNX."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -6,6 +7,7 @@ setup(
     version="0.1.0",
     description="Image-text pretraining (VLP) in JAX and Flax NNX",
     packages=find_packages(include=["vlpjax", "vlpjax.*"]),
+    license="Apache-2.0",
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10,<0.13",
@@ -25,7 +27,8 @@ setup(
     ],
     extras_require={
         # torch is pinned: 2.13.0 is the CPU build; an open range pulls a CUDA build.
-        "test": ["pytest>=8,<10", "torch==2.13.0"],
+        # ruff is pinned: its rule set changes between releases, and `make lint` must not drift.
+        "test": ["pytest>=8,<10", "torch==2.13.0", "ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["vlpjax=vlpjax.cli:main"]},
 )

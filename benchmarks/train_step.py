@@ -6,6 +6,7 @@ For each config it prints steps/s, examples/s, model FLOPs per step (from the co
 cost analysis), the FLOP/s achieved, MFU against the float32 matmul peak measured in this
 process, and the PyTorch step's speed in the same process. Medians over the timed steps.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,15 +79,38 @@ def batch_arrays(b: Bench):
 
 def vlpjax_step(b: Bench, steps: int):
     spec = {
-        "image": {"kind": "vit", "variant": f"x/{b.patch}", "width": b.width, "depth": b.depth, "mlp_dim": 4 * b.width, "num_heads": b.heads, "image_size": b.image_size, "pool": "cls", "act": "quick_gelu"},
-        "text": {"kind": "causal", "vocab_size": b.vocab, "width": b.text_width, "depth": b.text_depth, "num_heads": b.heads, "mlp_dim": 4 * b.text_width, "max_len": b.text_len, "act": "quick_gelu"},
+        "image": {
+            "kind": "vit",
+            "variant": f"x/{b.patch}",
+            "width": b.width,
+            "depth": b.depth,
+            "mlp_dim": 4 * b.width,
+            "num_heads": b.heads,
+            "image_size": b.image_size,
+            "pool": "cls",
+            "act": "quick_gelu",
+        },
+        "text": {
+            "kind": "causal",
+            "vocab_size": b.vocab,
+            "width": b.text_width,
+            "depth": b.text_depth,
+            "num_heads": b.heads,
+            "mlp_dim": 4 * b.text_width,
+            "max_len": b.text_len,
+            "act": "quick_gelu",
+        },
         "embed_dim": b.embed_dim,
     }
     graphdef, params = nnx.split(build_dual_encoder(spec, rngs=nnx.Rngs(0)))
     tx = optax.adamw(1e-4)
     opt_state = tx.init(params)
     images, ids, mask = batch_arrays(b)
-    batch = {"image": jnp.asarray(images), "text_ids": jnp.asarray(ids, jnp.int32), "text_mask": jnp.asarray(mask, bool)}
+    batch = {
+        "image": jnp.asarray(images),
+        "text_ids": jnp.asarray(ids, jnp.int32),
+        "text_mask": jnp.asarray(mask, bool),
+    }
 
     def step(params, opt_state, batch):
         def loss_fn(p):
@@ -117,8 +141,24 @@ def torch_step(b: Bench, steps: int) -> float:
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     config = CLIPConfig(
-        text_config=dict(vocab_size=b.vocab, hidden_size=b.text_width, intermediate_size=4 * b.text_width, num_hidden_layers=b.text_depth, num_attention_heads=b.heads, max_position_embeddings=b.text_len, hidden_act="quick_gelu"),
-        vision_config=dict(hidden_size=b.width, intermediate_size=4 * b.width, num_hidden_layers=b.depth, num_attention_heads=b.heads, image_size=b.image_size, patch_size=b.patch, hidden_act="quick_gelu"),
+        text_config=dict(
+            vocab_size=b.vocab,
+            hidden_size=b.text_width,
+            intermediate_size=4 * b.text_width,
+            num_hidden_layers=b.text_depth,
+            num_attention_heads=b.heads,
+            max_position_embeddings=b.text_len,
+            hidden_act="quick_gelu",
+        ),
+        vision_config=dict(
+            hidden_size=b.width,
+            intermediate_size=4 * b.width,
+            num_hidden_layers=b.depth,
+            num_attention_heads=b.heads,
+            image_size=b.image_size,
+            patch_size=b.patch,
+            hidden_act="quick_gelu",
+        ),
         projection_dim=b.embed_dim,
     )
     model = CLIPModel(config).train()
@@ -144,8 +184,14 @@ def main() -> None:
     args = parser.parse_args()
     peak = matmul_peak_flops()
     device = jax.devices()[0]
-    print(f"device: {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores; measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-    header = f"{'config':<8} {'batch':>5} {'steps/s':>8} {'ex/s':>8} {'GFLOP/step':>11} {'GFLOP/s':>8} {'MFU':>6} {'torch steps/s':>13} {'vlpjax/torch':>12}"
+    print(
+        f"device: {device.platform} ({device.device_kind}), {os.cpu_count()} CPU cores; "
+        f"measured float32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
+    header = (
+        f"{'config':<8} {'batch':>5} {'steps/s':>8} {'ex/s':>8} {'GFLOP/step':>11} {'GFLOP/s':>8} {'MFU':>6} "
+        f"{'torch steps/s':>13} {'vlpjax/torch':>12}"
+    )
     rows = []
     for name in args.configs:
         b = CONFIGS[name]
@@ -153,7 +199,8 @@ def main() -> None:
         torch_seconds = float("nan") if args.no_torch else torch_step(b, args.steps)
         achieved = flops / seconds
         rows.append(
-            f"{name:<8} {b.batch:>5} {1 / seconds:>8.3f} {b.batch / seconds:>8.1f} {flops / 1e9:>11.1f} {achieved / 1e9:>8.1f} "
+            f"{name:<8} {b.batch:>5} {1 / seconds:>8.3f} {b.batch / seconds:>8.1f} {flops / 1e9:>11.1f} "
+            f"{achieved / 1e9:>8.1f} "
             f"{achieved / peak:>6.1%} {1 / torch_seconds:>13.3f} {torch_seconds / seconds:>12.2f}"
         )
     print(header)

@@ -3,6 +3,7 @@ ITC + ITM with hard negatives from the global batch + MLM, then retrieval re-ran
 
     vlpjax train --config configs/albef_shapes.py --workdir workdirs/albef_shapes
 """
+
 from vlpjax.config import base_recipe
 
 
@@ -17,9 +18,27 @@ def get_config(arg=None):
         family="fusion",
         # Fixed sin-cos positions: as strong as the patch content from step 0, which VQA's
         # "what is at the top left" questions need (learned ones start some 40x weaker than the patch embedding).
-        image=dict(kind="vit", variant="x/16", width=128, depth=4, mlp_dim=512, num_heads=2, image_size=48, pool="gap", posemb="sincos2d"),
+        image=dict(
+            kind="vit",
+            variant="x/16",
+            width=128,
+            depth=4,
+            mlp_dim=512,
+            num_heads=2,
+            image_size=48,
+            pool="gap",
+            posemb="sincos2d",
+        ),
         # 2 text-only layers (the ITC text encoder), then 2 layers with cross-attention (the fusion).
-        text=dict(kind="bert", hidden_size=128, num_hidden_layers=4, cross_attention_from=2, num_attention_heads=2, intermediate_size=512, max_position_embeddings=32),
+        text=dict(
+            kind="bert",
+            hidden_size=128,
+            num_hidden_layers=4,
+            cross_attention_from=2,
+            num_attention_heads=2,
+            intermediate_size=512,
+            max_position_embeddings=32,
+        ),
         fusion=dict(layout="albef"),
         fusion_posemb=False,  # True: the fusion sees each patch's sin-cos position again (vqa_shapes)
         embed_dim=128,

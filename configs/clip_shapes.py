@@ -1,7 +1,8 @@
 """CLIP on synthetic_shapes: ViT-x/16 + causal text tower, softmax ITC. The `make demo` recipe.
 
-    vlpjax train --config configs/clip_shapes.py --workdir workdirs/clip_shapes
+vlpjax train --config configs/clip_shapes.py --workdir workdirs/clip_shapes
 """
+
 import ml_collections
 
 

@@ -11,6 +11,7 @@ adapters and the `<image>` / `<|endofchunk|>` embedding rows train.
 
 Any Hugging Face GPT-2 / LLaMA directory can replace the LM: --config.model.lm.path=DIR.
 """
+
 from vlpjax.config import base_recipe
 
 clip = base_recipe(__file__, "clip_shapes")
@@ -34,7 +35,18 @@ def get_config(arg=None):
     c.train.update(batch_size=64, steps=1000, checkpoint_every=250)
     c.optim.update(lr=1e-3, warmup_steps=50)
     # Few-shot generation on held-out images, before training (closed gates) and after.
-    c.eval = dict(batch_size=50, images=200, shots=2, beams=1, caption_tokens=32, answer_tokens=3, at_start=True, zero_shot=False, png_queries=0, itm_top_k=0)
+    c.eval = dict(
+        batch_size=50,
+        images=200,
+        shots=2,
+        beams=1,
+        caption_tokens=32,
+        answer_tokens=3,
+        at_start=True,
+        zero_shot=False,
+        png_queries=0,
+        itm_top_k=0,
+    )
     if arg == "tiny":
         c.data.update(image_size=32, train_size=512, test_size=64, text_len=48)
         c.model.image.update(image_size=32, width=32, depth=1, mlp_dim=64)

@@ -4,6 +4,7 @@ tower and both projections train. Run clip_shapes first (e.g. `make demo`), then
     vlpjax train --config configs/lit_shapes.py --workdir workdirs/lit_shapes \\
         --config.init.checkpoint=workdirs/clip_shapes
 """
+
 from vlpjax.config import base_recipe
 
 

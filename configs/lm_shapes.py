@@ -5,6 +5,7 @@ Face layout that `vlpjax.interop.hf.load_decoder_lm` (and transformers) read:
     vlpjax train  --config configs/lm_shapes.py --workdir workdirs/lm_shapes
     vlpjax export --config configs/lm_shapes.py --workdir workdirs/lm_shapes --out workdirs/lm_shapes/hf
 """
+
 from vlpjax.config import base_recipe
 
 
@@ -14,7 +15,16 @@ def get_config(arg=None):
     c.model = dict(
         family="decoder_lm",
         # RMSNorm, rotary positions, SwiGLU and grouped-query attention: the LLaMA recipe, small.
-        lm=dict(arch="llama", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=352, max_positions=128, tie_embeddings=False),
+        lm=dict(
+            arch="llama",
+            hidden_size=128,
+            num_layers=4,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=352,
+            max_positions=128,
+            tie_embeddings=False,
+        ),
         dtype="float32",
     )
     c.objectives = dict(lm=dict(weight=1.0))

@@ -3,6 +3,7 @@ encoder (two streams that cross-attend to each other); ITC + ITM + MLM.
 
     vlpjax train --config configs/meter_shapes.py --workdir workdirs/meter_shapes
 """
+
 from vlpjax.config import base_recipe
 
 albef = base_recipe(__file__, "albef_shapes")

@@ -1,7 +1,8 @@
 """SigLIP on synthetic_shapes: the clip_shapes towers with the chunked (ring) sigmoid loss.
 
-    vlpjax train --config configs/siglip_shapes.py --workdir workdirs/siglip_shapes
+vlpjax train --config configs/siglip_shapes.py --workdir workdirs/siglip_shapes
 """
+
 from vlpjax.config import base_recipe
 
 

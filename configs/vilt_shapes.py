@@ -5,6 +5,7 @@ by design, to mine the ITM negatives. The text keeps one layer so that [CLS] see
 
     vlpjax train --config configs/vilt_shapes.py --workdir workdirs/vilt_shapes
 """
+
 from vlpjax.config import base_recipe
 
 albef = base_recipe(__file__, "albef_shapes")

@@ -7,6 +7,7 @@ over the training answers. Run albef_shapes first, then:
 The same recipe fine-tunes on a user folder's VQA rows with
 `--config.data.name=image_text_folder --config.data.folder=DIR` (see README).
 """
+
 from vlpjax.config import base_recipe
 
 albef = base_recipe(__file__, "albef_shapes")

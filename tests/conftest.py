@@ -1,4 +1,5 @@
 """Eight simulated CPU devices for every test, set before JAX is imported anywhere."""
+
 import os
 
 _FLAG = "--xla_force_host_platform_device_count=8"

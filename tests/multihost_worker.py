@@ -1,4 +1,5 @@
 """One process of the multi-host test: its own rows in, the global softmax loss out (JSON)."""
+
 import json
 import os
 import sys
@@ -32,14 +33,20 @@ def main(port: str, num_processes: str, process_id: str) -> None:
     mesh = make_mesh(data=-1)
     batch = host_local_to_global({"img": img[rows], "txt": txt[rows]}, mesh)
     loss_fn = over_batch_axes(softmax_loss, mesh, num_batched=2)
-    loss, grads = jax.jit(jax.value_and_grad(lambda i, t: loss_fn(i, t, jnp.float32(5.0))[0], argnums=(0, 1)))(batch["img"], batch["txt"])
-    print(json.dumps({
-        "process": jax.process_index(),
-        "devices": jax.device_count(),
-        "local_devices": jax.local_device_count(),
-        "loss": float(loss),
-        "img_grad_rows": global_to_host_local(grads[0]).tolist(),
-    }))
+    loss, grads = jax.jit(jax.value_and_grad(lambda i, t: loss_fn(i, t, jnp.float32(5.0))[0], argnums=(0, 1)))(
+        batch["img"], batch["txt"]
+    )
+    print(
+        json.dumps(
+            {
+                "process": jax.process_index(),
+                "devices": jax.device_count(),
+                "local_devices": jax.local_device_count(),
+                "loss": float(loss),
+                "img_grad_rows": global_to_host_local(grads[0]).tolist(),
+            }
+        )
+    )
     jax.distributed.shutdown()
 
 

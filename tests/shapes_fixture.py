@@ -1,4 +1,5 @@
 """A tiny synthetic_shapes dataset built once per test session."""
+
 import pytest
 
 from vlpjax.data.builders import build_synthetic_shapes

@@ -1,4 +1,5 @@
 """A tiny random transformers BertModel, saved locally, gives the same hidden states in vlpjax."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """Configs: recipes load, overrides are typed, unknown keys stop with their name."""
+
 import pytest
 
 from vlpjax.cli import main
@@ -8,7 +9,10 @@ RECIPE = "configs/clip_shapes.py"
 
 
 def test_recipe_loads_with_typed_overrides():
-    config = load_config(RECIPE, ["--config.train.steps=12", "--config.optim.lr=0.01", "--config.data.flip=False", "--config.mesh.data=2"])
+    config = load_config(
+        RECIPE,
+        ["--config.train.steps=12", "--config.optim.lr=0.01", "--config.data.flip=False", "--config.mesh.data=2"],
+    )
     assert config.train.steps == 12 and isinstance(config.train.steps, int)
     assert config.optim.lr == 0.01 and config.data.flip is False and config.mesh.data == 2
     assert load_config(RECIPE + ":tiny").data.image_size == 32
@@ -23,7 +27,13 @@ def test_unknown_config_key_fails_with_its_name():
 
 @pytest.mark.parametrize(
     "override,message",
-    [("--config.train.steps=ten", "train.steps must be a number"), ("--config.train.steps=1.5", "must be an int"), ("--config.data.flip=1", "must be a bool"), ("--config.train.parallelism=ddp", "parallelism"), ("--config.train.steps=0", "positive")],
+    [
+        ("--config.train.steps=ten", "train.steps must be a number"),
+        ("--config.train.steps=1.5", "must be an int"),
+        ("--config.data.flip=1", "must be a bool"),
+        ("--config.train.parallelism=ddp", "parallelism"),
+        ("--config.train.steps=0", "positive"),
+    ],
 )
 def test_wrong_values_fail_before_building(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -56,4 +66,13 @@ def test_missing_recipe_is_named():
 
 def test_missing_dataset_is_named(tmp_path):
     with pytest.raises(SystemExit, match="is not built.*vlpjax data build synthetic_shapes"):
-        main(["train", "--config", RECIPE + ":tiny", "--workdir", str(tmp_path / "w"), f"--config.data.data_dir={tmp_path / 'nodata'}"])
+        main(
+            [
+                "train",
+                "--config",
+                RECIPE + ":tiny",
+                "--workdir",
+                str(tmp_path / "w"),
+                f"--config.data.data_dir={tmp_path / 'nodata'}",
+            ]
+        )

@@ -1,4 +1,5 @@
 """The sharded contrastive losses equal the single-device loss on the global batch, gradients too."""
+
 import functools
 
 import jax
@@ -24,7 +25,9 @@ LOSSES = {
 
 def _objective(kind, options):
     if kind == "softmax":
-        return lambda out, axis_name: contrastive.softmax_loss(out["img_emb"], out["txt_emb"], out["logit_scale"], axis_name=axis_name)
+        return lambda out, axis_name: contrastive.softmax_loss(
+            out["img_emb"], out["txt_emb"], out["logit_scale"], axis_name=axis_name
+        )
     return lambda out, axis_name: contrastive.sigmoid_loss(
         out["img_emb"], out["txt_emb"], out["logit_scale"], out["logit_bias"], axis_name=axis_name, **options
     )
@@ -90,7 +93,7 @@ def _assert_same(got, want):
     # Some gradients are zero in exact arithmetic (e.g. attention key biases), so leave an
     # absolute floor at float32 round-off of the largest gradient.
     floor = 1e-6 * max(float(np.max(np.abs(w))) for _, w in want_leaves)
-    for (path, g), (_, w) in zip(got_leaves, want_leaves):
+    for (path, g), (_, w) in zip(got_leaves, want_leaves, strict=False):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=floor, err_msg=jax.tree_util.keystr(path))
 
 

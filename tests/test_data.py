@@ -1,4 +1,5 @@
 """Data: shapes content, deterministic batches, disjoint process shards, folder validation."""
+
 import dataclasses
 import json
 import os
@@ -7,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.shapes_fixture import TINY_DATA
 from vlpjax.data import builders, shapes
 from vlpjax.data.pipeline import PipelineConfig, train_dataset, train_iterator
 from vlpjax.data.tokenizer import TextTokenizer
-from tests.shapes_fixture import TINY_DATA
 
 
 def _sources(data_dir):
@@ -27,7 +28,10 @@ def test_captions_name_every_object_and_flip_swaps_sides():
         for caption in shapes.captions(scene, rng):
             for obj in scene:
                 assert obj.noun_phrase() in caption and shapes.POSITIONS[obj.cell] in caption
-    assert shapes.swap_left_right("a red circle at the top left and a blue square on the right") == "a red circle at the top right and a blue square on the left"
+    assert (
+        shapes.swap_left_right("a red circle at the top left and a blue square on the right")
+        == "a red circle at the top right and a blue square on the left"
+    )
 
 
 def _mirrored(scene):
@@ -42,9 +46,15 @@ def test_swapped_texts_are_the_texts_of_the_mirrored_scene():
     for seed in range(300):
         scene = shapes.sample_scene(rng)
         mirror = _mirrored(scene)
-        texts, mirror_texts = shapes.captions(scene, np.random.default_rng(seed)), shapes.captions(mirror, np.random.default_rng(seed))
+        texts, mirror_texts = (
+            shapes.captions(scene, np.random.default_rng(seed)),
+            shapes.captions(mirror, np.random.default_rng(seed)),
+        )
         assert [shapes.swap_left_right(t) for t in texts] == mirror_texts
-        qa, mirror_qa = shapes.questions(scene, np.random.default_rng(seed)), shapes.questions(mirror, np.random.default_rng(seed))
+        qa, mirror_qa = (
+            shapes.questions(scene, np.random.default_rng(seed)),
+            shapes.questions(mirror, np.random.default_rng(seed)),
+        )
         for (q, a), (mq, ma) in zip(qa, mirror_qa, strict=True):
             if " left of " in q:  # the mirror is asked "left of" and answers the opposite
                 relational += 1
@@ -58,7 +68,7 @@ def test_drawn_objects_have_their_colour_inside_their_box():
     rng = np.random.default_rng(1)
     scene = shapes.sample_scene(rng)
     image, boxes = shapes.draw_scene(scene, 64, rng)
-    for obj, (x1, y1, x2, y2) in zip(scene, boxes * 64):
+    for obj, (x1, y1, x2, y2) in zip(scene, boxes * 64, strict=False):
         patch = image[int(y1) : int(y2), int(x1) : int(x2)].reshape(-1, 3)
         assert (patch == shapes.COLOURS[obj.colour]).all(axis=1).any()
 
@@ -83,7 +93,7 @@ def test_same_seed_same_batches_and_resume_from_state(tiny_shapes_dir):
     second = train_iterator(sources["train"], tokenizer, _config())
     a = [next(first) for _ in range(3)]
     b = [next(second) for _ in range(3)]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])
     # The saved iterator state resumes at the same batch.
@@ -92,7 +102,11 @@ def test_same_seed_same_batches_and_resume_from_state(tiny_shapes_dir):
     third = train_iterator(sources["train"], tokenizer, _config())
     third.set_state(json.loads(json.dumps(state)))
     np.testing.assert_array_equal(next(third)["image_id"], expected["image_id"])
-    other = next(train_iterator(sources["train"], tokenizer, PipelineConfig(batch_size=8, image_size=32, text_len=24, seed=4, threads=0)))
+    other = next(
+        train_iterator(
+            sources["train"], tokenizer, PipelineConfig(batch_size=8, image_size=32, text_len=24, seed=4, threads=0)
+        )
+    )
     assert not np.array_equal(other["image_id"], a[0]["image_id"])
 
 
@@ -150,7 +164,9 @@ BAD = [
 def test_image_text_folder_skips_and_reports_bad_rows(tmp_path):
     folder = tmp_path / "photos"
     _write_folder(folder, GOOD + BAD)
-    builder = builders.build_image_text_folder(str(tmp_path / "data"), str(folder), max_bad_fraction=0.7, test_fraction=0.0)
+    builder = builders.build_image_text_folder(
+        str(tmp_path / "data"), str(folder), max_bad_fraction=0.7, test_fraction=0.0
+    )
     assert builder.info.splits["train"].num_examples == 2  # two distinct good images
     source = builder.as_data_source()["train"]
     rows = {source[i]["image_path"].decode(): source[i] for i in range(2)}
@@ -160,7 +176,12 @@ def test_image_text_folder_skips_and_reports_bad_rows(tmp_path):
         lines = [json.loads(line) for line in f]
     assert lines[0] == {"rows": 8, "good": 3, "bad": 5}
     reasons = {row["line"]: row["reason"] for row in lines[1:]}
-    assert "missing" in reasons[4] and "decoded" in reasons[5] and "empty" in reasons[6] and "leaves the folder" in reasons[7]
+    assert (
+        "missing" in reasons[4]
+        and "decoded" in reasons[5]
+        and "empty" in reasons[6]
+        and "leaves the folder" in reasons[7]
+    )
     assert 8 in reasons
 
 

@@ -1,5 +1,6 @@
 """Decoder LMs imported from tiny random transformers models give the same logits and the same
 greedy continuations, with and without the KV cache; export loads back into transformers."""
+
 import itertools
 
 import jax
@@ -19,12 +20,21 @@ VOCAB = 97
 
 
 def _gpt2(**overrides):
-    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2, **overrides)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2, **overrides
+    )
     return transformers.GPT2LMHeadModel(config)
 
 
 def _llama(**overrides):
-    fields = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    fields = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     fields.update(bos_token_id=1, eos_token_id=2, max_position_embeddings=64, rope_theta=500.0, **overrides)
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields))
 
@@ -71,7 +81,10 @@ def test_sharded_checkpoint_loads(tmp_path):
     reference = _saved(_llama, tmp_path, max_shard_size="20KB")
     assert (tmp_path / "model.safetensors.index.json").exists() and not (tmp_path / "model.safetensors").exists()
     ids = _ids()
-    assert np.max(np.abs(np.asarray(load_decoder_lm(str(tmp_path))(jnp.asarray(ids))) - _torch_logits(reference, ids))) < 1e-4
+    assert (
+        np.max(np.abs(np.asarray(load_decoder_lm(str(tmp_path))(jnp.asarray(ids))) - _torch_logits(reference, ids)))
+        < 1e-4
+    )
 
 
 def test_left_padded_rows_match_their_unpadded_logits(tmp_path):
@@ -92,7 +105,9 @@ def test_greedy_continuation_matches_transformers_with_and_without_cache(tmp_pat
     prompt = _ids(batch=1, length=5, seed=3)
     new = 8
     with torch.no_grad():
-        expected = reference.generate(torch.tensor(prompt), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0).numpy()[0, 5:]
+        expected = reference.generate(
+            torch.tensor(prompt), max_new_tokens=new, do_sample=False, eos_token_id=None, pad_token_id=0
+        ).numpy()[0, 5:]
 
     cache = KVCache.empty(lm.config, batch=1, max_len=5 + new)
     cached = greedy(jitted_step(lm), prompt, np.ones_like(prompt, bool), cache, new)[0]
@@ -111,7 +126,16 @@ def test_greedy_continuation_matches_transformers_with_and_without_cache(tmp_pat
 def test_beam_search_finds_the_exact_best_sequence_of_a_small_space(tmp_path):
     """With as many beams as sequences, beam search is exhaustive: compare with brute force."""
     torch.manual_seed(0)
-    tiny = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=6, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    tiny = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=6,
+            hidden_size=16,
+            intermediate_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        )
+    )
     tiny.save_pretrained(tmp_path, safe_serialization=True)
     lm = load_decoder_lm(str(tmp_path))
     prompt = np.asarray([[1, 3, 4]])
@@ -126,7 +150,9 @@ def test_beam_search_finds_the_exact_best_sequence_of_a_small_space(tmp_path):
     assert tuple(tokens[0]) == best
     assert abs(float(score[0]) - total_logprob(best)) < 1e-4
     one_beam, _ = beam_search(step, prompt, np.ones_like(prompt, bool), KVCache.empty(lm.config, 1, 6), 3, beams=1)
-    np.testing.assert_array_equal(one_beam, greedy(step, prompt, np.ones_like(prompt, bool), KVCache.empty(lm.config, 1, 6), 3))
+    np.testing.assert_array_equal(
+        one_beam, greedy(step, prompt, np.ones_like(prompt, bool), KVCache.empty(lm.config, 1, 6), 3)
+    )
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])

@@ -1,4 +1,5 @@
 """DualEncoder: any image encoder with any text tower; temperature and bias as the papers set them."""
+
 import math
 
 import numpy as np
@@ -8,7 +9,15 @@ from flax import nnx
 from tests.tiny_models import TINY_CAUSAL, TINY_VIT, VOCAB, random_text, tiny_dual_encoder
 from vlpjax.models.vlp import MAX_LOGIT_SCALE, build_dual_encoder
 
-TINY_BERT = {"kind": "bert", "vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 24, "max_position_embeddings": 16}
+TINY_BERT = {
+    "kind": "bert",
+    "vocab_size": VOCAB,
+    "hidden_size": 16,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 24,
+    "max_position_embeddings": 16,
+}
 TINY_RESNET = {"kind": "resnet", "layout": "18", "width": 4, "groups": 2}
 TINY_REGIONS = {"kind": "regions", "feature_dim": 10, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 24}
 
@@ -40,7 +49,11 @@ def test_any_image_encoder_with_any_text_tower(image, text):
     ids, mask = random_text(rng, 3)
     batch = {"text_ids": ids, "text_mask": mask}
     if image["kind"] == "regions":
-        batch |= {"regions": rng.normal(size=(3, 5, 10)).astype(np.float32), "boxes": np.tile([0.1, 0.1, 0.6, 0.7], (3, 5, 1)).astype(np.float32), "region_mask": np.ones((3, 5), bool)}
+        batch |= {
+            "regions": rng.normal(size=(3, 5, 10)).astype(np.float32),
+            "boxes": np.tile([0.1, 0.1, 0.6, 0.7], (3, 5, 1)).astype(np.float32),
+            "region_mask": np.ones((3, 5), bool),
+        }
     else:
         size = 32 if image["kind"] == "resnet" else 8
         batch["image"] = rng.normal(size=(3, size, size, 3)).astype(np.float32)

@@ -1,4 +1,5 @@
 """Encoder behaviour: padding is invisible, pooling variants do what they say, variants decode."""
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,7 +12,14 @@ from vlpjax.models.resnet import ResNet, ResNetConfig
 from vlpjax.models.text import BertConfig, BertEncoder, CausalTextConfig, CausalTextTransformer
 from vlpjax.models.vit import VIT_WIDTHS, ViT, vit_config
 
-TINY_BERT = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=16)
+TINY_BERT = BertConfig(
+    vocab_size=50,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=24,
+    max_position_embeddings=16,
+)
 TINY_CAUSAL = CausalTextConfig(vocab_size=50, width=16, depth=2, num_heads=2, mlp_dim=24, max_len=16)
 
 
@@ -36,7 +44,9 @@ def test_text_padding_changes_nothing(tower):
     np.testing.assert_array_equal(changed.pooled, base.pooled)
     np.testing.assert_array_equal(np.asarray(changed.tokens)[mask], np.asarray(base.tokens)[mask])
     np.testing.assert_allclose(longer.pooled, base.pooled, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(longer.tokens)[:, :10][mask], np.asarray(base.tokens)[mask], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(longer.tokens)[:, :10][mask], np.asarray(base.tokens)[mask], rtol=1e-5, atol=1e-5
+    )
     # A real token does change the output, so the check above can fail.
     edited = ids.copy()
     edited[0, 0] = (ids[0, 0] % 49) + 1
@@ -84,7 +94,11 @@ def test_region_padding_changes_nothing(depth):
     changed = enc(feats2, boxes2, mask)
     np.testing.assert_array_equal(changed.pooled, base.pooled)
     np.testing.assert_array_equal(np.asarray(changed.tokens)[mask], np.asarray(base.tokens)[mask])
-    padded = enc(np.pad(feats, ((0, 0), (0, 2), (0, 0)), constant_values=3.0), np.pad(boxes, ((0, 0), (0, 2), (0, 0))), np.pad(mask, ((0, 0), (0, 2))))
+    padded = enc(
+        np.pad(feats, ((0, 0), (0, 2), (0, 0)), constant_values=3.0),
+        np.pad(boxes, ((0, 0), (0, 2), (0, 0))),
+        np.pad(mask, ((0, 0), (0, 2))),
+    )
     np.testing.assert_allclose(padded.pooled, base.pooled, rtol=1e-6, atol=1e-6)
     # Pooling is the mean of the real region tokens.
     np.testing.assert_allclose(base.pooled[1], np.asarray(base.tokens)[1, :3].mean(0), rtol=1e-5, atol=1e-6)
@@ -113,7 +127,10 @@ def test_vit_variants_decode():
 
 
 def _tiny_vit(pool, posemb="learn"):
-    return ViT(vit_config("t/4", width=16, depth=1, mlp_dim=32, num_heads=2, image_size=8, pool=pool, posemb=posemb), rngs=nnx.Rngs(0))
+    return ViT(
+        vit_config("t/4", width=16, depth=1, mlp_dim=32, num_heads=2, image_size=8, pool=pool, posemb=posemb),
+        rngs=nnx.Rngs(0),
+    )
 
 
 @pytest.mark.parametrize("posemb", ["learn", "sincos2d"])

@@ -1,13 +1,15 @@
 """Flamingo: the closed-gate model is the LM exactly; cross-attention sees only the latest
 image; frozen parts do not move under training and hold no optimizer state; the LM loss
 sharded over 8 devices equals one device."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from tests.tiny_models import IMAGE_SIZE, TINY_VIT
 from vlpjax.models.decoding import beam_search, greedy, jitted_step
@@ -28,7 +30,17 @@ FROZEN = (r"img/.*", r"lm/.*")
 
 def tiny_flamingo(arch="llama", tie=False, seed=0, cross_every=1):
     lm = DecoderLM(
-        DecoderLMConfig(arch=arch, vocab_size=VOCAB, hidden_size=16, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=24, max_positions=32, tie_embeddings=tie),
+        DecoderLMConfig(
+            arch=arch,
+            vocab_size=VOCAB,
+            hidden_size=16,
+            num_layers=2,
+            num_heads=4,
+            num_kv_heads=2,
+            intermediate_size=24,
+            max_positions=32,
+            tie_embeddings=tie,
+        ),
         rngs=nnx.Rngs(seed),
     )
     vision = build_image_encoder({**TINY_VIT, "pool": "gap"}, rngs=nnx.Rngs(seed + 1))
@@ -63,7 +75,9 @@ def test_closed_gates_give_the_language_models_logits_exactly(arch, tie):
     without_blocks = np.asarray(run_decoder(model.lm, model.token_vectors(ids), mask, None, head=model.head))
     np.testing.assert_array_equal(logits, without_blocks)
     plain = jnp.asarray(np.where(np.asarray(ids) >= VOCAB, 5, np.asarray(ids)))  # no new tokens: the bare LM
-    np.testing.assert_array_equal(np.asarray(model(dict(batch, text_ids=plain))["logits"])[..., :VOCAB], np.asarray(model.lm(plain, mask)))
+    np.testing.assert_array_equal(
+        np.asarray(model(dict(batch, text_ids=plain))["logits"])[..., :VOCAB], np.asarray(model.lm(plain, mask))
+    )
     assert logits.shape[-1] == VOCAB + 2
     open_gates(model)
     assert np.max(np.abs(np.asarray(model(batch)["logits"]) - logits)) > 1e-3  # the check can fail
@@ -132,7 +146,9 @@ def test_lm_loss_on_eight_devices_equals_one_device():
 
 
 def _optim():
-    return ml_collections.ConfigDict(dict(lr=1e-2, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.05, b1=0.9, b2=0.999, clip_norm=1.0))
+    return ml_collections.ConfigDict(
+        dict(lr=1e-2, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.05, b1=0.9, b2=0.999, clip_norm=1.0)
+    )
 
 
 def _rules():
@@ -154,16 +170,23 @@ def test_training_moves_only_the_adapters_and_the_new_token_rows():
     assert count_params(opt_state) < 2 * count_params(params) + 10  # moments + counters, no frozen leaf
 
     mesh = make_mesh(data=-1, fsdp=1, tensor=1)
-    state = jax.device_put(TrainState(step=jnp.int32(0), params=params, frozen=frozen, opt_state=opt_state), NamedSharding(mesh, P()))
-    step = build_mesh_step(graphdef, tx, make_objective({"lm": {}}), mesh, jax.tree.map(lambda x: x.sharding, state), donate=False)
+    state = jax.device_put(
+        TrainState(step=jnp.int32(0), params=params, frozen=frozen, opt_state=opt_state), NamedSharding(mesh, P())
+    )
+    step = build_mesh_step(
+        graphdef, tx, make_objective({"lm": {}}), mesh, jax.tree.map(lambda x: x.sharding, state), donate=False
+    )
     before_frozen = jax.tree.map(np.asarray, frozen)
     before_params = jax.tree.map(np.asarray, params)
     batch = jax.device_put(interleaved_batch(model, batch=8), NamedSharding(mesh, P(BATCH_AXES)))
     for _ in range(3):
         state, metrics = step(state, batch)
-    for a, b in zip(jax.tree.leaves(before_frozen), jax.tree.leaves(state.frozen)):
+    for a, b in zip(jax.tree.leaves(before_frozen), jax.tree.leaves(state.frozen), strict=False):
         np.testing.assert_array_equal(a, np.asarray(b))  # includes every LM embedding row
-    moved = [not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(before_params), jax.tree.leaves(state.params))]
+    moved = [
+        not np.array_equal(a, np.asarray(b))
+        for a, b in zip(jax.tree.leaves(before_params), jax.tree.leaves(state.params), strict=False)
+    ]
     assert all(moved)
     assert np.isfinite(float(metrics["loss"]))
 

@@ -1,5 +1,6 @@
 """The frozen-LM path end to end on tiny shapes: pretrain the LM, export it in the Hugging Face
 layout, train Flamingo on the frozen clip ViT and LM, evaluate before and after, generate."""
+
 import json
 import os
 
@@ -33,10 +34,18 @@ def _flat(tree):
 def flamingo_run(tiny_shapes_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("flamingo")
     data = f"--config.data.data_dir={tiny_shapes_dir}"
-    train(load_config(_recipe("clip_shapes"), [data, "--config.train.steps=4", "--config.eval.png_queries=0"]), str(root / "clip"))
+    train(
+        load_config(_recipe("clip_shapes"), [data, "--config.train.steps=4", "--config.eval.png_queries=0"]),
+        str(root / "clip"),
+    )
     lm_config = load_config(_recipe("lm_shapes"), [data])
     lm_metrics = train(lm_config, str(root / "lm"))
-    assert cli.main(["export", "--config", _recipe("lm_shapes"), "--workdir", str(root / "lm"), "--out", str(root / "hf"), data]) == 0
+    assert (
+        cli.main(
+            ["export", "--config", _recipe("lm_shapes"), "--workdir", str(root / "lm"), "--out", str(root / "hf"), data]
+        )
+        == 0
+    )
     overrides = [data, f"--config.init.checkpoint={root / 'clip'}", f"--config.model.lm.path={root / 'hf'}"]
     config = load_config(_recipe("flamingo_shapes"), overrides)
     metrics = train(config, str(root / "run"))
@@ -84,13 +93,26 @@ def test_flamingo_reports_closed_gate_baseline_and_final_generation_metrics(flam
 def test_generate_command_prints_a_continuation(flamingo_run, tiny_shapes_dir, tmp_path, capsys):
     image = tmp_path / "query.png"
     image.write_bytes(encode_png(np.full((32, 32, 3), 120, np.uint8)))
-    args = ["generate", "--config", _recipe("flamingo_shapes"), "--workdir", str(flamingo_run["root"] / "run"), "--image", str(image), "--prompt", "<image>question how many objects are there? answer", "--max_new_tokens", "3", *flamingo_run["overrides"]]
+    args = [
+        "generate",
+        "--config",
+        _recipe("flamingo_shapes"),
+        "--workdir",
+        str(flamingo_run["root"] / "run"),
+        "--image",
+        str(image),
+        "--prompt",
+        "<image>question how many objects are there? answer",
+        "--max_new_tokens",
+        "3",
+        *flamingo_run["overrides"],
+    ]
     capsys.readouterr()
     assert cli.main(args) == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert printed and len(printed[-1].split()) <= 3
     with pytest.raises(ValueError, match="markers"):
-        cli.main([*args[:-len(flamingo_run["overrides"])], "--image", str(image), *flamingo_run["overrides"]])
+        cli.main([*args[: -len(flamingo_run["overrides"])], "--image", str(image), *flamingo_run["overrides"]])
 
 
 def _write_documents(folder):
@@ -103,7 +125,9 @@ def _write_documents(folder):
             name = f"doc{d}_{i}.png"
             (folder / name).write_bytes(encode_png(rng.integers(0, 255, size=(40, 40, 3), dtype=np.uint8)))
             names.append(name)
-        lines.append({"chunks": ["a scene", {"image": names[0]}, "a small red circle", {"image": names[1]}, "two objects"]})
+        lines.append(
+            {"chunks": ["a scene", {"image": names[0]}, "a small red circle", {"image": names[1]}, "two objects"]}
+        )
     lines.append({"chunks": ["no image here"]})  # bad: skipped and reported
     lines.append({"chunks": [{"image": "missing.png"}, "text"]})  # bad
     (folder / "documents.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
@@ -113,9 +137,29 @@ def test_flamingo_trains_on_a_folder_of_interleaved_documents(flamingo_run, tmp_
     docs = tmp_path / "docs"
     _write_documents(docs)
     data_dir = str(tmp_path / "data")
-    assert cli.main(["data", "build", "interleaved_folder", "--folder", str(docs), "--data_dir", data_dir, "--max_bad_fraction", "0.2"]) == 0
+    assert (
+        cli.main(
+            [
+                "data",
+                "build",
+                "interleaved_folder",
+                "--folder",
+                str(docs),
+                "--data_dir",
+                data_dir,
+                "--max_bad_fraction",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     overrides = [o for o in flamingo_run["overrides"] if "data_dir" not in o]
-    overrides += [f"--config.data.data_dir={data_dir}", "--config.data.name=interleaved_folder", f"--config.data.folder={docs}", "--config.train.batch_size=8"]
+    overrides += [
+        f"--config.data.data_dir={data_dir}",
+        "--config.data.name=interleaved_folder",
+        f"--config.data.folder={docs}",
+        "--config.train.batch_size=8",
+    ]
     metrics = train(load_config(_recipe("flamingo_shapes"), overrides), str(tmp_path / "run"))
     assert np.isfinite(metrics["lm/test_loss"]) and metrics["lm/test_tokens"] > 0
 

@@ -1,4 +1,5 @@
 """Fusion encoders: padding is invisible, streams interact, the ALBEF split composes."""
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -52,7 +53,16 @@ def test_merged_attention_tells_modalities_apart_by_type_embedding():
 
 
 def test_albef_text_then_fusion_layers_compose_to_the_full_encoder():
-    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=24, max_position_embeddings=16, cross_attention_from=1, context_dim=20)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=16,
+        cross_attention_from=1,
+        context_dim=20,
+    )
     bert = BertEncoder(config, rngs=nnx.Rngs(0))
     assert not bert.layers[0].has_cross and bert.layers[1].has_cross and bert.layers[2].has_cross
     rng = np.random.default_rng(0)
@@ -69,7 +79,16 @@ def test_albef_text_then_fusion_layers_compose_to_the_full_encoder():
 
 
 def test_cross_attention_layers_refuse_to_run_without_context():
-    config = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24, max_position_embeddings=16, cross_attention_from=1, context_dim=20)
+    config = BertConfig(
+        vocab_size=40,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=24,
+        max_position_embeddings=16,
+        cross_attention_from=1,
+        context_dim=20,
+    )
     bert = BertEncoder(config, rngs=nnx.Rngs(0))
     ids, mask = random_text(np.random.default_rng(0), 2, length=8, vocab=40)
     with pytest.raises(ValueError, match="context"):
@@ -77,13 +96,21 @@ def test_cross_attention_layers_refuse_to_run_without_context():
 
 
 def test_fusion_posemb_gives_the_fusion_each_patch_position_again():
+    from tests.tiny_models import IMAGE_SIZE, TINY_VIT
     from vlpjax.models.fusion_vlp import build_fusion_vlp
     from vlpjax.models.layers import sincos_2d
-    from tests.tiny_models import IMAGE_SIZE, TINY_VIT
 
     spec = {
         "image": {**TINY_VIT, "pool": "gap"},
-        "text": {"vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 2, "cross_attention_from": 1, "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 8},
+        "text": {
+            "vocab_size": 30,
+            "hidden_size": 16,
+            "num_hidden_layers": 2,
+            "cross_attention_from": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "max_position_embeddings": 8,
+        },
         "embed_dim": 8,
     }
     plain = build_fusion_vlp(spec, rngs=nnx.Rngs(0))
@@ -94,7 +121,12 @@ def test_fusion_posemb_gives_the_fusion_each_patch_position_again():
     text = plain.encode_text(ids, mask)
     grid = IMAGE_SIZE // 4
     shifted = image._replace(tokens=image.tokens + sincos_2d(grid, grid, image.tokens.shape[-1]))
-    np.testing.assert_allclose(np.asarray(with_positions.fuse(text, image).pooled), np.asarray(plain.fuse(text, shifted).pooled), atol=1e-6)
-    assert np.abs(np.asarray(with_positions.fuse(text, image).pooled) - np.asarray(plain.fuse(text, image).pooled)).max() > 1e-3
+    np.testing.assert_allclose(
+        np.asarray(with_positions.fuse(text, image).pooled), np.asarray(plain.fuse(text, shifted).pooled), atol=1e-6
+    )
+    assert (
+        np.abs(np.asarray(with_positions.fuse(text, image).pooled) - np.asarray(plain.fuse(text, image).pooled)).max()
+        > 1e-3
+    )
     with pytest.raises(ValueError, match="fusion_posemb"):
         build_fusion_vlp({**spec, "image": {**TINY_VIT, "pool": "cls"}, "fusion_posemb": True}, rngs=nnx.Rngs(0))

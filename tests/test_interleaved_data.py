@@ -1,15 +1,16 @@
 """Interleaved sequences from the shapes data, and the caption parser the captioning metrics use."""
+
 import os
 
 import numpy as np
 
+from tests.shapes_fixture import TINY_DATA
 from vlpjax.data.builders import dataset_dir, load_builder
 from vlpjax.data.interleaved import ChunkTokens, InterleavedTransform
 from vlpjax.data.shapes import captions, sample_scene
 from vlpjax.data.tokenizer import TextTokenizer
 from vlpjax.evaluate.captions import caption_metrics, caption_objects, object_f1
 from vlpjax.train.export import prompt_ids
-from tests.shapes_fixture import TINY_DATA
 
 
 def _source_and_tokenizer(data_dir):
@@ -19,7 +20,9 @@ def _source_and_tokenizer(data_dir):
 
 def test_sequences_hold_one_image_token_per_image_and_no_unknown_words(tiny_shapes_dir):
     source, tokenizer = _source_and_tokenizer(tiny_shapes_dir)
-    transform = InterleavedTransform(source, tokenizer, image_size=32, text_len=100, chunks=3, lm_vocab_size=tokenizer.vocab_size + 5)
+    transform = InterleavedTransform(
+        source, tokenizer, image_size=32, text_len=100, chunks=3, lm_vocab_size=tokenizer.vocab_size + 5
+    )
     tokens = ChunkTokens(tokenizer, tokenizer.vocab_size + 5)
     for index in range(20):
         row = transform(source[index], np.random.default_rng(index))

@@ -1,4 +1,5 @@
 """MLM masking: 15% of non-special tokens, 80/10/10, never special or pad; sharded == single device."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,9 @@ def test_masking_statistics_on_100k_tokens():
     unchanged = np.mean(masked[chosen] == ids[chosen])
     to_random = 1 - to_mask - unchanged
     # A random replacement can draw the original token (1 in 45 here); count it where it lands.
-    assert abs(to_mask - 0.8) < 0.01 and abs(to_random - 0.1 * 44 / 45) < 0.01 and abs(unchanged - 0.1 - 0.1 / 45) < 0.01
+    assert (
+        abs(to_mask - 0.8) < 0.01 and abs(to_random - 0.1 * 44 / 45) < 0.01 and abs(unchanged - 0.1 - 0.1 / 45) < 0.01
+    )
     # Special and padded tokens are never selected or changed; targets are the originals.
     assert not selected[~candidates].any()
     np.testing.assert_array_equal(masked[~chosen], ids[~chosen])
@@ -52,7 +55,7 @@ def test_masking_and_loss_are_the_same_sharded_and_on_one_device():
     rng = np.random.default_rng(2)
     logits = jnp.asarray(rng.normal(size=(64, 12, VOCAB)), jnp.float32)
     ref_masked, _, ref_selected = _mask(key, jnp.asarray(ids), jnp.asarray(valid))
-    ref_loss, ref_grad = jax.value_and_grad(lambda l: mlm_loss(l, jnp.asarray(ids), ref_selected)[0])(logits)
+    ref_loss, ref_grad = jax.value_and_grad(lambda lg: mlm_loss(lg, jnp.asarray(ids), ref_selected)[0])(logits)
 
     mesh = make_mesh(data=8)
 
@@ -61,12 +64,19 @@ def test_masking_and_loss_are_the_same_sharded_and_on_one_device():
         loss, _ = mlm_loss(logits, targets, selected, axis_name=BATCH_AXES)
         return masked, selected, loss
 
-    run = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES)), out_specs=(P(BATCH_AXES), P(BATCH_AXES), P())))
+    run = jax.jit(
+        jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(P(), P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES)),
+            out_specs=(P(BATCH_AXES), P(BATCH_AXES), P()),
+        )
+    )
     masked, selected, loss = run(key, ids, valid, logits)
     np.testing.assert_array_equal(masked, ref_masked)
     np.testing.assert_array_equal(selected, ref_selected)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    grad = jax.jit(jax.grad(lambda l: run(key, ids, valid, l)[2]))(logits)
+    grad = jax.jit(jax.grad(lambda lg: run(key, ids, valid, lg)[2]))(logits)
     np.testing.assert_allclose(grad, ref_grad, rtol=1e-5, atol=1e-9)
 
 

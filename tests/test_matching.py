@@ -1,5 +1,6 @@
 """ITM hard negatives over the global batch: planted cross-device negatives, never a positive,
 and loss + gradients equal to the single-device reference for the same key."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +19,12 @@ def _on_mesh(fn, in_specs, out_specs):
 
 
 def _sample_sharded(key, sim_i2t, sim_t2i, image_ids):
-    fn = lambda k, a, b, ids: hard_negatives(k, a, b, ids, axis_name=BATCH_AXES)
-    return _on_mesh(fn, (P(), P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES)), (P(BATCH_AXES), P(BATCH_AXES)))(key, sim_i2t, sim_t2i, image_ids)
+    def fn(k, a, b, ids):
+        return hard_negatives(k, a, b, ids, axis_name=BATCH_AXES)
+
+    return _on_mesh(fn, (P(), P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES)), (P(BATCH_AXES), P(BATCH_AXES)))(
+        key, sim_i2t, sim_t2i, image_ids
+    )
 
 
 def test_planted_hardest_negative_on_another_device_is_sampled():
@@ -48,7 +53,10 @@ def test_a_negative_is_never_the_positive_nor_the_same_image():
 
 def _itm_objective(params, x_img, x_txt, image_ids, key, axis_name):
     """A dual encoder plus a bilinear matching head stand in for the fusion model."""
-    normalize = lambda v: v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+
+    def normalize(v):
+        return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
+
     img, txt = normalize(x_img @ params["w_img"]), normalize(x_txt @ params["w_txt"])
     sim_i2t = 10.0 * img @ gather_rows(txt, axis_name).T
     sim_t2i = 10.0 * txt @ gather_rows(img, axis_name).T
@@ -77,7 +85,11 @@ def test_itm_loss_and_gradients_match_single_device():
     ids = jnp.arange(N, dtype=jnp.int32)
     key = jax.random.key(3)
     ref_loss, ref_grads = jax.jit(jax.value_and_grad(lambda p: _itm_objective(p, x_img, x_txt, ids, key, None)))(params)
-    sharded = _on_mesh(lambda p, a, b, i, k: _itm_objective(p, a, b, i, k, BATCH_AXES), (P(), P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES), P()), P())
+    sharded = _on_mesh(
+        lambda p, a, b, i, k: _itm_objective(p, a, b, i, k, BATCH_AXES),
+        (P(), P(BATCH_AXES), P(BATCH_AXES), P(BATCH_AXES), P()),
+        P(),
+    )
     loss, grads = jax.jit(jax.value_and_grad(lambda p: sharded(p, x_img, x_txt, ids, key)))(params)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     for name in params:

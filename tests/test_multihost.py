@@ -1,4 +1,5 @@
 """Two local processes joined by jax.distributed (gloo on 127.0.0.1) compute the global loss."""
+
 import json
 import os
 import socket
@@ -27,7 +28,14 @@ def test_two_processes_match_the_single_device_loss_and_gradient():
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     procs = [
-        subprocess.Popen([sys.executable, "-m", "tests.multihost_worker", port, str(PROCESSES), str(i)], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.multihost_worker", port, str(PROCESSES), str(i)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(PROCESSES)
     ]
     results = []
@@ -36,7 +44,9 @@ def test_two_processes_match_the_single_device_loss_and_gradient():
         assert proc.returncode == 0, err[-3000:]
         results.append(json.loads(out.strip().splitlines()[-1]))
     img, txt = global_embeddings(PROCESSES)
-    ref_loss, ref_grad = jax.value_and_grad(lambda i: softmax_loss(i, jnp.asarray(txt), jnp.float32(5.0))[0])(jnp.asarray(img))
+    ref_loss, ref_grad = jax.value_and_grad(lambda i: softmax_loss(i, jnp.asarray(txt), jnp.float32(5.0))[0])(
+        jnp.asarray(img)
+    )
     for r in sorted(results, key=lambda r: r["process"]):
         assert r["devices"] == 2 * PROCESSES and r["local_devices"] == 2
         np.testing.assert_allclose(r["loss"], float(ref_loss), rtol=1e-5)

@@ -1,4 +1,5 @@
 """Mesh construction, the logical-axis rule table, sharded model state and global batches."""
+
 import jax
 import numpy as np
 import pytest
@@ -26,7 +27,12 @@ def test_mesh_minus_one_takes_the_rest():
 
 @pytest.mark.parametrize(
     "sizes,message",
-    [({"data": -1, "fsdp": -1}, "only one"), ({"data": 3}, "needs 3 devices"), ({"data": -1, "fsdp": 3}, "cannot be split"), ({"pipeline": 2}, "unknown mesh axes")],
+    [
+        ({"data": -1, "fsdp": -1}, "only one"),
+        ({"data": 3}, "needs 3 devices"),
+        ({"data": -1, "fsdp": 3}, "cannot be split"),
+        ({"pipeline": 2}, "unknown mesh axes"),
+    ],
 )
 def test_mesh_errors_name_the_problem(sizes, message):
     with pytest.raises(ValueError, match=message):

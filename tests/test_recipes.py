@@ -1,5 +1,6 @@
 """The shapes recipes run through the one trainer: siglip (chunked sigmoid), LiT (frozen tower), the
 fusion family (ALBEF, METER, ViLT, UNITER on regions) and VQA fine-tuning from a checkpoint."""
+
 import json
 import os
 
@@ -17,7 +18,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _config(recipe, data_dir, *overrides):
     path = os.path.join(ROOT, "configs", f"{recipe}.py") + ":tiny"
-    return load_config(path, [f"--config.data.data_dir={data_dir}", "--config.train.steps=4", "--config.eval.png_queries=0", *overrides])
+    return load_config(
+        path,
+        [f"--config.data.data_dir={data_dir}", "--config.train.steps=4", "--config.eval.png_queries=0", *overrides],
+    )
 
 
 def _flat(tree):
@@ -56,7 +60,13 @@ def test_lit_recipe_freezes_the_loaded_image_tower(tiny_shapes_dir, tmp_path):
 
 
 FUSION_METRICS = ("retrieval/t2i_r1", "retrieval/itm_t2i_r1", "retrieval/itm_i2t_r1")
-FUSION_TRAIN_METRICS = ("train/itc/loss", "train/itm/loss", "train/itm/accuracy", "train/mlm/loss", "train/mlm/masked_tokens")
+FUSION_TRAIN_METRICS = (
+    "train/itc/loss",
+    "train/itm/loss",
+    "train/itm/accuracy",
+    "train/mlm/loss",
+    "train/mlm/masked_tokens",
+)
 
 
 def _train_metrics(workdir):

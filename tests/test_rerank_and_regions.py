@@ -1,4 +1,5 @@
 """ITM re-ranking of the ITC top k, and region features pooled from known boxes."""
+
 import numpy as np
 
 from vlpjax.data.regions import flip_boxes, pooled_box, region_arrays
@@ -9,7 +10,10 @@ def test_reranking_reorders_the_top_k_only():
     rng = np.random.default_rng(0)
     sim = rng.normal(size=(50, 50))
     targets = np.arange(50)
-    oracle = lambda q, c: (q == c).astype(float)  # a perfect matcher
+
+    def oracle(q, c):  # a perfect matcher
+        return (q == c).astype(float)
+
     for k in (1, 5, 20):
         reranked = reranked_similarity(sim, oracle, k)
         before, after = recall_at_k(sim, targets, ks=(1, k, 50)), recall_at_k(reranked, targets, ks=(1, k, 50))
@@ -50,15 +54,29 @@ def test_cached_tower_tokens_give_the_same_match_scores_as_encoding_each_pair():
     from vlpjax.evaluate.runner import Inference
     from vlpjax.models.fusion_vlp import build_fusion_vlp
 
-    text = {"vocab_size": 30, "hidden_size": 16, "num_hidden_layers": 2, "cross_attention_from": 1, "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 8}
-    model = build_fusion_vlp({"image": {**TINY_VIT, "pool": "gap"}, "text": text, "embed_dim": 8, "fusion_posemb": True}, rngs=nnx.Rngs(0))
+    text = {
+        "vocab_size": 30,
+        "hidden_size": 16,
+        "num_hidden_layers": 2,
+        "cross_attention_from": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 32,
+        "max_position_embeddings": 8,
+    }
+    model = build_fusion_vlp(
+        {"image": {**TINY_VIT, "pool": "gap"}, "text": text, "embed_dim": 8, "fusion_posemb": True}, rngs=nnx.Rngs(0)
+    )
     rng = np.random.default_rng(0)
     images = {"image": rng.normal(size=(3, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)}
     ids, mask = random_text(rng, 4, length=8, vocab=30)
     text_rows, image_rows = np.array([0, 1, 2, 3, 3, 0]), np.array([2, 0, 1, 1, 2, 0])
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     inference = Inference(graphdef, params, rest, Mesh(np.array(jax.devices()[:1]), ("data",)), batch_size=4)
-    cached = inference.match_logits(inference.image_tokens(images), image_rows, inference.text_tokens(ids, mask), text_rows)
-    direct = model.itm_logits(model.encode_text(ids[text_rows], mask[text_rows]), model.encode_image({"image": images["image"][image_rows]}))
+    cached = inference.match_logits(
+        inference.image_tokens(images), image_rows, inference.text_tokens(ids, mask), text_rows
+    )
+    direct = model.itm_logits(
+        model.encode_text(ids[text_rows], mask[text_rows]), model.encode_image({"image": images["image"][image_rows]})
+    )
     np.testing.assert_allclose(cached, np.asarray(direct[:, 1] - direct[:, 0]), atol=1e-5)
     assert len(set(np.round(cached, 5))) > 3  # the pairs differ, so a constant score would fail

@@ -1,4 +1,5 @@
 """Regex rules over parameter paths: frozen split, lr multipliers, weight-decay mask."""
+
 import jax
 import numpy as np
 import pytest
@@ -26,9 +27,15 @@ def test_frozen_rules_split_the_model():
 
 def test_lr_multipliers_and_decay_mask():
     state = nnx.state(tiny_dual_encoder(), nnx.Param)
-    mults = dict(zip(rules.leaf_paths(state), jax.tree.leaves(rules.lr_multipliers(state, [(r"txt/.*", 0.1), (r".*", 2.0)]))))
+    mults = dict(
+        zip(
+            rules.leaf_paths(state),
+            jax.tree.leaves(rules.lr_multipliers(state, [(r"txt/.*", 0.1), (r".*", 2.0)])),
+            strict=False,
+        )
+    )
     assert mults["txt/blocks/0/mlp/fc1/kernel"] == 0.1 and mults["img/patch_embed/kernel"] == 2.0
-    mask = dict(zip(rules.leaf_paths(state), jax.tree.leaves(rules.decay_mask(state, (r".*bias$",)))))
+    mask = dict(zip(rules.leaf_paths(state), jax.tree.leaves(rules.decay_mask(state, (r".*bias$",))), strict=False))
     assert mask["img/patch_embed/kernel"] and not mask["img/patch_embed/bias"]
 
 
@@ -38,11 +45,13 @@ def test_zero_lr_multiplier_keeps_parameters_fixed():
     from vlpjax.train.optimizer import make_optimizer
 
     state = nnx.state(tiny_dual_encoder(), nnx.Param)
-    optim = ConfigDict(dict(lr=0.1, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.1, b1=0.9, b2=0.999, clip_norm=1.0))
+    optim = ConfigDict(
+        dict(lr=0.1, warmup_steps=0, min_lr_ratio=0.0, weight_decay=0.1, b1=0.9, b2=0.999, clip_norm=1.0)
+    )
     rule_cfg = ConfigDict(dict(lr_mult=((r"txt/.*", 0.0),), no_decay=()))
     tx = make_optimizer(optim, rule_cfg, state, total_steps=10)
     grads = jax.tree.map(np.ones_like, state)
     updates, _ = tx.update(grads, tx.init(state), state)
-    upd = dict(zip(rules.leaf_paths(state), jax.tree.leaves(updates)))
+    upd = dict(zip(rules.leaf_paths(state), jax.tree.leaves(updates), strict=False))
     assert np.all(upd["txt/blocks/0/mlp/fc1/kernel"] == 0)
     assert np.any(upd["img/patch_embed/kernel"] != 0)

@@ -1,7 +1,9 @@
 """The ring (chunked) sigmoid loss keeps one b x b block live; the all-gather form holds b x N."""
+
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vlpjax.objectives.contrastive import sigmoid_loss
 from vlpjax.parallel import BATCH_AXES, make_mesh, over_batch_axes
@@ -11,7 +13,9 @@ DEVICES, PER_DEVICE, DIM = 8, 1024, 256
 
 def _temp_bytes(chunked: bool, with_grad: bool) -> int:
     mesh = make_mesh(data=DEVICES)
-    loss = over_batch_axes(lambda *a, axis_name: sigmoid_loss(*a, axis_name=axis_name, chunked=chunked)[0], mesh, num_batched=2)
+    loss = over_batch_axes(
+        lambda *a, axis_name: sigmoid_loss(*a, axis_name=axis_name, chunked=chunked)[0], mesh, num_batched=2
+    )
     fn = jax.value_and_grad(loss, argnums=(0, 1)) if with_grad else loss
     emb = jax.ShapeDtypeStruct((DEVICES * PER_DEVICE, DIM), jnp.float32, sharding=NamedSharding(mesh, P(BATCH_AXES)))
     scalar = jax.ShapeDtypeStruct((), jnp.float32, sharding=NamedSharding(mesh, P()))

@@ -1,4 +1,5 @@
 """The trainer end to end on tiny data: exact resume after SIGKILL, SIGTERM, pmap == mesh."""
+
 import os
 import signal
 import subprocess
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 
 from vlpjax.config import load_config
-from vlpjax.train import checkpoints
-from vlpjax.train.build import create_run, load_data, pipeline_config
 from vlpjax.data.pipeline import train_iterator
 from vlpjax.objectives.registry import make_objective
+from vlpjax.train import checkpoints
+from vlpjax.train.build import create_run, load_data, pipeline_config
 from vlpjax.train.loop import Stepper
 from vlpjax.train.metrics_log import read_metrics
 
@@ -22,7 +23,18 @@ RECIPE = os.path.join(ROOT, "configs", "clip_shapes.py") + ":tiny"
 
 
 def _command(workdir, data_dir, *overrides):
-    return [sys.executable, "-m", "vlpjax.cli", "train", "--config", RECIPE, "--workdir", str(workdir), f"--config.data.data_dir={data_dir}", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "vlpjax.cli",
+        "train",
+        "--config",
+        RECIPE,
+        "--workdir",
+        str(workdir),
+        f"--config.data.data_dir={data_dir}",
+        *overrides,
+    ]
 
 
 def _env():
@@ -41,11 +53,19 @@ LONG = ("--config.train.steps=300", "--config.train.checkpoint_every=10", "--con
 
 
 def test_sigkill_then_resume_is_bit_identical(tiny_shapes_dir, tmp_path):
-    reference = subprocess.run(_command(tmp_path / "ref", tiny_shapes_dir, *LONG), env=_env(), capture_output=True, text=True, timeout=600)
+    reference = subprocess.run(
+        _command(tmp_path / "ref", tiny_shapes_dir, *LONG), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert reference.returncode == 0, reference.stderr[-3000:]
 
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(_command(workdir, tiny_shapes_dir, *LONG), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(workdir, tiny_shapes_dir, *LONG),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = workdir / "checkpoints" / "10"
     deadline = time.time() + 300
     while not first.exists() and time.time() < deadline and proc.poll() is None:
@@ -56,23 +76,30 @@ def test_sigkill_then_resume_is_bit_identical(tiny_shapes_dir, tmp_path):
     saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
     assert saved and saved[-1] < 300, saved
 
-    resumed = subprocess.run(_command(workdir, tiny_shapes_dir, *LONG), env=_env(), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        _command(workdir, tiny_shapes_dir, *LONG), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
     want, got = _final_params(tmp_path / "ref", 300), _final_params(workdir, 300)
     leaves_want, leaves_got = jax.tree.leaves(want), jax.tree.leaves(got)
     assert len(leaves_want) == len(leaves_got) > 10
-    for a, b in zip(leaves_want, leaves_got):
+    for a, b in zip(leaves_want, leaves_got, strict=False):
         np.testing.assert_array_equal(a, b)
+
     # Metrics of both runs reach the same final step with the same loss.
-    last = lambda w: [m for m in read_metrics(str(w)) if "train/loss" in m][-1]
+    def last(w):
+        return [m for m in read_metrics(str(w)) if "train/loss" in m][-1]
+
     assert last(workdir)["step"] == last(tmp_path / "ref")["step"] == 300
     assert last(workdir)["train/loss"] == last(tmp_path / "ref")["train/loss"]
 
 
 def test_sigterm_saves_and_exits_cleanly(tiny_shapes_dir, tmp_path):
     workdir = tmp_path / "term"
-    proc = subprocess.Popen(_command(workdir, tiny_shapes_dir, *LONG), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _command(workdir, tiny_shapes_dir, *LONG), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while not (workdir / "checkpoints" / "10").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -89,7 +116,10 @@ def test_pmap_and_mesh_steps_give_the_same_losses(tiny_shapes_dir, recipe):
     """albef adds ITM negatives mined across devices and MLM masking, both drawn from the step key."""
     losses = {}
     for mode in ("mesh", "pmap"):
-        config = load_config(os.path.join(ROOT, "configs", f"{recipe}.py:tiny"), [f"--config.data.data_dir={tiny_shapes_dir}", f"--config.train.parallelism={mode}", "--config.mesh.data=8"])
+        config = load_config(
+            os.path.join(ROOT, "configs", f"{recipe}.py:tiny"),
+            [f"--config.data.data_dir={tiny_shapes_dir}", f"--config.train.parallelism={mode}", "--config.mesh.data=8"],
+        )
         data = load_data(config)
         run = create_run(config, data.tokenizer.vocab_size)
         stepper = Stepper(config, run, make_objective(config.objectives.to_dict(), data.vocab))

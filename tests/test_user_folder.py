@@ -1,4 +1,5 @@
 """User data end to end: an image folder + JSONL manifest + a local HF tokenizer, no code changes."""
+
 import json
 import os
 
@@ -31,7 +32,16 @@ def _make_folder(root, count=48):
             words.update(w for c in captions for w in c.replace(";", " ").replace(",", " ").split())
             f.write(json.dumps({"image": f"img/{i}.jpg", "captions": captions}) + "\n")
             if i % 6 == 0:
-                f.write(json.dumps({"image": f"img/{i}.jpg", "question": "how many objects?", "answers": [shapes.COUNT_WORDS[len(scene)]] * 3}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "image": f"img/{i}.jpg",
+                            "question": "how many objects?",
+                            "answers": [shapes.COUNT_WORDS[len(scene)]] * 3,
+                        }
+                    )
+                    + "\n"
+                )
         f.write(json.dumps({"image": "img/none.jpg", "captions": ["missing"]}) + "\n")
     return words
 
@@ -50,7 +60,22 @@ def test_train_on_an_image_text_folder_with_a_local_hf_tokenizer(tmp_path):
     words = _make_folder(tmp_path / "photos")
     _make_hf_tokenizer(tmp_path / "tok", words)
     data_dir = str(tmp_path / "data")
-    assert main(["data", "build", "image_text_folder", "--folder", str(tmp_path / "photos"), "--data_dir", data_dir, "--max_bad_fraction", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "build",
+                "image_text_folder",
+                "--folder",
+                str(tmp_path / "photos"),
+                "--data_dir",
+                data_dir,
+                "--max_bad_fraction",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     workdir = str(tmp_path / "run")
     recipe = os.path.join(ROOT, "configs", "clip_shapes.py") + ":tiny"
     overrides = [

@@ -1,5 +1,6 @@
 """VQA scoring and loss against their formulas: min(#matches/3, 1), exact match for one reference,
 soft-target sigmoid cross-entropy, per-type accuracy."""
+
 import jax.numpy as jnp
 import numpy as np
 

@@ -1,4 +1,5 @@
 """Tiny model configs and random batches shared by the tests."""
+
 import numpy as np
 from flax import nnx
 
@@ -8,8 +9,24 @@ VOCAB = 61
 TEXT_LEN = 7
 IMAGE_SIZE = 8
 
-TINY_VIT = {"kind": "vit", "variant": "mu/4", "width": 16, "depth": 1, "mlp_dim": 32, "num_heads": 2, "image_size": IMAGE_SIZE}
-TINY_CAUSAL = {"kind": "causal", "vocab_size": VOCAB, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "max_len": TEXT_LEN}
+TINY_VIT = {
+    "kind": "vit",
+    "variant": "mu/4",
+    "width": 16,
+    "depth": 1,
+    "mlp_dim": 32,
+    "num_heads": 2,
+    "image_size": IMAGE_SIZE,
+}
+TINY_CAUSAL = {
+    "kind": "causal",
+    "vocab_size": VOCAB,
+    "width": 16,
+    "depth": 1,
+    "num_heads": 2,
+    "mlp_dim": 32,
+    "max_len": TEXT_LEN,
+}
 
 
 def tiny_dual_encoder(contrastive="softmax", seed=0, embed_dim=8):

@@ -1,13 +1,14 @@
 """`vlpjax train | eval | export | generate | data build`: the command line.
 
-    vlpjax data build synthetic_shapes --data_dir data
-    vlpjax data build image_text_folder --folder my_images --data_dir data
-    vlpjax data build interleaved_folder --folder my_docs --data_dir data
-    vlpjax train --config configs/clip_shapes.py[:arg] --workdir DIR [--config.key=value ...]
-    vlpjax eval  --config configs/clip_shapes.py --workdir DIR
-    vlpjax export --config configs/lm_shapes.py --workdir DIR --out HF_DIR
-    vlpjax generate --config configs/flamingo_shapes.py --workdir DIR --image a.png --prompt "..."
+vlpjax data build synthetic_shapes --data_dir data
+vlpjax data build image_text_folder --folder my_images --data_dir data
+vlpjax data build interleaved_folder --folder my_docs --data_dir data
+vlpjax train --config configs/clip_shapes.py[:arg] --workdir DIR [--config.key=value ...]
+vlpjax eval  --config configs/clip_shapes.py --workdir DIR
+vlpjax export --config configs/lm_shapes.py --workdir DIR --out HF_DIR
+vlpjax generate --config configs/flamingo_shapes.py --workdir DIR --image a.png --prompt "..."
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,10 +28,14 @@ def _parser() -> argparse.ArgumentParser:
     _config_args(commands.add_parser("eval", help="evaluate the latest checkpoint of a workdir"))
     export = commands.add_parser("export", help="write a decoder_lm run's LM as a Hugging Face directory")
     _config_args(export)
-    export.add_argument("--out", required=True, help="the directory to write (config.json, model.safetensors, tokenizer.json)")
+    export.add_argument(
+        "--out", required=True, help="the directory to write (config.json, model.safetensors, tokenizer.json)"
+    )
     generate = commands.add_parser("generate", help="continue a prompt about images with a Flamingo run")
     _config_args(generate)
-    generate.add_argument("--image", action="append", required=True, help="an image file; repeat for several <image> markers")
+    generate.add_argument(
+        "--image", action="append", required=True, help="an image file; repeat for several <image> markers"
+    )
     generate.add_argument("--prompt", default="", help="text with <image> markers (one is prepended if there is none)")
     generate.add_argument("--max_new_tokens", type=int, default=32)
     generate.add_argument("--beams", type=int, default=1, help="1: greedy; more: beam search")
@@ -43,8 +48,14 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--test_size", type=int, default=1_000, help="synthetic_shapes")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--folder", help="image_text_folder: the folder holding the images and manifest")
-    build.add_argument("--manifest", default=None, help="folders: manifest path relative to the folder (manifest.jsonl; documents.jsonl for interleaved_folder)")
-    build.add_argument("--max_bad_fraction", type=float, default=0.05, help="image_text_folder: stop when more rows are bad")
+    build.add_argument(
+        "--manifest",
+        default=None,
+        help="folders: manifest path relative to the folder (manifest.jsonl; documents.jsonl for interleaved_folder)",
+    )
+    build.add_argument(
+        "--max_bad_fraction", type=float, default=0.05, help="image_text_folder: stop when more rows are bad"
+    )
     return parser
 
 
@@ -52,15 +63,31 @@ def _build_data(args) -> None:
     from vlpjax.data import builders
 
     if args.name == "synthetic_shapes":
-        builder = builders.build_synthetic_shapes(args.data_dir, image_size=args.image_size, train_size=args.train_size, test_size=args.test_size, seed=args.seed)
+        builder = builders.build_synthetic_shapes(
+            args.data_dir,
+            image_size=args.image_size,
+            train_size=args.train_size,
+            test_size=args.test_size,
+            seed=args.seed,
+        )
     else:
         if not args.folder:
             raise SystemExit(f"vlpjax data build {args.name}: --folder is required")
         manifest = {"manifest": args.manifest} if args.manifest else {}
-        builder = builders.build_image_text_folder(args.data_dir, args.folder, kind=args.name, max_bad_fraction=args.max_bad_fraction, seed=args.seed, **manifest)
+        builder = builders.build_image_text_folder(
+            args.data_dir,
+            args.folder,
+            kind=args.name,
+            max_bad_fraction=args.max_bad_fraction,
+            seed=args.seed,
+            **manifest,
+        )
         report = getattr(builder, "scan_report", None)
         if report is not None:
-            print(f"{len(report.rows)} good rows, {len(report.bad)} bad rows skipped (listed in {builders.dataset_dir(builder)}/bad_rows.jsonl)")
+            print(
+                f"{len(report.rows)} good rows, {len(report.bad)} bad rows skipped "
+                f"(listed in {builders.dataset_dir(builder)}/bad_rows.jsonl)"
+            )
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     print(f"{args.name}: {splits} in {builders.dataset_dir(builder)}")
 

@@ -3,6 +3,7 @@
 A recipe file defines `get_config(arg: str | None) -> ml_collections.ConfigDict`. Configs are
 locked after loading, so a misspelt override stops with the key's name before anything is built.
 """
+
 from __future__ import annotations
 
 import ast
@@ -15,7 +16,12 @@ import ml_collections
 REQUIRED_SECTIONS = ("data", "model", "objectives", "optim", "train", "mesh")
 PARALLELISMS = ("mesh", "pmap")
 # Which objectives each model family can run, and which a data task feeds.
-FAMILY_OBJECTIVES = {"dual_encoder": ("itc",), "fusion": ("itc", "itm", "mlm", "vqa"), "decoder_lm": ("lm",), "flamingo": ("lm",)}
+FAMILY_OBJECTIVES = {
+    "dual_encoder": ("itc",),
+    "fusion": ("itc", "itm", "mlm", "vqa"),
+    "decoder_lm": ("lm",),
+    "flamingo": ("lm",),
+}
 TASK_OBJECTIVES = {"image_text": ("itc", "itm", "mlm"), "vqa": ("vqa",), "text": ("lm",), "interleaved": ("lm",)}
 # Families whose inputs only one data task produces.
 FAMILY_TASK = {"decoder_lm": "text", "flamingo": "interleaved"}
@@ -103,7 +109,7 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     """`["--config.train.steps=10", ...]` (or without the `--config.` prefix)."""
     for item in overrides:
-        body = item[len("--config."):] if item.startswith("--config.") else item
+        body = item[len("--config.") :] if item.startswith("--config.") else item
         if "=" not in body:
             raise ConfigError(f"override {item!r} must look like --config.key=value")
         key, text = body.split("=", 1)
@@ -133,12 +139,19 @@ def _validate_objectives(config: ml_collections.ConfigDict) -> None:
     if task not in TASK_OBJECTIVES:
         raise ConfigError(f"data.task must be one of {tuple(TASK_OBJECTIVES)}, got {task!r}")
     if FAMILY_TASK.get(family, task) != task:
-        raise ConfigError(f"model.family={family!r} trains on data.task={FAMILY_TASK[family]!r}, got data.task={task!r}")
+        raise ConfigError(
+            f"model.family={family!r} trains on data.task={FAMILY_TASK[family]!r}, got data.task={task!r}"
+        )
     for name in config.objectives:
         if name not in FAMILY_OBJECTIVES[family]:
-            raise ConfigError(f"objectives.{name} needs a model family among {[f for f, o in FAMILY_OBJECTIVES.items() if name in o]}; model.family is {family!r}")
+            raise ConfigError(
+                f"objectives.{name} needs a model family among "
+                f"{[f for f, o in FAMILY_OBJECTIVES.items() if name in o]}; model.family is {family!r}"
+            )
         if name not in TASK_OBJECTIVES[task]:
-            raise ConfigError(f"objectives.{name} does not apply to data.task={task!r}; that task trains {TASK_OBJECTIVES[task]}")
+            raise ConfigError(
+                f"objectives.{name} does not apply to data.task={task!r}; that task trains {TASK_OBJECTIVES[task]}"
+            )
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

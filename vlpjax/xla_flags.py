@@ -4,6 +4,7 @@ On CPU, routing XLA's matmuls through oneDNN roughly doubles dense-layer through
 benchmarks/train_step.py); the flag is ignored by GPU and TPU backends. A value the user
 already put in XLA_FLAGS wins.
 """
+
 from __future__ import annotations
 
 import os

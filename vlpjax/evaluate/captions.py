@@ -1,5 +1,6 @@
 """Scoring generated captions: bag-of-words F1 for any data, and for synthetic_shapes the
 objects a caption names, parsed back into (size, colour, shape, position) tuples."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -45,9 +46,10 @@ def token_f1(predicted: str, references: Sequence[str]) -> float:
 
 
 def caption_metrics(predicted: Sequence[str], references: Sequence[Sequence[str]], shapes: bool) -> dict[str, float]:
-    metrics = {"caption/token_f1": float(np.mean([token_f1(p, refs) for p, refs in zip(predicted, references)]))}
+    pairs = list(zip(predicted, references, strict=True))
+    metrics = {"caption/token_f1": float(np.mean([token_f1(p, refs) for p, refs in pairs]))}
     if shapes:
-        parsed = [(caption_objects(p), caption_objects(refs[0])) for p, refs in zip(predicted, references)]
+        parsed = [(caption_objects(p), caption_objects(refs[0])) for p, refs in pairs]
         metrics["caption/exact"] = float(np.mean([p == r for p, r in parsed]))
         metrics["caption/object_f1"] = float(np.mean([object_f1(p, r) for p, r in parsed]))
     metrics["caption/images"] = float(len(predicted))

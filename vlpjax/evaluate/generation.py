@@ -8,6 +8,7 @@ A prompt is k solved chunks from the training split, then the query chunk left o
 The model continues it greedily (or with beam search) until `<|endofchunk|>`. Media are encoded
 once per prompt; every new token reuses the LM's KV cache.
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -37,7 +38,9 @@ class Generator:
         self.tokens = ChunkTokens(tokenizer, model.lm.config.vocab_size)
         self.tokenizer = tokenizer
         self._encode = jax.jit(lambda s, media: nnx.merge(graphdef, s).encode_media(media))
-        self._decode = jax.jit(lambda s, latents, ids, mask, cache: nnx.merge(graphdef, s).decode(ids, mask, cache, latents))
+        self._decode = jax.jit(
+            lambda s, latents, ids, mask, cache: nnx.merge(graphdef, s).decode(ids, mask, cache, latents)
+        )
 
     def __call__(self, prompts: Sequence[list[int]], media: np.ndarray, max_new_tokens: int) -> list[str]:
         """Texts generated after each prompt, cut at `<|endofchunk|>`."""
@@ -70,7 +73,15 @@ def shot_examples(train_source, shots: int, seed: int = 0) -> list[Any]:
     return [train_source[int(i)] for i in rng.choice(len(train_source), size=shots, replace=False)] if shots else []
 
 
-def caption_eval(generate: Generator, test_examples, shots: Sequence, image_size: int, batch_size: int, max_new_tokens: int, shapes: bool):
+def caption_eval(
+    generate: Generator,
+    test_examples,
+    shots: Sequence,
+    image_size: int,
+    batch_size: int,
+    max_new_tokens: int,
+    shapes: bool,
+):
     t = generate.tokens
     shot_chunks = [t.chunk(as_text(e["captions"][0])) for e in shots]
     shot_media = [_image(e, image_size) for e in shots]
@@ -85,7 +96,9 @@ def caption_eval(generate: Generator, test_examples, shots: Sequence, image_size
     return caption_metrics(predicted, references, shapes), predicted
 
 
-def vqa_eval(generate: Generator, test_examples, shots: Sequence, image_size: int, batch_size: int, max_new_tokens: int):
+def vqa_eval(
+    generate: Generator, test_examples, shots: Sequence, image_size: int, batch_size: int, max_new_tokens: int
+):
     """Every question of the test images; shot j answers the same question slot (its type in shapes)."""
     t = generate.tokens
     rows = [(e, q, refs, slot) for e in test_examples for slot, (q, refs) in enumerate(question_rows(e))]
@@ -118,7 +131,9 @@ def _same_count(media: list[np.ndarray]) -> np.ndarray:
     return np.stack([np.concatenate([m, np.zeros((most - len(m), *m.shape[1:]), m.dtype)]) for m in media])
 
 
-def evaluate_flamingo(model, tokenizer: TextTokenizer, train_source, test_source, eval_config, image_size: int, shapes: bool) -> dict[str, float]:
+def evaluate_flamingo(
+    model, tokenizer: TextTokenizer, train_source, test_source, eval_config, image_size: int, shapes: bool
+) -> dict[str, float]:
     """Few-shot captioning and generated-VQA accuracy on the first `eval.images` test images."""
     count = min(int(eval_config.images), len(test_source))
     test_examples = [test_source[i] for i in range(count)]
@@ -128,7 +143,9 @@ def evaluate_flamingo(model, tokenizer: TextTokenizer, train_source, test_source
     metrics = {}
     if any(len(e["captions"]) for e in test_examples):
         with_captions = [e for e in test_examples if len(e["captions"])]
-        metrics.update(caption_eval(generate, with_captions, shots, image_size, batch, int(eval_config.caption_tokens), shapes)[0])
+        metrics.update(
+            caption_eval(generate, with_captions, shots, image_size, batch, int(eval_config.caption_tokens), shapes)[0]
+        )
     if any(len(e["questions"]) for e in test_examples):
         with_questions = [e for e in test_examples if len(e["questions"])]
         metrics.update(vqa_eval(generate, with_questions, shots, image_size, batch, int(eval_config.answer_tokens))[0])

@@ -1,4 +1,5 @@
 """Pictures and tables for people: top-5 retrieved images per caption, a metrics table."""
+
 from __future__ import annotations
 
 import textwrap
@@ -14,12 +15,14 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(image) + 1.0) * 127.5, 0, 255).astype(np.uint8)
 
 
-def top_k_png(path: str, captions: Sequence[str], similarity: np.ndarray, images: np.ndarray, targets: Sequence[int], k: int = 5) -> None:
+def top_k_png(
+    path: str, captions: Sequence[str], similarity: np.ndarray, images: np.ndarray, targets: Sequence[int], k: int = 5
+) -> None:
     """One row per caption: the caption, then its top-k images; the correct one framed in green."""
     text_width = 260
     sheet = Image.new("RGB", (text_width + k * (THUMB + 6), len(captions) * (THUMB + 8) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for row, (caption, scores, target) in enumerate(zip(captions, similarity, targets)):
+    for row, (caption, scores, target) in enumerate(zip(captions, similarity, targets, strict=False)):
         top = np.argsort(-scores)[:k]
         y = 4 + row * (THUMB + 8)
         draw.multiline_text((4, y), "\n".join(textwrap.wrap(caption, 40)[:6]), fill=(0, 0, 0))
@@ -35,5 +38,8 @@ def top_k_png(path: str, captions: Sequence[str], similarity: np.ndarray, images
 def metrics_table(metrics: Mapping[str, float]) -> str:
     width = max(len(k) for k in metrics)
     lines = [f"{'metric'.ljust(width)}  value", f"{'-' * width}  ------"]
-    lines += [f"{k.ljust(width)}  {v:.4f}" if isinstance(v, float) else f"{k.ljust(width)}  {v}" for k, v in sorted(metrics.items())]
+    lines += [
+        f"{k.ljust(width)}  {v:.4f}" if isinstance(v, float) else f"{k.ljust(width)}  {v}"
+        for k, v in sorted(metrics.items())
+    ]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Image-text retrieval: Recall@K in both directions from a similarity matrix."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,9 @@ def reranked_similarity(similarity: np.ndarray, score_pairs, top_k: int) -> np.n
     return reranked
 
 
-def reranked_retrieval_metrics(img_emb: np.ndarray, txt_emb: np.ndarray, itm_score, top_k: int, prefix: str = "retrieval/itm") -> dict[str, float]:
+def reranked_retrieval_metrics(
+    img_emb: np.ndarray, txt_emb: np.ndarray, itm_score, top_k: int, prefix: str = "retrieval/itm"
+) -> dict[str, float]:
     """ITC retrieval, then `itm_score(text_rows, image_rows) -> [P]` re-ranks each query's top k."""
     sim = np.asarray(txt_emb, np.float32) @ np.asarray(img_emb, np.float32).T  # [texts, images]
     targets = np.arange(sim.shape[0])

@@ -1,5 +1,6 @@
 """Evaluate a model on the in-memory test split: retrieval (ITC, and ITM re-ranking for fusion
 models), zero-shot classification, VQA accuracy, and a PNG of top-5 retrievals."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,8 @@ from typing import Callable, Mapping
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from vlpjax.data.shapes import CLASS_NAMES
@@ -51,7 +53,13 @@ class Inference:
         self._itm = jitted(_itm_match_logit)
         self._answers = jitted(lambda m, b: m.answer_logits(b))
 
-    def _batched(self, fn, arrays: Mapping[str, np.ndarray], rows: Mapping[str, np.ndarray] | None = None, desc: str | None = None):
+    def _batched(
+        self,
+        fn,
+        arrays: Mapping[str, np.ndarray],
+        rows: Mapping[str, np.ndarray] | None = None,
+        desc: str | None = None,
+    ):
         """fn over fixed-size batches (its output: an array or a pytree of them). `rows[k]`, where
         given, picks the rows of `arrays[k]` that make up the inputs, batch by batch, so pairs of
         a large test split are never all in memory."""
@@ -64,7 +72,7 @@ class Inference:
             chunk = {k: v[rows[k][index]] if k in rows else v[index] for k, v in arrays.items()}
             chunk = jax.device_put(chunk, self.replicated)
             kept = min(self.batch_size, n - start)
-            out.append(jax.tree.map(lambda x: np.asarray(x)[:kept], fn(self.params, self.frozen, chunk)))
+            out.append(jax.tree.map(lambda x, kept=kept: np.asarray(x)[:kept], fn(self.params, self.frozen, chunk)))
         return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
     def images(self, images: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -81,13 +89,25 @@ class Inference:
         """The text tower's tokens and mask (before any cross-attention layer)."""
         return self._batched(self._text_tokens, {"text_ids": ids, "text_mask": mask})
 
-    def match_logits(self, image_tokens: Mapping[str, np.ndarray], image_rows: np.ndarray, text_tokens: Mapping[str, np.ndarray], text_rows: np.ndarray) -> np.ndarray:
+    def match_logits(
+        self,
+        image_tokens: Mapping[str, np.ndarray],
+        image_rows: np.ndarray,
+        text_tokens: Mapping[str, np.ndarray],
+        text_rows: np.ndarray,
+    ) -> np.ndarray:
         """ITM score (match minus no-match logit) of each (text row, image row) pair, from the
         towers' cached tokens (`image_tokens`, `text_tokens`)."""
         rows = {**{k: image_rows for k in image_tokens}, **{k: text_rows for k in text_tokens}}
         return self._batched(self._itm, {**image_tokens, **text_tokens}, rows, desc="itm re-rank")
 
-    def answer_logits(self, images: Mapping[str, np.ndarray], image_rows: np.ndarray, question_ids: np.ndarray, question_mask: np.ndarray) -> np.ndarray:
+    def answer_logits(
+        self,
+        images: Mapping[str, np.ndarray],
+        image_rows: np.ndarray,
+        question_ids: np.ndarray,
+        question_mask: np.ndarray,
+    ) -> np.ndarray:
         arrays = {**images, "question_ids": question_ids, "question_mask": question_mask}
         rows = {k: image_rows for k in images}
         rows.update(question_ids=np.arange(len(image_rows)), question_mask=np.arange(len(image_rows)))
@@ -115,15 +135,23 @@ def evaluate(
     metrics = retrieval_metrics(img_emb, txt_emb)
     if itm_top_k:
         # Each tower runs once per image and text; only the fusion runs per candidate pair.
-        image_tokens, text_tokens = inference.image_tokens(images), inference.text_tokens(eval_data["text_ids"], eval_data["text_mask"])
-        score = lambda t, i: inference.match_logits(image_tokens, i, text_tokens, t)
+        image_tokens, text_tokens = (
+            inference.image_tokens(images),
+            inference.text_tokens(eval_data["text_ids"], eval_data["text_mask"]),
+        )
+
+        def score(t, i):
+            return inference.match_logits(image_tokens, i, text_tokens, t)
+
         metrics.update(reranked_retrieval_metrics(img_emb, txt_emb, score, itm_top_k))
     if zero_shot and "label" in eval_data:
         classes = class_embeddings(lambda texts: inference.texts(*tokenizer(texts, text_len)), list(CLASS_NAMES))
         metrics["zero_shot/accuracy"] = zero_shot_accuracy(img_emb, classes, eval_data["label"])
         single = eval_data["object_count"] == 1
         if single.any():
-            metrics["zero_shot/single_object_accuracy"] = zero_shot_accuracy(img_emb[single], classes, eval_data["label"][single])
+            metrics["zero_shot/single_object_accuracy"] = zero_shot_accuracy(
+                img_emb[single], classes, eval_data["label"][single]
+            )
     if png_path and png_queries:
         queries = np.arange(min(png_queries, len(txt_emb)))
         similarity = txt_emb[queries] @ img_emb.T
@@ -133,7 +161,9 @@ def evaluate(
 
 def evaluate_vqa(inference: Inference, vqa_data: Mapping, answers: list[str]) -> dict[str, float]:
     """Accuracy of the top answer over every test question (the VQA benchmark's scoring)."""
-    logits = inference.answer_logits(image_inputs(vqa_data), vqa_data["image_index"], vqa_data["question_ids"], vqa_data["question_mask"])
+    logits = inference.answer_logits(
+        image_inputs(vqa_data), vqa_data["image_index"], vqa_data["question_ids"], vqa_data["question_mask"]
+    )
     predicted = [answers[i] for i in np.argmax(logits, axis=-1)]
     return vqa_accuracy(predicted, vqa_data["references"], vqa_data["questions"])
 

@@ -1,4 +1,5 @@
 """Zero-shot classification: class embeddings from prompt templates, averaged then normalised."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,7 +9,9 @@ import numpy as np
 DEFAULT_TEMPLATES = ("a {}", "there is a {}", "a picture with a {}")
 
 
-def class_embeddings(embed_texts, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES) -> np.ndarray:
+def class_embeddings(
+    embed_texts, class_names: Sequence[str], templates: Sequence[str] = DEFAULT_TEMPLATES
+) -> np.ndarray:
     """embed_texts(list[str]) -> [N, D] unit vectors; returns [classes, D] unit vectors."""
     prompts = [t.format(name) for name in class_names for t in templates]
     emb = np.asarray(embed_texts(prompts), np.float32).reshape(len(class_names), len(templates), -1).mean(axis=1)

@@ -3,6 +3,7 @@
 No torch and no network: tensors are read with `safetensors.numpy` and copied into the
 matching vlpjax parameters, with every shape checked before anything is written.
 """
+
 from __future__ import annotations
 
 from typing import Iterator
@@ -10,10 +11,9 @@ from typing import Iterator
 import numpy as np
 from flax import nnx
 
-from vlpjax.interop.safetensors_io import strip_prefix, assign_weights, read_config, read_safetensors
 from vlpjax.interop.hf_lm import load_decoder_lm, save_decoder_lm  # noqa: F401 - the public import path
+from vlpjax.interop.safetensors_io import assign_weights, read_config, read_safetensors, strip_prefix
 from vlpjax.models.text import BertConfig, BertEncoder
-
 
 # --- BERT ---------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ Every weight is described once as (HF name, vlpjax path, layout); loading and sa
 read that table. GPT-2 stores its Conv1D weights as [in, out] (our layout) and fuses q, k and v
 into one `c_attn` tensor, which the table splits into three column blocks.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,11 @@ def decoder_config_from_hf(hf: dict, path: str = "config.json", dtype: str = "fl
     model_type = hf.get("model_type")
     if model_type == "gpt2":
         _require(hf.get("scale_attn_weights", True), path, "GPT-2 with scale_attn_weights=False is not supported")
-        _require(not hf.get("scale_attn_by_inverse_layer_idx", False), path, "scale_attn_by_inverse_layer_idx is not supported")
+        _require(
+            not hf.get("scale_attn_by_inverse_layer_idx", False),
+            path,
+            "scale_attn_by_inverse_layer_idx is not supported",
+        )
         return DecoderLMConfig(
             arch="gpt2",
             vocab_size=hf["vocab_size"],
@@ -59,7 +64,11 @@ def decoder_config_from_hf(hf: dict, path: str = "config.json", dtype: str = "fl
         )
     if model_type in LLAMA_TYPES:
         rope = hf.get("rope_parameters") or {}
-        _require(rope.get("rope_type", "default") == "default" and not hf.get("rope_scaling"), path, f"only plain rotary embeddings are supported, got {rope or hf.get('rope_scaling')}")
+        _require(
+            rope.get("rope_type", "default") == "default" and not hf.get("rope_scaling"),
+            path,
+            f"only plain rotary embeddings are supported, got {rope or hf.get('rope_scaling')}",
+        )
         _require(not hf.get("mlp_bias", False), path, "mlp_bias=True is not supported")
         _require(hf.get("sliding_window") is None, path, "sliding-window attention is not supported")
         return DecoderLMConfig(
@@ -79,7 +88,9 @@ def decoder_config_from_hf(hf: dict, path: str = "config.json", dtype: str = "fl
             act=hf.get("hidden_act", "silu"),
             dtype=dtype,
         )
-    raise ValueError(f"{path}: model_type {model_type!r} is not a supported decoder LM; supported: gpt2, {', '.join(LLAMA_TYPES)}")
+    raise ValueError(
+        f"{path}: model_type {model_type!r} is not a supported decoder LM; supported: gpt2, {', '.join(LLAMA_TYPES)}"
+    )
 
 
 def decoder_config_to_hf(c: DecoderLMConfig) -> dict:
@@ -93,7 +104,9 @@ def decoder_config_to_hf(c: DecoderLMConfig) -> dict:
         architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=c.vocab_size, hidden_size=c.hidden_size,
         num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.kv_heads,
         head_dim=c.dims_per_head, intermediate_size=c.intermediate_size, max_position_embeddings=c.max_positions,
-        rms_norm_eps=c.norm_eps, rope_theta=c.rope_theta, rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
+        rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
         tie_word_embeddings=c.tie_embeddings, attention_bias=c.has_bias, mlp_bias=False, hidden_act=c.act_name,
     )  # fmt: skip
 
@@ -186,8 +199,13 @@ def decoder_lm_tensors(model: DecoderLM) -> dict[str, np.ndarray]:
     grouped: dict[str, list[tuple[int, np.ndarray]]] = {}
     for entry in weight_table(model.config):
         value = np.asarray(variable_at(model, entry.path)[...], np.float32)
-        grouped.setdefault(entry.hf_name, []).append((entry.part[0] if entry.part else 0, value.T if entry.transpose else value))
-    return {name: np.ascontiguousarray(np.concatenate([v for _, v in sorted(parts, key=lambda p: p[0])], axis=-1)) for name, parts in grouped.items()}
+        grouped.setdefault(entry.hf_name, []).append(
+            (entry.part[0] if entry.part else 0, value.T if entry.transpose else value)
+        )
+    return {
+        name: np.ascontiguousarray(np.concatenate([v for _, v in sorted(parts, key=lambda p: p[0])], axis=-1))
+        for name, parts in grouped.items()
+    }
 
 
 def save_decoder_lm(model: DecoderLM, path: str, *, extra_config: dict | None = None) -> None:

@@ -3,6 +3,7 @@
 Shared by every importer (BERT encoders, decoder LMs). Tensors go through `safetensors.numpy`:
 no torch, no network, no pickle.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
 def strip_prefix(tensors: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """Checkpoints of task models (BertForMaskedLM, ...) nest the encoder under `prefix`."""
     if any(k.startswith(prefix) for k in tensors):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     return tensors
 
 

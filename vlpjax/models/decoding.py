@@ -4,6 +4,7 @@ The step owns everything model-specific (for Flamingo: the media, encoded once p
 closed over), so the same two loops serve the bare LM and the multimodal model. Prompts are
 left-padded to one length; the KV cache marks the padding so no token attends to it.
 """
+
 from __future__ import annotations
 
 from typing import Callable

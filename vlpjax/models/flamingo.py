@@ -12,6 +12,7 @@
 Text is a sequence of ids in which `<image>` marks where the m-th image of the row stands;
 `media` [B, M, H, W, 3] holds those images in order.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,7 +58,9 @@ class PerceiverLayer(nnx.Module):
 class PerceiverResampler(nnx.Module):
     """[B, T, D] media tokens -> [B, num_latents, D]."""
 
-    def __init__(self, dim: int, *, depth: int, num_latents: int, num_heads: int, mlp_dim: int, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, *, depth: int, num_latents: int, num_heads: int, mlp_dim: int, dtype=jnp.float32, rngs: nnx.Rngs
+    ):
         init = with_axes(nnx.initializers.normal(0.02), (None, "embed"))
         self.latents = nnx.Param(init(rngs.params(), (num_latents, dim)))
         self.layers = nnx.List([PerceiverLayer(dim, num_heads, mlp_dim, dtype=dtype, rngs=rngs) for _ in range(depth)])
@@ -72,7 +75,9 @@ class PerceiverResampler(nnx.Module):
 
 def latest_image_mask(media_of_token: Array, media_of_latent: Array) -> Array:
     """[B, 1, L, K]: token l may attend to latent k iff k belongs to l's latest preceding image."""
-    return (media_of_token[:, None, :, None] == media_of_latent[None, None, None, :]) & (media_of_token > 0)[:, None, :, None]
+    return (media_of_token[:, None, :, None] == media_of_latent[None, None, None, :]) & (media_of_token > 0)[
+        :, None, :, None
+    ]
 
 
 class GatedCrossAttentionBlock(nnx.Module):
@@ -118,12 +123,21 @@ class Flamingo(nnx.Module):
         )  # fmt: skip
         self.cross_layers = tuple(i for i in range(lm.config.num_layers) if (i + 1) % c.cross_every == 0)
         self.cross = nnx.List(
-            [GatedCrossAttentionBlock(width, media_dim, c.cross_heads, c.cross_mlp_dim or 4 * width, dtype=dtype, rngs=rngs) for _ in self.cross_layers]
+            [
+                GatedCrossAttentionBlock(
+                    width, media_dim, c.cross_heads, c.cross_mlp_dim or 4 * width, dtype=dtype, rngs=rngs
+                )
+                for _ in self.cross_layers
+            ]
         )
         # New tokens start at the mean embedding: a neutral point of the LM's input space.
-        self.new_token_embed = nnx.Param(jnp.broadcast_to(jnp.mean(lm.embed_tokens[...], axis=0), (len(NEW_TOKENS), width)))
+        self.new_token_embed = nnx.Param(
+            jnp.broadcast_to(jnp.mean(lm.embed_tokens[...], axis=0), (len(NEW_TOKENS), width))
+        )
         if not lm.config.tie_embeddings:
-            self.new_token_head = nnx.Param(jnp.broadcast_to(jnp.mean(lm.lm_head[...], axis=0), (len(NEW_TOKENS), width)))
+            self.new_token_head = nnx.Param(
+                jnp.broadcast_to(jnp.mean(lm.lm_head[...], axis=0), (len(NEW_TOKENS), width))
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -155,13 +169,17 @@ class Flamingo(nnx.Module):
         is_image = (ids == self.image_id).astype(jnp.int32)
         seen = jnp.zeros((ids.shape[0],), jnp.int32) if cache is None else cache.media_seen
         media_of_token = seen[:, None] + jnp.cumsum(is_image, axis=1)
-        media_of_latent = jnp.repeat(jnp.arange(1, latents.shape[1] // self.config.num_latents + 1), self.config.num_latents)
-        blocks = dict(zip(self.cross_layers, self.cross))
+        media_of_latent = jnp.repeat(
+            jnp.arange(1, latents.shape[1] // self.config.num_latents + 1), self.config.num_latents
+        )
+        blocks = dict(zip(self.cross_layers, self.cross, strict=False))
 
         def between_layers(i, x):
             return blocks[i](x, latents, media_of_token, media_of_latent) if i in blocks else x
 
-        out = run_decoder(self.lm, self.token_vectors(ids), mask, None if cache is None else cache.lm, between_layers, self.head)
+        out = run_decoder(
+            self.lm, self.token_vectors(ids), mask, None if cache is None else cache.lm, between_layers, self.head
+        )
         if cache is None:
             return out
         logits, lm_cache = out

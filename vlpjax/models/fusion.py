@@ -10,6 +10,7 @@
 
 Inputs are already-encoded token sequences with boolean masks; outputs keep both streams.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,11 @@ class InputProjections(nnx.Module):
         dtype = jnp.dtype(config.dtype)
 
         def projection(in_dim):
-            return None if in_dim in (None, config.width) else dense(in_dim, config.width, (None, "embed"), dtype=dtype, rngs=rngs)
+            return (
+                None
+                if in_dim in (None, config.width)
+                else dense(in_dim, config.width, (None, "embed"), dtype=dtype, rngs=rngs)
+            )
 
         self.text, self.image = projection(config.text_dim), projection(config.image_dim)
 
@@ -61,8 +66,12 @@ class MergedAttentionFusion(nnx.Module):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
         self.inputs = InputProjections(c, rngs=rngs)
-        self.type_embed = nnx.Param(with_axes(nnx.initializers.normal(0.02), (None, "embed"))(rngs.params(), (2, c.width)))
-        self.blocks = nnx.List([PreLNBlock(c.width, c.num_heads, c.mlp_dim, dtype=dtype, rngs=rngs) for _ in range(c.depth)])
+        self.type_embed = nnx.Param(
+            with_axes(nnx.initializers.normal(0.02), (None, "embed"))(rngs.params(), (2, c.width))
+        )
+        self.blocks = nnx.List(
+            [PreLNBlock(c.width, c.num_heads, c.mlp_dim, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+        )
         self.ln_final = layer_norm(c.width, rngs=rngs)
 
     def __call__(self, text: jax.Array, text_mask: jax.Array, image: jax.Array, image_mask: jax.Array) -> Fused:
@@ -86,7 +95,10 @@ class CoAttentionFusion(nnx.Module):
 
         def stream():
             return nnx.List(
-                [PreLNBlock(c.width, c.num_heads, c.mlp_dim, context_dim=c.width, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+                [
+                    PreLNBlock(c.width, c.num_heads, c.mlp_dim, context_dim=c.width, dtype=dtype, rngs=rngs)
+                    for _ in range(c.depth)
+                ]
             )
 
         self.text_blocks = stream()
@@ -97,7 +109,7 @@ class CoAttentionFusion(nnx.Module):
     def __call__(self, text: jax.Array, text_mask: jax.Array, image: jax.Array, image_mask: jax.Array) -> Fused:
         t, v = self.inputs(text, image)
         t_mask, v_mask = key_padding_mask(text_mask.astype(bool)), key_padding_mask(image_mask.astype(bool))
-        for text_block, image_block in zip(self.text_blocks, self.image_blocks):
+        for text_block, image_block in zip(self.text_blocks, self.image_blocks, strict=False):
             # Both streams read the other's previous-layer output.
             t, v = (
                 text_block(t, mask=t_mask, context=v, context_mask=v_mask),

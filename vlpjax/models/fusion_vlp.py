@@ -11,6 +11,7 @@ tokens; ITC projects their pooled outputs. A fusion step then joins a text with 
 The fused [CLS] feeds the ITM and VQA heads; the fused text tokens feed the MLM head. The
 model is device-agnostic: hard-negative mining and the losses live in `vlpjax.objectives`.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlpjax.models.fusion import CoAttentionFusion, FusionConfig, Fused, MergedAttentionFusion
+from vlpjax.models.fusion import CoAttentionFusion, Fused, FusionConfig, MergedAttentionFusion
 from vlpjax.models.heads import AnswerHead, MaskedLMHead, MatchingHead, Projection
 from vlpjax.models.layers import Encoded, sincos_2d
 from vlpjax.models.text import BertConfig, BertEncoder
@@ -56,7 +57,9 @@ class FusionVLP(nnx.Module):
         self.txt_proj = Projection(text_encoder.out_dim, embed_dim, rngs=rngs)
         self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
         self.itm_head = MatchingHead(fused_dim, rngs=rngs)
-        self.mlm_head = MaskedLMHead(fused_dim, text_encoder.config.vocab_size, act=text_encoder.config.hidden_act, rngs=rngs)
+        self.mlm_head = MaskedLMHead(
+            fused_dim, text_encoder.config.vocab_size, act=text_encoder.config.hidden_act, rngs=rngs
+        )
         self.vqa_head = AnswerHead(fused_dim, num_answers, rngs=rngs) if num_answers else None
 
     # --- unimodal -------------------------------------------------------------------------
@@ -130,7 +133,9 @@ def build_fusion(spec: Mapping[str, Any] | None, text_dim: int, image_dim: int, 
         raise ValueError(f"unknown fusion layout {layout!r}; choose one of {LAYOUTS}")
     if layout == "albef":
         if spec:
-            raise ValueError(f"the albef layout takes its fusion layers from the text encoder; drop fusion fields {sorted(spec)}")
+            raise ValueError(
+                f"the albef layout takes its fusion layers from the text encoder; drop fusion fields {sorted(spec)}"
+            )
         return None
     config = FusionConfig(text_dim=text_dim, image_dim=image_dim, **spec)
     return (MergedAttentionFusion if layout == "merged" else CoAttentionFusion)(config, rngs=rngs)
@@ -147,4 +152,12 @@ def build_fusion_vlp(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> FusionVLP:
         text_fields.setdefault("context_dim", image.out_dim)
     text = BertEncoder(BertConfig(**text_fields), rngs=rngs)
     fusion = build_fusion(fusion_spec, text.out_dim, image.out_dim, rngs=rngs)
-    return FusionVLP(image, text, fusion, embed_dim=spec.get("embed_dim", 256), num_answers=spec.get("num_answers", 0), fusion_posemb=spec.get("fusion_posemb", False), rngs=rngs)
+    return FusionVLP(
+        image,
+        text,
+        fusion,
+        embed_dim=spec.get("embed_dim", 256),
+        num_answers=spec.get("num_answers", 0),
+        fusion_posemb=spec.get("fusion_posemb", False),
+        rngs=rngs,
+    )

@@ -1,4 +1,5 @@
 """Output heads: projections into the shared embedding space, and the ITM / MLM / VQA heads."""
+
 from __future__ import annotations
 
 import jax

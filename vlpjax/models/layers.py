@@ -7,6 +7,7 @@ see devices.
 Masks are boolean, True meaning "may attend". Attention logits and softmax run in float32
 whatever the compute dtype, so a masked key gets exactly zero weight.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,9 @@ class Dense(nnx.Module):
     gradient of a 2-D matmul about twice as fast as that of a [B, L, D] contraction.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, kernel_init: Callable, bias_init: Callable | None, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, in_dim: int, out_dim: int, *, kernel_init: Callable, bias_init: Callable | None, dtype, rngs: nnx.Rngs
+    ):
         self.dtype = dtype
         self.use_bias = bias_init is not None
         self.kernel = nnx.Param(kernel_init(rngs.params(), (in_dim, out_dim), jnp.float32))
@@ -164,10 +167,10 @@ class MultiHeadAttention(nnx.Module):
     def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array]:
         """Self-attention: one [D, 3D] matmul instead of three [D, D] ones (faster on CPU)."""
         layers = (self.query, self.key, self.value)
-        kernel = jnp.concatenate([l.kernel[...] for l in layers], axis=1).astype(self.query.dtype)
+        kernel = jnp.concatenate([layer.kernel[...] for layer in layers], axis=1).astype(self.query.dtype)
         y = (x.reshape(-1, x.shape[-1]).astype(kernel.dtype) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
         if self.query.use_bias:
-            y = y + jnp.concatenate([l.bias[...] for l in layers]).astype(y.dtype)
+            y = y + jnp.concatenate([layer.bias[...] for layer in layers]).astype(y.dtype)
         return tuple(self._heads(part) for part in jnp.split(y, 3, axis=-1))
 
     def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None) -> Array:
@@ -274,7 +277,9 @@ class MAPHead(nnx.Module):
     """Multi-head attention pooling: one learned probe attends over the tokens, then an MLP."""
 
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.probe = nnx.Param(with_axes(nnx.initializers.xavier_uniform(), (None, None, "embed"))(rngs.params(), (1, 1, dim)))
+        self.probe = nnx.Param(
+            with_axes(nnx.initializers.xavier_uniform(), (None, None, "embed"))(rngs.params(), (1, 1, dim))
+        )
         self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
         self.ln = layer_norm(dim, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)

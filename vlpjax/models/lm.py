@@ -11,6 +11,7 @@ One pre-norm block serves both; the config picks the pieces that differ:
 updated cache, so generation feeds one token at a time. The Flamingo model drives the same
 pieces (`embed`, `blocks`, `head`) with its cross-attention blocks in between.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -240,14 +241,18 @@ class DecoderLM(nnx.Module):
 
     def vocab_logits(self, normed: Array) -> Array:
         """Logits of final-normed hidden states against the output embedding."""
-        return jnp.einsum("bld,vd->blv", normed, self.output_embedding().astype(normed.dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "bld,vd->blv", normed, self.output_embedding().astype(normed.dtype), preferred_element_type=jnp.float32
+        )
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, cache: KVCache | None = None):
         """Logits [B, L, V]; with `cache`, (logits, updated cache)."""
         return run_decoder(self, self.token_vectors(input_ids), attention_mask, cache)
 
 
-def run_decoder(lm: DecoderLM, vectors: Array, attention_mask: Array | None, cache: KVCache | None, between_layers=None, head=None):
+def run_decoder(
+    lm: DecoderLM, vectors: Array, attention_mask: Array | None, cache: KVCache | None, between_layers=None, head=None
+):
     """The decoder's forward pass from token vectors [B, L, D]. `between_layers(i, hidden)`
     runs before layer i; `head(hidden)` replaces the LM's head (Flamingo adds logits).
 

@@ -4,6 +4,7 @@ Each region is embedded as in UNITER: LN(W_f f) + LN(W_p p) + a modality type em
 a LayerNorm, where p is the 7-d box geometry (x1, y1, x2, y2, w, h, w*h). Optional pre-LN blocks
 let regions talk to each other before pooling; padded regions are masked out of both.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +56,9 @@ class RegionEncoder(nnx.Module):
     def __call__(self, regions: jax.Array, boxes: jax.Array, region_mask: jax.Array) -> Encoded:
         """regions [B,R,F], boxes [B,R,4], region_mask [B,R] -> Encoded."""
         if regions.shape[-1] != self.config.feature_dim:
-            raise ValueError(f"regions have {regions.shape[-1]} features, the encoder expects {self.config.feature_dim}")
+            raise ValueError(
+                f"regions have {regions.shape[-1]} features, the encoder expects {self.config.feature_dim}"
+            )
         dtype = jnp.dtype(self.config.dtype)
         mask = region_mask.astype(bool)
         x = self.feature_norm(self.feature_proj(regions.astype(dtype)))

@@ -3,6 +3,7 @@
 GroupNorm replaces BatchNorm, as in BiT: no batch statistics to synchronise across devices,
 and the forward pass is a pure function of the parameters.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@
 (see `vlpjax.interop.hf`). `CausalTextTransformer` is pre-LN and pools the last real token.
 Both take right-padded ids with a boolean/int mask and ignore padded positions entirely.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -83,7 +84,9 @@ class BertEncoder(nnx.Module):
     def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
-            raise ValueError(f"text length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}")
+            raise ValueError(
+                f"text length {length} exceeds max_position_embeddings={self.config.max_position_embeddings}"
+            )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         x = (
@@ -121,7 +124,9 @@ class BertEncoder(nnx.Module):
         c = self.config
         return c.num_hidden_layers if c.cross_attention_from is None else c.cross_attention_from
 
-    def text_layers(self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
+    def text_layers(
+        self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None = None
+    ) -> jax.Array:
         """ALBEF's text encoder: embeddings and the layers before cross-attention starts."""
         mask = key_padding_mask(attention_mask)
         x = self.embed(input_ids, token_type_ids)
@@ -129,7 +134,9 @@ class BertEncoder(nnx.Module):
             x = layer(x, mask=mask)
         return x
 
-    def fusion_layers(self, hidden: jax.Array, attention_mask: jax.Array, context: jax.Array, context_mask: jax.Array) -> jax.Array:
+    def fusion_layers(
+        self, hidden: jax.Array, attention_mask: jax.Array, context: jax.Array, context_mask: jax.Array
+    ) -> jax.Array:
         """ALBEF's fusion encoder: the remaining layers, attending to the image tokens."""
         mask, ctx_mask = key_padding_mask(attention_mask), key_padding_mask(context_mask)
         for layer in self.layers[self.first_cross_layer :]:
@@ -155,9 +162,14 @@ class CausalTextTransformer(nnx.Module):
         dtype = jnp.dtype(c.dtype)
         self.out_dim = c.width
         self.token_embed = _embedding(c.vocab_size, c.width, rngs)
-        self.pos_embed = nnx.Param(with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (c.max_len, c.width)))
+        self.pos_embed = nnx.Param(
+            with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (c.max_len, c.width))
+        )
         self.blocks = nnx.List(
-            [PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, eps=1e-5, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+            [
+                PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, eps=1e-5, dtype=dtype, rngs=rngs)
+                for _ in range(c.depth)
+            ]
         )
         self.ln_final = layer_norm(c.width, eps=1e-5, rngs=rngs)
 

@@ -3,6 +3,7 @@
 Variants are named as in the ViT papers, `"<width>/<patch>"` (e.g. "B/16"); any field can be
 overridden, and an unknown width name works when width, depth, mlp_dim and num_heads are all given.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -61,7 +62,7 @@ def vit_config(variant: str, **overrides) -> ViTConfig:
         raise ValueError(f"ViT variant must look like 'B/16', got {variant!r}") from None
     fields = dict(patch=patch)
     if name in VIT_WIDTHS:
-        fields.update(zip(("width", "depth", "mlp_dim", "num_heads"), VIT_WIDTHS[name]))
+        fields.update(zip(("width", "depth", "mlp_dim", "num_heads"), VIT_WIDTHS[name], strict=False))
     fields.update(overrides)
     missing = {"width", "depth", "mlp_dim", "num_heads"} - fields.keys()
     if missing:
@@ -90,7 +91,11 @@ class PatchEmbed(nnx.Module):
         p = self.patch
         if h % p or w % p:
             raise ValueError(f"image of {h}x{w} pixels does not tile into {p}x{p} patches")
-        patches = image.reshape(b, h // p, p, w // p, p, ch).transpose(0, 1, 3, 2, 4, 5).reshape(b, h // p, w // p, p * p * ch)
+        patches = (
+            image.reshape(b, h // p, p, w // p, p, ch)
+            .transpose(0, 1, 3, 2, 4, 5)
+            .reshape(b, h // p, w // p, p * p * ch)
+        )
         kernel = self.kernel[...].reshape(p * p * ch, -1).astype(self.dtype)
         return patches.astype(self.dtype) @ kernel + self.bias[...].astype(self.dtype)
 
@@ -107,7 +112,9 @@ class ViT(nnx.Module):
             init = with_axes(nnx.initializers.normal(0.02), (None, None, "embed"))
             self.pos_embed = nnx.Param(init(rngs.params(), (1, c.grid * c.grid, c.width)))
         if c.pool == "cls":
-            self.cls_token = nnx.Param(with_axes(nnx.initializers.zeros_init(), (None, None, "embed"))(rngs.params(), (1, 1, c.width)))
+            self.cls_token = nnx.Param(
+                with_axes(nnx.initializers.zeros_init(), (None, None, "embed"))(rngs.params(), (1, 1, c.width))
+            )
         self.blocks = nnx.List(
             [PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
         )

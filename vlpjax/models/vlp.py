@@ -1,4 +1,5 @@
 """The composite models a config names, and the builders that make them from config dicts."""
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,15 @@ class DualEncoder(nnx.Module):
     sigmoid recipes start at t' = log 10, b = -10 (SigLIP).
     """
 
-    def __init__(self, image_encoder: nnx.Module, text_encoder: nnx.Module, *, embed_dim: int, contrastive: str = "softmax", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        image_encoder: nnx.Module,
+        text_encoder: nnx.Module,
+        *,
+        embed_dim: int,
+        contrastive: str = "softmax",
+        rngs: nnx.Rngs,
+    ):
         if contrastive not in CONTRASTIVE_KINDS:
             raise ValueError(f"contrastive must be one of {CONTRASTIVE_KINDS}, got {contrastive!r}")
         self.contrastive = contrastive

@@ -4,6 +4,7 @@ Used to pretrain decoder LMs and to train Flamingo; captioning is the same loss 
 `<image>caption<|endofchunk|>` text. Padding and the ids in `ignore_ids` (Flamingo's `<image>`,
 which the data gives and the model never has to predict) carry no loss.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -23,7 +24,9 @@ def next_token_targets(ids: jax.Array, mask: jax.Array, ignore_ids: Sequence[int
     return targets, weights
 
 
-def causal_lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array, *, ignore_ids: Sequence[int] = (), axis_name: AxisName = None):
+def causal_lm_loss(
+    logits: jax.Array, ids: jax.Array, mask: jax.Array, *, ignore_ids: Sequence[int] = (), axis_name: AxisName = None
+):
     """Mean next-token cross-entropy over the counted positions of the global batch."""
     targets, weights = next_token_targets(ids, mask, ignore_ids)
     log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)

@@ -11,6 +11,7 @@ gradients with `lax.pmean` -- the standard data-parallel step.
 Embeddings are expected L2-normalised; `logit_scale` is the multiplier itself (exp of the
 learned log-temperature), `logit_bias` the additive SigLIP bias.
 """
+
 from __future__ import annotations
 
 import jax

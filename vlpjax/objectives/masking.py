@@ -3,6 +3,7 @@
 Masking is a pure function of an explicit key. Each row draws from `fold_in(key, global row)`,
 so a sharded batch is masked exactly as the same rows would be on one device.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -33,7 +34,9 @@ def _mask_row(key, ids, candidates, mask_id: int, replacements: jax.Array, prob:
     selected = jax.random.bernoulli(select_key, prob, ids.shape) & candidates
     kind = jax.random.uniform(kind_key, ids.shape)
     random_tokens = replacements[jax.random.randint(token_key, ids.shape, 0, replacements.shape[0])]
-    replaced = jnp.where(kind < REPLACE_WITH_MASK, mask_id, jnp.where(kind < REPLACE_WITH_MASK + REPLACE_WITH_RANDOM, random_tokens, ids))
+    replaced = jnp.where(
+        kind < REPLACE_WITH_MASK, mask_id, jnp.where(kind < REPLACE_WITH_MASK + REPLACE_WITH_RANDOM, random_tokens, ids)
+    )
     return jnp.where(selected, replaced, ids), selected
 
 

@@ -6,6 +6,7 @@ positive, and any column showing the same image (same `image_id`), is masked out
 softmax. Row r of the global batch samples with `fold_in(key, r)`, so a sharded batch draws
 exactly what one device would. The negatives' features are gathered with their gradient.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,7 +25,9 @@ def _sample_rows(key: jax.Array, logits: jax.Array, axis_name: AxisName) -> jax.
     return jax.vmap(jax.random.categorical)(keys, logits)
 
 
-def hard_negatives(key: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array, image_ids: jax.Array, *, axis_name: AxisName = None):
+def hard_negatives(
+    key: jax.Array, sim_i2t: jax.Array, sim_t2i: jax.Array, image_ids: jax.Array, *, axis_name: AxisName = None
+):
     """Global column indices of (a negative text per local image, a negative image per local text).
 
     sim_i2t [b, N]: local images against all texts; sim_t2i [b, N]: local texts against all
@@ -63,7 +66,9 @@ def mine_hard_negatives(img_emb, txt_emb, image_ids, image, text, logit_scale, k
     return rows_of(image, neg_image), rows_of(text, neg_text)
 
 
-def itm_loss(pos_logits: jax.Array, neg_image_logits: jax.Array, neg_text_logits: jax.Array, *, axis_name: AxisName = None):
+def itm_loss(
+    pos_logits: jax.Array, neg_image_logits: jax.Array, neg_text_logits: jax.Array, *, axis_name: AxisName = None
+):
     """Binary matching cross-entropy over the 3b scored pairs (class 1 = match), global mean."""
     logits = jnp.concatenate([pos_logits, neg_image_logits, neg_text_logits]).astype(jnp.float32)
     b = pos_logits.shape[0]

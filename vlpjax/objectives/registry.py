@@ -6,6 +6,7 @@ model (for terms that run its fusion encoder), this step's key, and `ctx.shards`
 pure per-shard function with an axis name. The heavy lifting stays in pure functions of local
 shards (contrastive.py, matching.py, masking.py, vqa.py), each tested against one device.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,7 +74,9 @@ def mlm(outputs, batch, ctx: StepContext, *, vocab: TextVocab, prob: float = 0.1
     if vocab.mask_id is None:
         raise ValueError("objectives.mlm needs a tokenizer with a [MASK] token")
     key = jax.random.fold_in(ctx.key, _MLM_STREAM)
-    masking = functools.partial(mask_tokens, mask_id=vocab.mask_id, special_ids=vocab.special_ids, vocab_size=vocab.vocab_size, prob=prob)
+    masking = functools.partial(
+        mask_tokens, mask_id=vocab.mask_id, special_ids=vocab.special_ids, vocab_size=vocab.vocab_size, prob=prob
+    )
     masked_ids, targets, selected = ctx.shards(
         lambda ids, mask, k, axis_name: masking(k, ids, mask, axis_name=axis_name),
         rows=(batch["text_ids"], batch["text_mask"]),

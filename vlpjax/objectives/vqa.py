@@ -4,6 +4,7 @@ With several reference answers an answer scores min(#references that match / 3, 
 single reference it scores 1 on an exact match. Training uses those scores as soft targets of a
 per-answer sigmoid (binary cross-entropy summed over answers, as UNITER and ViLT do).
 """
+
 from __future__ import annotations
 
 from collections import Counter

@@ -1,11 +1,13 @@
 """Host-local batches <-> global arrays sharded over the batch axes of the mesh."""
+
 from __future__ import annotations
 
 from typing import Mapping
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vlpjax.parallel.mesh import BATCH_AXES
 

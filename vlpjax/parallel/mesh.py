@@ -1,4 +1,5 @@
 """The device mesh: axes `data`, `fsdp` and `tensor`, sized from config."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -17,18 +18,21 @@ def resolve_axis_sizes(sizes: dict[str, int], num_devices: int) -> tuple[int, ..
     if unknown:
         raise ValueError(f"unknown mesh axes {unknown}; the mesh axes are {MESH_AXES}")
     values = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
-    free = [axis for axis, v in zip(MESH_AXES, values) if v == -1]
+    free = [axis for axis, v in zip(MESH_AXES, values, strict=False) if v == -1]
     if len(free) > 1:
         raise ValueError(f"only one mesh axis may be -1, got {free}")
     if any(v == 0 or v < -1 for v in values):
-        raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, values))}")
+        raise ValueError(f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, values, strict=False))}")
     fixed = int(np.prod([v for v in values if v != -1]))
     if free:
         if num_devices % fixed:
             raise ValueError(f"{num_devices} devices cannot be split into a mesh with fixed axes of product {fixed}")
         values[MESH_AXES.index(free[0])] = num_devices // fixed
     if int(np.prod(values)) != num_devices:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, values))} needs {int(np.prod(values))} devices, there are {num_devices}")
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, values, strict=False))} needs {int(np.prod(values))} devices, "
+            f"there are {num_devices}"
+        )
     return tuple(values)
 
 

@@ -5,13 +5,15 @@ Every parameter made by `vlpjax.models` carries `logical_axes` metadata such as
 dimension whose size the mesh axis does not divide stays replicated rather than failing, so
 tiny test models and odd vocabularies still run on any mesh.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
 
 import jax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vlpjax.parallel.mesh import BATCH_AXES
 
@@ -50,7 +52,7 @@ def logical_to_spec(
     table = dict(rules)
     used: set[str] = set()
     spec = []
-    for name, dim in zip(logical_axes, shape):
+    for name, dim in zip(logical_axes, shape, strict=False):
         target = table.get(name) if name is not None else None
         names = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
         if not names or used & set(names) or dim % _mesh_size(mesh, names):
@@ -78,7 +80,9 @@ def state_specs(state, mesh: Mesh, rules=DEFAULT_RULES):
 
 
 def state_shardings(state, mesh: Mesh, rules=DEFAULT_RULES):
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), state_specs(state, mesh, rules), is_leaf=lambda x: isinstance(x, P))
+    return jax.tree.map(
+        lambda s: NamedSharding(mesh, s), state_specs(state, mesh, rules), is_leaf=lambda x: isinstance(x, P)
+    )
 
 
 def shard_state(state, mesh: Mesh, rules=DEFAULT_RULES):

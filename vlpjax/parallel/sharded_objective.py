@@ -1,12 +1,14 @@
 """Run pure per-shard objectives over the batch axes: under `jax.shard_map` on a mesh, or
 directly with an axis name where the caller already holds one shard (pmap)."""
+
 from __future__ import annotations
 
 import functools
 from typing import Callable
 
 import jax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 from vlpjax.parallel.mesh import BATCH_AXES
 
@@ -25,7 +27,9 @@ class MeshShards:
     def __call__(self, fn: Callable, *, rows=(), shared=(), per_row: bool = False):
         in_specs = tuple(P(BATCH_AXES) for _ in rows) + tuple(P() for _ in shared)
         local = functools.partial(fn, axis_name=BATCH_AXES)
-        return jax.shard_map(local, mesh=self.mesh, in_specs=in_specs, out_specs=P(BATCH_AXES) if per_row else P())(*rows, *shared)
+        return jax.shard_map(local, mesh=self.mesh, in_specs=in_specs, out_specs=P(BATCH_AXES) if per_row else P())(
+            *rows, *shared
+        )
 
 
 class AxisShards:

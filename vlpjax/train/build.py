@@ -1,4 +1,5 @@
 """From a validated config to the things a run needs: data, tokenizer, model and train state."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,7 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vlpjax.data import builders
 from vlpjax.data.pipeline import PipelineConfig, training_answers
@@ -24,7 +26,8 @@ from vlpjax.models.lm import DecoderLM, DecoderLMConfig, LanguageModel
 from vlpjax.models.vlp import build_dual_encoder, build_image_encoder
 from vlpjax.objectives.registry import TextVocab
 from vlpjax.parallel import make_mesh, state_shardings
-from vlpjax.train import checkpoints, rules as rule_lib
+from vlpjax.train import checkpoints
+from vlpjax.train import rules as rule_lib
 from vlpjax.train.optimizer import make_optimizer
 from vlpjax.train.state import TrainState, split_model
 
@@ -52,7 +55,9 @@ def dataset_kwargs(data: ml_collections.ConfigDict) -> dict:
         if not data.folder:
             raise ValueError(f"data.folder must name the image folder for {data.name}")
         return dict(path=data.folder)
-    raise ValueError(f"unknown data.name {data.name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder")
+    raise ValueError(
+        f"unknown data.name {data.name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder"
+    )
 
 
 def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = None) -> Data:
@@ -67,8 +72,15 @@ def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = Non
         tokenizer_path = lm_directory(config.model.lm)  # the LM's own tokenizer
     sources = builder.as_data_source()
     if "test" not in sources:
-        raise ValueError(f"dataset {builder.builder_config.name} has no test split to evaluate on: rebuild it with a test fraction above 0")
-    answers = vqa_answers(sources["train"], config.data.max_answers or None, saved_answers) if config.data.task == "vqa" else []
+        raise ValueError(
+            f"dataset {builder.builder_config.name} has no test split to evaluate on: "
+            "rebuild it with a test fraction above 0"
+        )
+    answers = (
+        vqa_answers(sources["train"], config.data.max_answers or None, saved_answers)
+        if config.data.task == "vqa"
+        else []
+    )
     if config.data.task == "vqa" and not answers:
         raise ValueError(f"data.task='vqa' but dataset {config.data.name} has no training questions")
     return Data(builder, sources["train"], sources["test"], TextTokenizer(tokenizer_path), answers)
@@ -108,7 +120,9 @@ def lm_directory(lm_spec) -> str:
     """Flamingo's LM: a local Hugging Face directory (config.json + safetensors)."""
     path = lm_spec.get("path", "")
     if not path or not os.path.isdir(path):
-        raise FileNotFoundError(f"model.lm.path={path!r} is not a directory: point it at a Hugging Face decoder LM (see README, Flamingo)")
+        raise FileNotFoundError(
+            f"model.lm.path={path!r} is not a directory: point it at a Hugging Face decoder LM (see README, Flamingo)"
+        )
     return path
 
 
@@ -126,14 +140,18 @@ def build_flamingo(spec: dict, dtype: str, seed: int) -> Flamingo:
     return Flamingo(vision, lm, FlamingoConfig(**spec.get("flamingo", {})), rngs=nnx.Rngs(seed + 1))
 
 
-def build_model(model_config: ml_collections.ConfigDict, vocab_size: int, seed: int, num_answers: int = 0) -> nnx.Module:
+def build_model(
+    model_config: ml_collections.ConfigDict, vocab_size: int, seed: int, num_answers: int = 0
+) -> nnx.Module:
     spec = model_config.to_dict()
     family = spec.pop("family")
     if family not in MODEL_FAMILIES:
         raise ValueError(f"unknown model.family {family!r}; available: {MODEL_FAMILIES}")
     dtype = spec.pop("dtype", "float32")
     if family == "decoder_lm":
-        return LanguageModel(DecoderLM(DecoderLMConfig(**spec["lm"], vocab_size=vocab_size, dtype=dtype), rngs=nnx.Rngs(seed)))
+        return LanguageModel(
+            DecoderLM(DecoderLMConfig(**spec["lm"], vocab_size=vocab_size, dtype=dtype), rngs=nnx.Rngs(seed))
+        )
     if family == "flamingo":
         return build_flamingo(spec, dtype, seed)
     spec["image"] = {**spec["image"], "dtype": dtype}
@@ -164,7 +182,10 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
         if key not in source:
             raise KeyError(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {key!r}")
         if tuple(source[key].shape) != tuple(current.shape):
-            raise ValueError(f"init.checkpoint parameter {key!r} has shape {tuple(source[key].shape)}, the model expects {tuple(current.shape)}")
+            raise ValueError(
+                f"init.checkpoint parameter {key!r} has shape {tuple(source[key].shape)}, "
+                f"the model expects {tuple(current.shape)}"
+            )
         return jnp.asarray(source[key], current.dtype)
 
     loaded = [k for k in rule_lib.leaf_paths(params) + rule_lib.leaf_paths(frozen) if rule_lib.matches(k, init.load)]
@@ -194,7 +215,9 @@ def create_run(config: ml_collections.ConfigDict, vocab_size: int, num_answers: 
     frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
     # Adam moments live where their parameters live; counters are replicated. Explicit
     # shardings keep the step's input and output layouts identical (no second compile).
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_shardings, transform_non_params=lambda _: replicated)
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_shardings, transform_non_params=lambda _: replicated
+    )
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = TrainState(step=jax.device_put(jnp.int32(0), replicated), params=params, frozen=frozen, opt_state=opt_state)
     shardings = jax.tree.map(lambda x: x.sharding, state)

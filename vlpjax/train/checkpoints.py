@@ -3,6 +3,7 @@
 orbax writes each step into a temporary directory and renames it when complete, so a run
 killed mid-save leaves the previous checkpoint as the latest good one.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,9 @@ def abstract_like(state):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
 
-def restore(manager: ocp.CheckpointManager, state_template, step: int | None = None, *, with_data: bool = True) -> tuple[Any, dict | None, int]:
+def restore(
+    manager: ocp.CheckpointManager, state_template, step: int | None = None, *, with_data: bool = True
+) -> tuple[Any, dict | None, int]:
     """(state, data_state, step) of the latest (or given) checkpoint, laid out like the template."""
     step = manager.latest_step() if step is None else step
     if step is None:
@@ -50,7 +53,9 @@ def restore(manager: ocp.CheckpointManager, state_template, step: int | None = N
 
 def restore_params(directory: str, step: int | None = None):
     """Only the parameters of another run's checkpoint (LiT: a pretrained image tower)."""
-    manager = ocp.CheckpointManager(os.path.join(os.path.abspath(directory), CHECKPOINT_DIR), options=ocp.CheckpointManagerOptions(create=False))
+    manager = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(directory), CHECKPOINT_DIR), options=ocp.CheckpointManagerOptions(create=False)
+    )
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {directory!r} (looked in {manager.directory})")

@@ -1,4 +1,5 @@
 """The one trainer: every recipe runs this loop; the config picks model, objectives and data."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,8 @@ from vlpjax.data.interleaved import DocumentTransform
 from vlpjax.data.pipeline import eval_arrays, train_iterator, vqa_eval_arrays
 from vlpjax.evaluate.generation import evaluate_flamingo
 from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
-from vlpjax.evaluate.runner import Inference, evaluate, evaluate_vqa, png_path
 from vlpjax.evaluate.report import metrics_table
+from vlpjax.evaluate.runner import Inference, evaluate, evaluate_vqa, png_path
 from vlpjax.objectives.registry import make_objective
 from vlpjax.parallel import host_local_to_global
 from vlpjax.train import checkpoints
@@ -26,7 +27,19 @@ from vlpjax.train.metrics_log import MetricsLog
 from vlpjax.train.state import count_params
 from vlpjax.train.steps import build_mesh_step, build_pmap_step, split_for_pmap
 
-DATA_KEYS = ("image", "text_ids", "text_mask", "image_id", "regions", "boxes", "region_mask", "question_ids", "question_mask", "answer_scores", "media")
+DATA_KEYS = (
+    "image",
+    "text_ids",
+    "text_mask",
+    "image_id",
+    "regions",
+    "boxes",
+    "region_mask",
+    "question_ids",
+    "question_mask",
+    "answer_scores",
+    "media",
+)
 ANSWERS_FILE = "answers.json"
 GENERATIVE_TASKS = ("text", "interleaved")  # evaluated by generating / scoring text, not by embeddings
 
@@ -98,10 +111,14 @@ def _generative_metrics(config, run, state, data) -> dict:
         return evaluate_lm(model, data.tokenizer, data.test_source, config.data.text_len, config.eval.batch_size)
     if config.data.name == "interleaved_folder":  # documents: no captions or questions to generate for
         pipeline = pipeline_config(config, jax.process_count())
-        transform = DocumentTransform(data.tokenizer, pipeline.image_size, pipeline.text_len, pipeline.chunks, pipeline.lm_vocab_size)
+        transform = DocumentTransform(
+            data.tokenizer, pipeline.image_size, pipeline.text_len, pipeline.chunks, pipeline.lm_vocab_size
+        )
         return evaluate_documents(model, transform, data.test_source, config.eval.batch_size)
     shapes = config.data.name == "synthetic_shapes"
-    return evaluate_flamingo(model, data.tokenizer, data.train_source, data.test_source, config.eval, config.data.image_size, shapes)
+    return evaluate_flamingo(
+        model, data.tokenizer, data.train_source, data.test_source, config.eval, config.data.image_size, shapes
+    )
 
 
 def _eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dict:
@@ -143,7 +160,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
     is_main = process_index == 0
-    manager = checkpoints.checkpoint_manager(workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints)
+    manager = checkpoints.checkpoint_manager(
+        workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
+    )
     resuming = manager.latest_step() is not None
     # A resumed run keeps the vocabulary its answer head was trained on.
     data = load_data(config, _answers_path(workdir) if resuming else None)

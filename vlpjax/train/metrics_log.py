@@ -1,4 +1,5 @@
 """Metrics to `<workdir>/metrics.jsonl` (one JSON object a line, with `step`) and TensorBoard."""
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """AdamW with warmup + cosine, global-norm clipping, per-parameter lr multipliers and decay mask."""
+
 from __future__ import annotations
 
 import jax

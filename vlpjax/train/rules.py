@@ -3,6 +3,7 @@
 A path is the '/'-joined key path of a parameter, e.g. "img/blocks/0/attn/query/kernel".
 Patterns use `re.fullmatch`; for multipliers the first matching rule wins.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """The train state: trainable and frozen parameters, optimizer state over trainable ones only."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -4,6 +4,7 @@ Mesh path: the model runs in the global view (GSPMD shards it by the parameter r
 objective runs under shard_map over the batch axes. pmap path: everything per device, with
 the objective's collectives on axis 'batch' and the gradients averaged by lax.pmean.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -11,7 +12,8 @@ from typing import Callable
 import jax
 from flax import nnx
 from jax import lax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from vlpjax.objectives.registry import StepContext
 from vlpjax.parallel.sharded_objective import AxisShards, MeshShards
