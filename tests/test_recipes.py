@@ -10,8 +10,9 @@ import pytest
 
 from vlpjax.config import load_config
 from vlpjax.train import checkpoints
-from vlpjax.train.loop import evaluate_workdir, train
+from vlpjax.train.loop import train
 from vlpjax.train.metrics_log import read_metrics
+from vlpjax.train.restore import evaluate_workdir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

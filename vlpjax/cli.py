@@ -135,7 +135,7 @@ def main(argv=None) -> int:
         elif args.command == "generate":
             _generate(config, args)
         else:
-            from vlpjax.train.loop import evaluate_workdir
+            from vlpjax.train.restore import evaluate_workdir
 
             evaluate_workdir(config, args.workdir)
     except FileNotFoundError as err:  # missing dataset, checkpoint or tokenizer: say which

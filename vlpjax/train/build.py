@@ -32,6 +32,7 @@ from vlpjax.train.optimizer import make_optimizer
 from vlpjax.train.state import TrainState, split_model
 
 MODEL_FAMILIES = ("dual_encoder", "fusion", "decoder_lm", "flamingo")
+ANSWERS_FILE = "answers.json"
 
 
 @dataclasses.dataclass
@@ -94,6 +95,17 @@ def vqa_answers(train_source, max_answers: int | None, saved_answers: str | None
             raise ValueError(f"{saved_answers} must hold a JSON list of answer strings")
         return answers
     return training_answers(train_source, max_answers)
+
+
+def answers_path(workdir: str) -> str:
+    return os.path.join(workdir, ANSWERS_FILE)
+
+
+def save_answers(workdir: str, answers: list[str]) -> None:
+    """The answer vocabulary, index = VQA head output: what a user of the checkpoint needs."""
+    if answers and jax.process_index() == 0:
+        with open(answers_path(workdir), "w") as f:
+            json.dump(answers, f, indent=0)
 
 
 def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> PipelineConfig:

@@ -16,7 +16,7 @@ from vlpjax.data.interleaved import ChunkTokens
 from vlpjax.data.tokenizer import TOKENIZER_FILE
 from vlpjax.evaluate.generation import Generator
 from vlpjax.interop.hf_lm import save_decoder_lm
-from vlpjax.train.loop import trained_model
+from vlpjax.train.restore import trained_model
 
 
 def export_decoder_lm(config: ml_collections.ConfigDict, workdir: str, out: str) -> str:

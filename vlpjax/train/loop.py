@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
@@ -10,19 +9,14 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
-from vlpjax.data.interleaved import DocumentTransform
-from vlpjax.data.pipeline import eval_arrays, train_iterator, vqa_eval_arrays
-from vlpjax.evaluate.generation import evaluate_flamingo
-from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
-from vlpjax.evaluate.report import metrics_table
-from vlpjax.evaluate.runner import Inference, evaluate, evaluate_vqa, png_path
+from vlpjax.data.pipeline import train_iterator
 from vlpjax.objectives.registry import make_objective
 from vlpjax.parallel import host_local_to_global
 from vlpjax.train import checkpoints
-from vlpjax.train.build import Data, Run, create_run, load_data, pipeline_config
+from vlpjax.train.build import Run, answers_path, create_run, load_data, pipeline_config, save_answers
+from vlpjax.train.evaluation import eval_and_log, eval_data_for, final_report
 from vlpjax.train.metrics_log import MetricsLog
 from vlpjax.train.state import count_params
 from vlpjax.train.steps import build_mesh_step, build_pmap_step, split_for_pmap
@@ -40,8 +34,6 @@ DATA_KEYS = (
     "answer_scores",
     "media",
 )
-ANSWERS_FILE = "answers.json"
-GENERATIVE_TASKS = ("text", "interleaved")  # evaluated by generating / scoring text, not by embeddings
 
 
 class StopFlag:
@@ -95,66 +87,6 @@ class Stepper:
         return state, (_unreplicate(metrics) if self.pmap else metrics)
 
 
-def _eval_data(config: ml_collections.ConfigDict, data: Data) -> dict | None:
-    """The in-memory test arrays; generative tasks read their test examples as they go."""
-    if config.data.task in GENERATIVE_TASKS:
-        return None
-    pipeline = pipeline_config(config, jax.process_count())
-    if config.data.task == "vqa":
-        return vqa_eval_arrays(data.test_source, data.tokenizer, pipeline)
-    return eval_arrays(data.test_source, data.tokenizer, pipeline)
-
-
-def _generative_metrics(config, run, state, data) -> dict:
-    model = nnx.merge(run.graphdef, state.params, state.frozen)
-    if config.data.task == "text":
-        return evaluate_lm(model, data.tokenizer, data.test_source, config.data.text_len, config.eval.batch_size)
-    if config.data.name == "interleaved_folder":  # documents: no captions or questions to generate for
-        pipeline = pipeline_config(config, jax.process_count())
-        transform = DocumentTransform(
-            data.tokenizer, pipeline.image_size, pipeline.text_len, pipeline.chunks, pipeline.lm_vocab_size
-        )
-        return evaluate_documents(model, transform, data.test_source, config.eval.batch_size)
-    shapes = config.data.name == "synthetic_shapes"
-    return evaluate_flamingo(
-        model, data.tokenizer, data.train_source, data.test_source, config.eval, config.data.image_size, shapes
-    )
-
-
-def _eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dict:
-    if config.data.task in GENERATIVE_TASKS:
-        metrics = _generative_metrics(config, run, state, data)
-        log.write(step, metrics)
-        return metrics
-    inference = Inference(run.graphdef, state.params, state.frozen, run.mesh, config.eval.batch_size)
-    if config.data.task == "vqa":
-        metrics = evaluate_vqa(inference, eval_data, data.answers)
-    else:
-        metrics = evaluate(
-            inference,
-            eval_data,
-            data.tokenizer,
-            config.data.text_len,
-            zero_shot=config.eval.zero_shot and config.data.name == "synthetic_shapes",
-            itm_top_k=config.eval.itm_top_k if config.model.family == "fusion" else 0,
-            png_path=png_path(workdir) if jax.process_index() == 0 else None,
-            png_queries=config.eval.png_queries,
-        )
-    log.write(step, metrics)
-    return metrics
-
-
-def _answers_path(workdir: str) -> str:
-    return os.path.join(workdir, ANSWERS_FILE)
-
-
-def _save_answers(workdir: str, answers: list[str]) -> None:
-    """The answer vocabulary, index = VQA head output: what a user of the checkpoint needs."""
-    if answers and jax.process_index() == 0:
-        with open(_answers_path(workdir), "w") as f:
-            json.dump(answers, f, indent=0)
-
-
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (resuming from the latest checkpoint in `workdir`), evaluate, return final metrics."""
     os.makedirs(workdir, exist_ok=True)
@@ -165,9 +97,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     resuming = manager.latest_step() is not None
     # A resumed run keeps the vocabulary its answer head was trained on.
-    data = load_data(config, _answers_path(workdir) if resuming else None)
+    data = load_data(config, answers_path(workdir) if resuming else None)
     run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
-    _save_answers(workdir, data.answers)
+    save_answers(workdir, data.answers)
     stepper = Stepper(config, run, make_objective(config.objectives.to_dict(), data.vocab))
     iterator = train_iterator(
         data.train_source,
@@ -178,7 +110,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         filter_empty=config.data.name == "image_text_folder",
         answers=data.answers,
     )
-    eval_data = _eval_data(config, data)
+    eval_data = eval_data_for(config, data)
 
     host_state, start = run.state, 0
     if resuming:
@@ -192,7 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     log = MetricsLog(workdir, enabled=is_main)
     if start == 0 and config.eval.get("at_start", False):  # the untrained baseline (Flamingo: closed gates)
-        _eval_and_log(config, run, host_state, data, eval_data, workdir, log, 0)
+        eval_and_log(config, run, host_state, data, eval_data, workdir, log, 0)
     stop = StopFlag()
     steps = config.train.steps
     bar = tqdm(total=steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
@@ -212,7 +144,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             bar.update(1)
             checkpoints.save(manager, done, stepper.to_host_state(state), iterator.get_state(), force=stop.requested)
             if config.train.eval_every and done % config.train.eval_every == 0 and done != steps:
-                _eval_and_log(config, run, stepper.to_host_state(state), data, eval_data, workdir, log, done)
+                eval_and_log(config, run, stepper.to_host_state(state), data, eval_data, workdir, log, done)
             if stop.requested:
                 manager.wait_until_finished()
                 if is_main:
@@ -223,52 +155,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpoints.save(manager, steps, final_state, iterator.get_state(), force=True)
         manager.wait_until_finished()
         bar.close()
-        metrics = _eval_and_log(config, run, final_state, data, eval_data, workdir, log, steps)
+        metrics = eval_and_log(config, run, final_state, data, eval_data, workdir, log, steps)
     finally:
         stop.restore()
         manager.close()
         log.close()
     if is_main:
-        print(final_report(metrics, workdir, log))
-    return metrics
-
-
-def final_report(metrics: dict, workdir: str, log: MetricsLog) -> str:
-    lines = ["", metrics_table(metrics), ""]
-    if os.path.exists(png_path(workdir)):
-        lines.append(f"top-5 retrievals: {png_path(workdir)}")
-    lines.append(f"metrics:          {log.path}")
-    lines.append(f"tensorboard:      {log.tensorboard_dir}  (tensorboard --logdir {log.tensorboard_dir})")
-    return "\n".join(lines)
-
-
-def restore_run(config: ml_collections.ConfigDict, workdir: str):
-    """(data, run, state, step) of the latest checkpoint in `workdir`."""
-    data = load_data(config, _answers_path(workdir))
-    run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
-    manager = checkpoints.checkpoint_manager(workdir, every=1, keep=config.train.keep_checkpoints, async_save=False)
-    try:
-        if manager.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir!r}: train the recipe first")
-        state, _, step = checkpoints.restore(manager, run.state, with_data=False)
-    finally:
-        manager.close()
-    return data, run, state, step
-
-
-def trained_model(config: ml_collections.ConfigDict, workdir: str):
-    """(model with the latest checkpoint's weights, data) for export and generation."""
-    data, run, state, _ = restore_run(config, workdir)
-    return nnx.merge(run.graphdef, state.params, state.frozen), data
-
-
-def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """`vlpjax eval`: the latest checkpoint in `workdir`, evaluated and logged at its step."""
-    data, run, state, step = restore_run(config, workdir)
-    eval_data = _eval_data(config, data)
-    log = MetricsLog(workdir, enabled=jax.process_index() == 0)
-    metrics = _eval_and_log(config, run, state, data, eval_data, workdir, log, step)
-    log.close()
-    if jax.process_index() == 0:
         print(final_report(metrics, workdir, log))
     return metrics

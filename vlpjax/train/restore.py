@@ -1,0 +1,45 @@
+"""A finished (or interrupted) run read back: its latest checkpoint, for `vlpjax eval`, export
+and generation."""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+from flax import nnx
+
+from vlpjax.train import checkpoints
+from vlpjax.train.build import answers_path, create_run, load_data
+from vlpjax.train.evaluation import eval_and_log, eval_data_for, final_report
+from vlpjax.train.metrics_log import MetricsLog
+
+
+def restore_run(config: ml_collections.ConfigDict, workdir: str):
+    """(data, run, state, step) of the latest checkpoint in `workdir`."""
+    data = load_data(config, answers_path(workdir))
+    run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
+    manager = checkpoints.checkpoint_manager(workdir, every=1, keep=config.train.keep_checkpoints, async_save=False)
+    try:
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir!r}: train the recipe first")
+        state, _, step = checkpoints.restore(manager, run.state, with_data=False)
+    finally:
+        manager.close()
+    return data, run, state, step
+
+
+def trained_model(config: ml_collections.ConfigDict, workdir: str):
+    """(model with the latest checkpoint's weights, data) for export and generation."""
+    data, run, state, _ = restore_run(config, workdir)
+    return nnx.merge(run.graphdef, state.params, state.frozen), data
+
+
+def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`vlpjax eval`: the latest checkpoint in `workdir`, evaluated and logged at its step."""
+    data, run, state, step = restore_run(config, workdir)
+    eval_data = eval_data_for(config, data)
+    log = MetricsLog(workdir, enabled=jax.process_index() == 0)
+    metrics = eval_and_log(config, run, state, data, eval_data, workdir, log, step)
+    log.close()
+    if jax.process_index() == 0:
+        print(final_report(metrics, workdir, log))
+    return metrics
