@@ -32,7 +32,12 @@ def test_unknown_config_key_fails_with_its_name():
         ("--config.train.steps=1.5", "must be an int"),
         ("--config.data.flip=1", "must be a bool"),
         ("--config.train.parallelism=ddp", "parallelism"),
-        ("--config.train.steps=0", "positive"),
+        ("--config.train.steps=0", "train.steps must be at least 1"),
+        ("--config.train.log_every=0", "train.log_every must be at least 1"),
+        ("--config.train.keep_checkpoints=0", "train.keep_checkpoints must be at least 1"),
+        ("--config.optim.lr=0.0", "optim.lr must be a positive finite number"),
+        ("--config.optim.lr=-0.001", "optim.lr must be a positive finite number"),
+        ("--config.optim.lr=1e999", "optim.lr must be a positive finite number"),
     ],
 )
 def test_wrong_values_fail_before_building(override, message):

@@ -15,7 +15,7 @@ from vlpjax.data.pipeline import train_iterator
 from vlpjax.objectives.registry import make_objective
 from vlpjax.train import checkpoints
 from vlpjax.train.build import create_run, load_data, pipeline_config
-from vlpjax.train.loop import Stepper
+from vlpjax.train.steps import Stepper
 from vlpjax.train.metrics_log import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -131,3 +131,25 @@ def test_pmap_and_mesh_steps_give_the_same_losses(tiny_shapes_dir, recipe):
             losses[mode].append(float(metrics["loss"]))
     assert losses["mesh"][0] != losses["mesh"][-1]  # the parameters moved
     np.testing.assert_allclose(losses["pmap"], losses["mesh"], rtol=1e-5)
+
+
+def test_divergence_stops_the_run_and_keeps_the_last_finite_checkpoint(tiny_shapes_dir, tmp_path):
+    """lr=1e9 diverges within a few steps: the run must stop non-zero naming the step and the
+    metric, and never write a NaN checkpoint (step 1 trains at lr 0: warmup starts at 0)."""
+    workdir = tmp_path / "diverged"
+    overrides = ("--config.optim.lr=1e9", "--config.train.checkpoint_every=1", "--config.train.keep_checkpoints=2")
+    result = subprocess.run(
+        _command(workdir, tiny_shapes_dir, *overrides), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode != 0, result.stdout[-2000:]
+    message = result.stderr.strip().splitlines()[-1]
+    assert "training diverged at step" in message and "train/" in message, message
+    assert "last good checkpoint" in message, message
+    saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+    assert saved and saved[-1] < 8, saved
+    stopped_at = int(message.split("diverged at step ")[1].split(":")[0])
+    assert saved[-1] < stopped_at
+    params = _final_params(workdir, saved[-1])
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+    logged = read_metrics(str(workdir))
+    assert all("train/grad_norm" in m and "train/param_norm" in m for m in logged if "train/loss" in m)

@@ -12,6 +12,7 @@ vlpjax generate --config configs/flamingo_shapes.py --workdir DIR --image a.png 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -105,10 +106,22 @@ def _generate(config, args) -> None:
     print(generate_text(config, args.workdir, images, args.prompt, args.max_new_tokens, args.beams))
 
 
+def _setup_logging() -> None:
+    """vlpjax's own log lines (progress notes, the final report) reach the terminal as plain text;
+    other libraries keep their defaults."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("vlpjax")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
 def main(argv=None) -> int:
     from vlpjax.xla_flags import apply_default_flags
 
     apply_default_flags()
+    _setup_logging()
     argv = sys.argv[1:] if argv is None else argv
     args, extra = _parser().parse_known_args(argv)
     unknown = [a for a in extra if not a.startswith("--config.")]
@@ -123,6 +136,8 @@ def main(argv=None) -> int:
         config = load_config(args.config, extra)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
+    from vlpjax.train.loop import NonFiniteError
+
     try:
         if args.command == "train":
             from vlpjax.train.loop import train
@@ -140,6 +155,8 @@ def main(argv=None) -> int:
             evaluate_workdir(config, args.workdir)
     except FileNotFoundError as err:  # missing dataset, checkpoint or tokenizer: say which
         raise SystemExit(f"vlpjax {args.command}: {err}") from None
+    except NonFiniteError as err:  # a diverged run: the message names the step, the metric and the last good checkpoint
+        raise SystemExit(f"vlpjax {args.command}: training diverged at {err}") from None
     return 0
 
 

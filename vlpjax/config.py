@@ -8,23 +8,16 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 import os
 from typing import Sequence
 
 import ml_collections
 
+from vlpjax import taxonomy
+
 REQUIRED_SECTIONS = ("data", "model", "objectives", "optim", "train", "mesh")
 PARALLELISMS = ("mesh", "pmap")
-# Which objectives each model family can run, and which a data task feeds.
-FAMILY_OBJECTIVES = {
-    "dual_encoder": ("itc",),
-    "fusion": ("itc", "itm", "mlm", "vqa"),
-    "decoder_lm": ("lm",),
-    "flamingo": ("lm",),
-}
-TASK_OBJECTIVES = {"image_text": ("itc", "itm", "mlm"), "vqa": ("vqa",), "text": ("lm",), "interleaved": ("lm",)}
-# Families whose inputs only one data task produces.
-FAMILY_TASK = {"decoder_lm": "text", "flamingo": "interleaved"}
 
 
 class ConfigError(ValueError):
@@ -123,9 +116,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config is missing sections {missing}")
     if config.train.parallelism not in PARALLELISMS:
         raise ConfigError(f"train.parallelism must be one of {PARALLELISMS}, got {config.train.parallelism!r}")
-    for field in ("steps", "batch_size"):
-        if int(config.train[field]) <= 0:
-            raise ConfigError(f"train.{field} must be positive, got {config.train[field]}")
+    _validate_train(config)
     if not config.objectives:
         raise ConfigError("objectives is empty: name at least one objective with a weight")
     _validate_objectives(config)
@@ -134,24 +125,28 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def _validate_objectives(config: ml_collections.ConfigDict) -> None:
     family, task = config.model.get("family"), config.data.get("task", "image_text")
-    if family not in FAMILY_OBJECTIVES:
-        raise ConfigError(f"model.family must be one of {tuple(FAMILY_OBJECTIVES)}, got {family!r}")
-    if task not in TASK_OBJECTIVES:
-        raise ConfigError(f"data.task must be one of {tuple(TASK_OBJECTIVES)}, got {task!r}")
-    if FAMILY_TASK.get(family, task) != task:
-        raise ConfigError(
-            f"model.family={family!r} trains on data.task={FAMILY_TASK[family]!r}, got data.task={task!r}"
-        )
+    try:
+        taxonomy.check_choice("model.family", family, taxonomy.FAMILIES)
+        taxonomy.check_choice("data.task", task, taxonomy.TASKS)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    needed_task = taxonomy.FAMILIES[family].task
+    if needed_task not in (None, task):
+        raise ConfigError(f"model.family={family!r} trains on data.task={needed_task!r}, got data.task={task!r}")
     for name in config.objectives:
-        if name not in FAMILY_OBJECTIVES[family]:
-            raise ConfigError(
-                f"objectives.{name} needs a model family among "
-                f"{[f for f, o in FAMILY_OBJECTIVES.items() if name in o]}; model.family is {family!r}"
-            )
-        if name not in TASK_OBJECTIVES[task]:
-            raise ConfigError(
-                f"objectives.{name} does not apply to data.task={task!r}; that task trains {TASK_OBJECTIVES[task]}"
-            )
+        problem = taxonomy.objective_problem(name, family, task)
+        if problem:
+            raise ConfigError(problem)
+
+
+def _validate_train(config: ml_collections.ConfigDict) -> None:
+    """Values that would crash a run late (log_every=0) or quietly do the wrong thing."""
+    for field in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints"):
+        if int(config.train[field]) < 1:
+            raise ConfigError(f"train.{field} must be at least 1, got {config.train[field]}")
+    lr = float(config.optim.lr)
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"optim.lr must be a positive finite number, got {config.optim.lr}")
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

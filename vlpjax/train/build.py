@@ -26,18 +26,17 @@ from vlpjax.models.lm import DecoderLM, DecoderLMConfig, LanguageModel
 from vlpjax.models.vlp import build_dual_encoder, build_image_encoder
 from vlpjax.objectives.registry import TextVocab
 from vlpjax.parallel import make_mesh, state_shardings
+from vlpjax.taxonomy import check_choice
 from vlpjax.train import checkpoints
 from vlpjax.train import rules as rule_lib
 from vlpjax.train.optimizer import make_optimizer
 from vlpjax.train.state import TrainState, split_model
 
-MODEL_FAMILIES = ("dual_encoder", "fusion", "decoder_lm", "flamingo")
 ANSWERS_FILE = "answers.json"
 
 
 @dataclasses.dataclass
 class Data:
-    builder: Any
     train_source: Any
     test_source: Any
     tokenizer: TextTokenizer
@@ -84,7 +83,7 @@ def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = Non
     )
     if config.data.task == "vqa" and not answers:
         raise ValueError(f"data.task='vqa' but dataset {config.data.name} has no training questions")
-    return Data(builder, sources["train"], sources["test"], TextTokenizer(tokenizer_path), answers)
+    return Data(sources["train"], sources["test"], TextTokenizer(tokenizer_path), answers)
 
 
 def vqa_answers(train_source, max_answers: int | None, saved_answers: str | None) -> list[str]:
@@ -152,29 +151,54 @@ def build_flamingo(spec: dict, dtype: str, seed: int) -> Flamingo:
     return Flamingo(vision, lm, FlamingoConfig(**spec.get("flamingo", {})), rngs=nnx.Rngs(seed + 1))
 
 
+def _build_decoder_lm(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    return LanguageModel(
+        DecoderLM(DecoderLMConfig(**spec["lm"], vocab_size=vocab_size, dtype=dtype), rngs=nnx.Rngs(seed))
+    )
+
+
+def _build_flamingo(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    return build_flamingo(spec, dtype, seed)
+
+
+def _towers(spec: dict, dtype: str, vocab_size: int) -> dict:
+    return {
+        **spec,
+        "image": {**spec["image"], "dtype": dtype},
+        "text": {**spec["text"], "vocab_size": vocab_size, "dtype": dtype},
+    }
+
+
+def _build_dual_encoder(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    if num_answers:
+        raise ValueError("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
+    return build_dual_encoder(_towers(spec, dtype, vocab_size), rngs=nnx.Rngs(seed))
+
+
+def _build_fusion(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    spec = _towers(spec, dtype, vocab_size)
+    if spec.get("fusion", {}).get("layout", "albef") != "albef":
+        spec["fusion"] = {**spec["fusion"], "dtype": dtype}
+    return build_fusion_vlp({**spec, "num_answers": num_answers}, rngs=nnx.Rngs(seed))
+
+
+# One builder per model family of vlpjax.taxonomy.FAMILIES (tests/test_taxonomy.py checks the keys).
+FAMILY_BUILDERS = {
+    "dual_encoder": _build_dual_encoder,
+    "fusion": _build_fusion,
+    "decoder_lm": _build_decoder_lm,
+    "flamingo": _build_flamingo,
+}
+
+
 def build_model(
     model_config: ml_collections.ConfigDict, vocab_size: int, seed: int, num_answers: int = 0
 ) -> nnx.Module:
     spec = model_config.to_dict()
     family = spec.pop("family")
-    if family not in MODEL_FAMILIES:
-        raise ValueError(f"unknown model.family {family!r}; available: {MODEL_FAMILIES}")
+    check_choice("model.family", family, FAMILY_BUILDERS)
     dtype = spec.pop("dtype", "float32")
-    if family == "decoder_lm":
-        return LanguageModel(
-            DecoderLM(DecoderLMConfig(**spec["lm"], vocab_size=vocab_size, dtype=dtype), rngs=nnx.Rngs(seed))
-        )
-    if family == "flamingo":
-        return build_flamingo(spec, dtype, seed)
-    spec["image"] = {**spec["image"], "dtype": dtype}
-    spec["text"] = {**spec["text"], "vocab_size": vocab_size, "dtype": dtype}
-    if family == "dual_encoder":
-        if num_answers:
-            raise ValueError("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
-        return build_dual_encoder(spec, rngs=nnx.Rngs(seed))
-    if spec.get("fusion", {}).get("layout", "albef") != "albef":
-        spec["fusion"] = {**spec["fusion"], "dtype": dtype}
-    return build_fusion_vlp({**spec, "num_answers": num_answers}, rngs=nnx.Rngs(seed))
+    return FAMILY_BUILDERS[family](spec, dtype, seed, vocab_size, num_answers)
 
 
 def load_pretrained(params, frozen, init: ml_collections.ConfigDict):

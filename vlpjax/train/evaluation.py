@@ -14,15 +14,14 @@ from vlpjax.evaluate.generation import evaluate_flamingo
 from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
 from vlpjax.evaluate.report import metrics_table
 from vlpjax.evaluate.runner import Inference, evaluate, evaluate_vqa, png_path
+from vlpjax.taxonomy import TASKS
 from vlpjax.train.build import Data, pipeline_config
 from vlpjax.train.metrics_log import MetricsLog
-
-GENERATIVE_TASKS = ("text", "interleaved")  # evaluated by generating / scoring text, not by embeddings
 
 
 def eval_data_for(config: ml_collections.ConfigDict, data: Data) -> dict | None:
     """The in-memory test arrays; generative tasks read their test examples as they go."""
-    if config.data.task in GENERATIVE_TASKS:
+    if TASKS[config.data.task].generative:
         return None
     pipeline = pipeline_config(config, jax.process_count())
     if config.data.task == "vqa":
@@ -47,7 +46,7 @@ def generative_metrics(config, run, state, data) -> dict:
 
 
 def eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dict:
-    if config.data.task in GENERATIVE_TASKS:
+    if TASKS[config.data.task].generative:
         metrics = generative_metrics(config, run, state, data)
         log.write(step, metrics)
         return metrics

@@ -1,39 +1,43 @@
-"""The one trainer: every recipe runs this loop; the config picks model, objectives and data."""
+"""The one trainer: every recipe runs this loop; the config picks model, objectives and data.
+
+`train` reads top to bottom: open the run (resuming if the workdir has a checkpoint), run the
+steps, save the final checkpoint, evaluate. A non-finite loss, gradient norm or parameter norm
+stops the run before it reaches a checkpoint, so the newest checkpoint on disk is always finite.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import math
 import os
 import signal
 import time
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from tqdm import tqdm
 
 from vlpjax.data.pipeline import train_iterator
 from vlpjax.objectives.registry import make_objective
-from vlpjax.parallel import host_local_to_global
 from vlpjax.train import checkpoints
-from vlpjax.train.build import Run, answers_path, create_run, load_data, pipeline_config, save_answers
+from vlpjax.train.build import Data, Run, answers_path, create_run, load_data, pipeline_config, save_answers
 from vlpjax.train.evaluation import eval_and_log, eval_data_for, final_report
 from vlpjax.train.metrics_log import MetricsLog
 from vlpjax.train.state import count_params
-from vlpjax.train.steps import build_mesh_step, build_pmap_step, split_for_pmap
+from vlpjax.train.steps import Stepper
 
-DATA_KEYS = (
-    "image",
-    "text_ids",
-    "text_mask",
-    "image_id",
-    "regions",
-    "boxes",
-    "region_mask",
-    "question_ids",
-    "question_mask",
-    "answer_scores",
-    "media",
-)
+logger = logging.getLogger(__name__)
+
+# Step metrics that must stay finite; the first non-finite one stops the run.
+GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced a non-finite loss, gradient norm or parameter norm."""
 
 
 class StopFlag:
@@ -50,48 +54,39 @@ class StopFlag:
         signal.signal(signal.SIGTERM, self._previous)
 
 
-def _unreplicate(tree):
-    return jax.tree.map(lambda x: x[0], tree)
+@dataclasses.dataclass
+class OpenRun:
+    """What a training run holds between its start and its final evaluation."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    data: Data
+    run: Run
+    stepper: Stepper
+    iterator: Any
+    eval_data: dict | None
+    manager: Any  # orbax CheckpointManager
+    log: MetricsLog
+    state: Any  # device-side TrainState (replicated under pmap)
+    start: int
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    def host_state(self):
+        return self.stepper.to_host_state(self.state)
+
+    def evaluate(self, step: int) -> dict:
+        return eval_and_log(
+            self.config, self.run, self.host_state(), self.data, self.eval_data, self.workdir, self.log, step
+        )
 
 
-class Stepper:
-    """Hides the difference between the mesh-jit and the pmap step from the loop."""
-
-    def __init__(self, config: ml_collections.ConfigDict, run: Run, objective):
-        self.pmap = config.train.parallelism == "pmap"
-        self.run = run
-        if self.pmap:
-            self.devices = jax.local_devices()
-            self.fn = build_pmap_step(run.graphdef, run.tx, objective, seed=config.seed)
-        else:
-            self.fn = build_mesh_step(run.graphdef, run.tx, objective, run.mesh, run.shardings, seed=config.seed)
-
-    def to_device_state(self, state):
-        if not self.pmap:
-            return state
-        copies = len(self.devices)  # pmap takes one copy per local device along a new leading axis
-        return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (copies, *np.shape(x))), state)
-
-    def to_host_state(self, state):
-        """The form checkpoints hold, the same for both modes."""
-        return _unreplicate(state) if self.pmap else state
-
-    def batch(self, host_batch):
-        host_batch = {k: v for k, v in host_batch.items() if k in DATA_KEYS}
-        if self.pmap:
-            return split_for_pmap(host_batch, len(self.devices))
-        return host_local_to_global(host_batch, self.run.mesh)
-
-    def __call__(self, state, batch):
-        state, metrics = self.fn(state, batch)
-        return state, (_unreplicate(metrics) if self.pmap else metrics)
-
-
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Train (resuming from the latest checkpoint in `workdir`), evaluate, return final metrics."""
+def open_run(config: ml_collections.ConfigDict, workdir: str) -> OpenRun:
+    """Data, model, step and iterator, restored from the latest checkpoint in `workdir` if any."""
     os.makedirs(workdir, exist_ok=True)
     process_index, process_count = jax.process_index(), jax.process_count()
-    is_main = process_index == 0
     manager = checkpoints.checkpoint_manager(
         workdir, every=config.train.checkpoint_every, keep=config.train.keep_checkpoints
     )
@@ -110,56 +105,145 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         filter_empty=config.data.name == "image_text_folder",
         answers=data.answers,
     )
-    eval_data = eval_data_for(config, data)
-
     host_state, start = run.state, 0
     if resuming:
         host_state, data_state, start = checkpoints.restore(manager, run.state)
         iterator.set_state(data_state)
-        if is_main:
-            print(f"resumed from {manager.directory}/{start}")
+        logger.info("resumed from %s/%d", manager.directory, start)
+    logger.info(
+        "parameters: %s trainable, %s frozen",
+        f"{count_params(run.state.params):,}",
+        f"{count_params(run.state.frozen):,}",
+    )
+    log = MetricsLog(workdir, enabled=process_index == 0)
     state = stepper.to_device_state(host_state)
-    if is_main:
-        print(f"parameters: {count_params(run.state.params):,} trainable, {count_params(run.state.frozen):,} frozen")
+    return OpenRun(
+        config, workdir, data, run, stepper, iterator, eval_data_for(config, data), manager, log, state, start
+    )
 
-    log = MetricsLog(workdir, enabled=is_main)
-    if start == 0 and config.eval.get("at_start", False):  # the untrained baseline (Flamingo: closed gates)
-        eval_and_log(config, run, host_state, data, eval_data, workdir, log, 0)
+
+def first_non_finite(metrics: dict) -> tuple[str, float] | None:
+    """(name, value) of the first guarded metric that is NaN or infinite, else None."""
+    for name in GUARDED_METRICS:
+        if name in metrics:
+            value = float(np.asarray(metrics[name]))
+            if not math.isfinite(value):
+                return name, value
+    return None
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class FiniteGuard:
+    """Checks each step's metrics one step late, so the host never waits for the step it just
+    dispatched; `settle` checks at once, before anything is saved or evaluated."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self._pending: tuple[int, dict] | None = None
+
+    def push(self, done: int, metrics: dict) -> None:
+        self.settle()
+        self._pending = (done, metrics)
+
+    def settle(self) -> None:
+        if self._pending is None:
+            return
+        done, metrics = self._pending
+        self._pending = None
+        bad = first_non_finite(metrics)
+        if bad:
+            raise NonFiniteError(f"step {done}: train/{bad[0]} is {bad[1]}; {self.last_good()}")
+
+    def last_good(self) -> str:
+        latest = self.manager.latest_step()
+        if latest is None:
+            return "stopped before any checkpoint was written"
+        return f"stopped; the last good checkpoint is {self.manager.directory}/{latest} (lower optim.lr and resume)"
+
+
+def save_checkpoint(r: OpenRun, guard: FiniteGuard, done: int, *, force: bool = False) -> None:
+    """Write step `done` if it is due (or forced), only once its metrics and every parameter
+    are known to be finite: a diverged run never pushes a good checkpoint out of rotation."""
+    if not (force or r.manager.should_save(done)):
+        return
+    guard.settle()
+    host_state = r.host_state()
+    if not bool(_all_finite(host_state.params)):
+        raise NonFiniteError(f"step {done}: a parameter is not finite; {guard.last_good()}")
+    checkpoints.save(r.manager, done, host_state, r.iterator.get_state(), force=force)
+
+
+class ThroughputWindow:
+    """Examples per second since the last log line."""
+
+    def __init__(self):
+        self.start, self.examples = time.perf_counter(), 0
+
+    def add(self, examples: int) -> None:
+        self.examples += examples
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        rate = self.examples / max(now - self.start, 1e-9)
+        self.start, self.examples = now, 0
+        return rate
+
+
+def log_train_metrics(r: OpenRun, done: int, metrics: dict, window: ThroughputWindow, bar: tqdm) -> None:
+    values = {f"train/{k}": float(np.asarray(v)) for k, v in metrics.items()}
+    values["train/examples_per_s"] = window.rate()
+    r.log.write(done, values)
+    bar.set_postfix(loss=f"{values['train/loss']:.3f}", ex_s=f"{values['train/examples_per_s']:.0f}")
+
+
+def run_steps(r: OpenRun, stop: StopFlag) -> bool:
+    """Train from `r.start` to `train.steps`; False when SIGTERM ended the run early."""
+    cfg = r.config.train
+    guard, window = FiniteGuard(r.manager), ThroughputWindow()
+    bar = tqdm(total=cfg.steps, initial=r.start, disable=not r.is_main, desc="train", dynamic_ncols=True)
+    for step in range(r.start, cfg.steps):
+        r.state, metrics = r.stepper(r.state, r.stepper.batch(next(r.iterator)))
+        window.add(cfg.batch_size)
+        done = step + 1
+        guard.push(done, metrics)
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            guard.settle()
+            log_train_metrics(r, done, metrics, window, bar)
+        bar.update(1)
+        save_checkpoint(r, guard, done, force=stop.requested)
+        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            guard.settle()
+            r.evaluate(done)
+        if stop.requested:
+            r.manager.wait_until_finished()
+            logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
+            return False
+    guard.settle()
+    if r.manager.latest_step() != cfg.steps:
+        save_checkpoint(r, guard, cfg.steps, force=True)
+    r.manager.wait_until_finished()
+    bar.close()
+    return True
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train (resuming from the latest checkpoint in `workdir`), evaluate, return final metrics."""
+    r = open_run(config, workdir)
     stop = StopFlag()
-    steps = config.train.steps
-    bar = tqdm(total=steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
-    window_start, window_examples = time.perf_counter(), 0
     try:
-        for step in range(start, steps):
-            state, metrics = stepper(state, stepper.batch(next(iterator)))
-            window_examples += config.train.batch_size
-            done = step + 1
-            if done % config.train.log_every == 0 or done == steps:
-                values = {f"train/{k}": float(np.asarray(v)) for k, v in metrics.items()}
-                elapsed = time.perf_counter() - window_start
-                values["train/examples_per_s"] = window_examples / max(elapsed, 1e-9)
-                window_start, window_examples = time.perf_counter(), 0
-                log.write(done, values)
-                bar.set_postfix(loss=f"{values['train/loss']:.3f}", ex_s=f"{values['train/examples_per_s']:.0f}")
-            bar.update(1)
-            checkpoints.save(manager, done, stepper.to_host_state(state), iterator.get_state(), force=stop.requested)
-            if config.train.eval_every and done % config.train.eval_every == 0 and done != steps:
-                eval_and_log(config, run, stepper.to_host_state(state), data, eval_data, workdir, log, done)
-            if stop.requested:
-                manager.wait_until_finished()
-                if is_main:
-                    print(f"\nSIGTERM: saved step {done} to {manager.directory}; exiting")
-                return {}
-        final_state = stepper.to_host_state(state)
-        if manager.latest_step() != steps:
-            checkpoints.save(manager, steps, final_state, iterator.get_state(), force=True)
-        manager.wait_until_finished()
-        bar.close()
-        metrics = eval_and_log(config, run, final_state, data, eval_data, workdir, log, steps)
+        if r.start == 0 and config.eval.get("at_start", False):  # the untrained baseline (Flamingo: closed gates)
+            r.evaluate(0)
+        if not run_steps(r, stop):
+            return {}
+        metrics = r.evaluate(config.train.steps)
     finally:
         stop.restore()
-        manager.close()
-        log.close()
-    if is_main:
-        print(final_report(metrics, workdir, log))
+        r.manager.close()
+        r.log.close()
+    if r.is_main:
+        logger.info("%s", final_report(metrics, workdir, r.log))
     return metrics

@@ -3,6 +3,8 @@ and generation."""
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import ml_collections
 from flax import nnx
@@ -11,6 +13,8 @@ from vlpjax.train import checkpoints
 from vlpjax.train.build import answers_path, create_run, load_data
 from vlpjax.train.evaluation import eval_and_log, eval_data_for, final_report
 from vlpjax.train.metrics_log import MetricsLog
+
+logger = logging.getLogger(__name__)
 
 
 def restore_run(config: ml_collections.ConfigDict, workdir: str):
@@ -41,5 +45,5 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics = eval_and_log(config, run, state, data, eval_data, workdir, log, step)
     log.close()
     if jax.process_index() == 0:
-        print(final_report(metrics, workdir, log))
+        logger.info("%s", final_report(metrics, workdir, log))
     return metrics

@@ -12,7 +12,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-AxisName = str | tuple[str, ...] | None
+from vlpjax.objectives.shards import AxisName
+from vlpjax.objectives.token_loss import token_cross_entropy
 
 
 def next_token_targets(ids: jax.Array, mask: jax.Array, ignore_ids: Sequence[int] = ()):
@@ -29,12 +30,5 @@ def causal_lm_loss(
 ):
     """Mean next-token cross-entropy over the counted positions of the global batch."""
     targets, weights = next_token_targets(ids, mask, ignore_ids)
-    log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    w = weights.astype(jnp.float32)
-    total, count = jnp.sum(nll * w), jnp.sum(w)
-    correct = jnp.sum((jnp.argmax(logits[:, :-1], -1) == targets) * w)
-    if axis_name is not None:
-        total, count, correct = (jax.lax.psum(x, axis_name) for x in (total, count, correct))
-    loss = total / jnp.maximum(count, 1.0)
-    return loss, {"lm/accuracy": correct / jnp.maximum(count, 1.0), "lm/tokens": count}
+    loss, accuracy, count = token_cross_entropy(logits[:, :-1], targets, weights, axis_name=axis_name)
+    return loss, {"lm/accuracy": accuracy, "lm/tokens": count}

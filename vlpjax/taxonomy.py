@@ -1,0 +1,56 @@
+"""What a recipe can name: model families, data tasks, and the objectives each can train.
+
+The one place these names are listed. Config validation, the model builders, the input
+pipeline, the objective registry and the evaluation read them from here; each registry of
+implementations (model builders in train/build.py, objective terms in objectives/registry.py)
+is checked against these tables by tests/test_taxonomy.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    objectives: tuple[str, ...]  # the objectives its outputs feed
+    task: str | None = None  # the only data task that produces its inputs; None: any task
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    objectives: tuple[str, ...]  # the objectives its batches feed
+    generative: bool = False  # evaluated by generating or scoring text, not by embeddings
+
+
+FAMILIES: dict[str, Family] = {
+    "dual_encoder": Family(objectives=("itc",)),
+    "fusion": Family(objectives=("itc", "itm", "mlm", "vqa")),
+    "decoder_lm": Family(objectives=("lm",), task="text"),
+    "flamingo": Family(objectives=("lm",), task="interleaved"),
+}
+
+TASKS: dict[str, Task] = {
+    "image_text": Task(objectives=("itc", "itm", "mlm")),
+    "vqa": Task(objectives=("vqa",)),
+    "text": Task(objectives=("lm",), generative=True),
+    "interleaved": Task(objectives=("lm",), generative=True),
+}
+
+OBJECTIVE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(o for f in FAMILIES.values() for o in f.objectives))
+
+
+def check_choice(kind: str, value: str, table) -> None:
+    """Raise ValueError naming `kind` and the choices when `value` is not a key of `table`."""
+    if value not in table:
+        raise ValueError(f"{kind} must be one of {tuple(table)}, got {value!r}")
+
+
+def objective_problem(name: str, family: str, task: str) -> str | None:
+    """Why objective `name` cannot train `family` on `task`, or None when it can."""
+    if name not in FAMILIES[family].objectives:
+        families = [f for f, spec in FAMILIES.items() if name in spec.objectives]
+        return f"objectives.{name} needs a model family among {families}; model.family is {family!r}"
+    if name not in TASKS[task].objectives:
+        return f"objectives.{name} does not apply to data.task={task!r}; that task trains {TASKS[task].objectives}"
+    return None
