@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from vlpjax.interop.hf import load_text_encoder  # noqa: E402
+from vlpjax.interop.hf import load_text_encoder
 
 
 def _tiny_bert(tmp_path, **overrides):

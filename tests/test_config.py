@@ -1,5 +1,7 @@
 """Configs: recipes load, overrides are typed, unknown keys stop with their name."""
 
+import re
+
 import pytest
 
 from vlpjax.cli import main
@@ -16,6 +18,11 @@ def test_recipe_loads_with_typed_overrides():
     assert config.train.steps == 12 and isinstance(config.train.steps, int)
     assert config.optim.lr == 0.01 and config.data.flip is False and config.mesh.data == 2
     assert load_config(RECIPE + ":tiny").data.image_size == 32
+
+
+def test_unknown_recipe_argument_fails_naming_the_known_ones():
+    with pytest.raises(ConfigError, match=r"takes no argument 'huge'; it knows \('tiny',\)"):
+        load_config(RECIPE + ":huge")
 
 
 def test_unknown_config_key_fails_with_its_name():
@@ -59,9 +66,12 @@ def test_objectives_that_cannot_run_fail_before_building(override, message):
 
 
 def test_cli_reports_unknown_key_before_building(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="train.bogus"):
-        main(["train", "--config", RECIPE, "--workdir", str(tmp_path / "w"), "--config.train.bogus=1"])
+    assert main(["train", "--config", RECIPE, "--workdir", str(tmp_path / "w"), "--config.train.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "train.bogus" in err and len(err.splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "w").exists()  # nothing was built
+    with pytest.raises(ConfigError, match="train.bogus"):  # --debug: the exception itself
+        main(["--debug", "train", "--config", RECIPE, "--workdir", str(tmp_path / "w"), "--config.train.bogus=1"])
 
 
 def test_missing_recipe_is_named():
@@ -69,15 +79,7 @@ def test_missing_recipe_is_named():
         load_config("configs/nowhere.py")
 
 
-def test_missing_dataset_is_named(tmp_path):
-    with pytest.raises(SystemExit, match="is not built.*vlpjax data build synthetic_shapes"):
-        main(
-            [
-                "train",
-                "--config",
-                RECIPE + ":tiny",
-                "--workdir",
-                str(tmp_path / "w"),
-                f"--config.data.data_dir={tmp_path / 'nodata'}",
-            ]
-        )
+def test_missing_dataset_is_named(tmp_path, capsys):
+    args = ["train", "--config", RECIPE + ":tiny", "--workdir", str(tmp_path / "w")]
+    assert main([*args, f"--config.data.data_dir={tmp_path / 'nodata'}"]) == 2
+    assert re.search("is not built.*vlpjax data build synthetic_shapes", capsys.readouterr().err)

@@ -7,14 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from flax import nnx
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from vlpjax.interop.hf import load_decoder_lm, save_decoder_lm  # noqa: E402
-from vlpjax.models.decoding import beam_search, greedy, jitted_step, left_pad  # noqa: E402
-from vlpjax.models.lm import KVCache  # noqa: E402
+from vlpjax.interop.hf import load_decoder_lm, save_decoder_lm
+from vlpjax.models.decoding import beam_search, greedy, left_pad, model_step
+from vlpjax.models.lm import KVCache
 
 VOCAB = 97
 
@@ -110,7 +109,7 @@ def test_greedy_continuation_matches_transformers_with_and_without_cache(tmp_pat
         ).numpy()[0, 5:]
 
     cache = KVCache.empty(lm.config, batch=1, max_len=5 + new)
-    cached = greedy(jitted_step(lm), prompt, np.ones_like(prompt, bool), cache, new)[0]
+    cached = greedy(model_step(lm), prompt, np.ones_like(prompt, bool), cache, new)[0]
 
     graphdef, state = nnx.split(lm)
     full = jax.jit(lambda state, seq: nnx.merge(graphdef, state)(seq)[0, -1])
@@ -145,7 +144,7 @@ def test_beam_search_finds_the_exact_best_sequence_of_a_small_space(tmp_path):
         return sum(logp[2 + t, tok] for t, tok in enumerate(seq))
 
     best = max(itertools.product(range(6), repeat=3), key=total_logprob)
-    step = jitted_step(lm)
+    step = model_step(lm)
     tokens, score = beam_search(step, prompt, np.ones_like(prompt, bool), KVCache.empty(lm.config, 1, 6), 3, beams=36)
     assert tuple(tokens[0]) == best
     assert abs(float(score[0]) - total_logprob(best)) < 1e-4
@@ -153,6 +152,26 @@ def test_beam_search_finds_the_exact_best_sequence_of_a_small_space(tmp_path):
     np.testing.assert_array_equal(
         one_beam, greedy(step, prompt, np.ones_like(prompt, bool), KVCache.empty(lm.config, 1, 6), 3)
     )
+
+
+def test_a_whole_generation_is_one_jitted_program(tmp_path, monkeypatch):
+    """Greedy and beam search make every token inside one jitted loop: each traces whole into
+    one program (a per-token host sync such as `bool(all(done))` cannot be traced), and the
+    model is traced twice, for the prompt and the loop body, whatever the number of tokens."""
+    _saved(_llama, tmp_path)
+    lm = load_decoder_lm(str(tmp_path))
+    traced = []
+    forward = type(lm).__call__
+    monkeypatch.setattr(type(lm), "__call__", lambda self, *args: traced.append(1) or forward(self, *args))
+    prompt = _ids(batch=2, length=5, seed=1)
+    mask = np.ones_like(prompt, bool)
+    for new in (3, 12):
+        traced.clear()
+        cache = KVCache.empty(lm.config, 2, 5 + new)
+        tokens = jax.jit(lambda ids, mask, cache, n=new: greedy(model_step(lm), ids, mask, cache, n, eos_id=7))
+        beams = jax.jit(lambda ids, mask, cache, n=new: beam_search(model_step(lm), ids, mask, cache, n, 3, 7)[0])
+        assert np.asarray(tokens(prompt, mask, cache)).shape == np.asarray(beams(prompt, mask, cache)).shape
+        assert len(traced) == 4, traced
 
 
 @pytest.mark.parametrize("name", ["gpt2", "llama_gqa"])

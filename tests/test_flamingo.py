@@ -11,12 +11,14 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tests.test_tokenizer import word_tokenizer
 from tests.tiny_models import IMAGE_SIZE, TINY_VIT
-from vlpjax.models.decoding import beam_search, greedy, jitted_step
+from vlpjax.evaluate.generation import Generator
+from vlpjax.models.decoding import beam_search, model_step
 from vlpjax.models.flamingo import Flamingo, FlamingoConfig, GatedCrossAttentionBlock
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig, run_decoder
 from vlpjax.models.vlp import build_image_encoder
-from vlpjax.objectives.captioning import causal_lm_loss, next_token_targets
+from vlpjax.objectives.causal_lm import causal_lm_loss, next_token_targets
 from vlpjax.objectives.registry import make_objective
 from vlpjax.parallel import BATCH_AXES, make_mesh, over_batch_axes
 from vlpjax.train.optimizer import make_optimizer
@@ -191,21 +193,34 @@ def test_training_moves_only_the_adapters_and_the_new_token_rows():
     assert np.isfinite(float(metrics["loss"]))
 
 
-def test_generation_encodes_media_once_and_beam_one_is_greedy():
+def test_generation_encodes_media_once_and_beam_one_is_greedy(tmp_path, monkeypatch):
     model = tiny_flamingo()
     open_gates(model)
-    batch = interleaved_batch(model, batch=1)
-    ids = np.asarray(batch["text_ids"])[:, :9]
+    batch = interleaved_batch(model, batch=2)
+    ids = np.asarray(batch["text_ids"])[:, :9]  # t t <image> t t t <|endofchunk|> <image> t: no padding
     latents = model.encode_media(batch["media"])
-    step = jitted_step(model, "decode", latents)
-    out = greedy(step, ids, np.ones_like(ids, bool), model.empty_cache(1, 14), 5)
-    # Without the cache: the whole sequence again for every new token.
+    generate = Generator(model, word_tokenizer(tmp_path, [f"w{i}" for i in range(VOCAB)]))
+    traced, encoded = [], []  # the vision encoder's traces; the generator's calls to encode a batch
+    vision, encode = type(model.img).__call__, generate.encode
+    monkeypatch.setattr(type(model.img), "__call__", lambda self, x: traced.append(len(x)) or vision(self, x))
+    monkeypatch.setattr(generate, "encode", lambda media: encoded.append(len(media)) or encode(media))
+    prompts = [list(row) for row in ids]
+    out = generate.generate_ids(prompts, batch["media"], 5)
+    np.testing.assert_array_equal(generate.generate_ids(prompts, batch["media"], 5), out)
+    assert encoded == [2, 2]  # one call per batch of 2 prompts, not one per prompt or per token
+    assert traced == [2 * 2]  # and the decoding loop never runs the encoder: only `encode` traced it
+    # Without the cache: the whole sequence again for every new token, until <|endofchunk|>.
     graphdef, state = nnx.split(model)
-    full = jax.jit(lambda state, seq: nnx.merge(graphdef, state).logits(seq, None, latents)[0, -1])
-    seq = ids
-    for t in range(5):
-        nxt = int(np.argmax(np.asarray(full(state, jnp.asarray(seq)))))
-        assert nxt == out[0, t]
-        seq = np.concatenate([seq, [[nxt]]], axis=1)
-    beam, _ = beam_search(step, ids, np.ones_like(ids, bool), model.empty_cache(1, 14), 5, beams=1)
-    np.testing.assert_array_equal(beam, out)
+    full = jax.jit(lambda state, seq, latents: nnx.merge(graphdef, state).logits(seq, None, latents)[0, -1])
+    for row in range(2):
+        seq = ids[row : row + 1]
+        for t in range(5):
+            nxt = int(np.argmax(np.asarray(full(state, jnp.asarray(seq), latents[row : row + 1]))))
+            assert nxt == out[row, t]
+            if nxt == model.chunk_end_id:
+                assert np.all(out[row, t:] == nxt)
+                break
+            seq = np.concatenate([seq, [[nxt]]], axis=1)
+    step, mask = model_step(model, "decode", latents), np.ones_like(ids, bool)
+    beam, _ = beam_search(step, ids, mask, model.empty_cache(2, 14), 5, beams=1, eos_id=model.chunk_end_id)
+    np.testing.assert_array_equal(beam, out)  # out is greedy's

@@ -10,7 +10,7 @@ from vlpjax.data.interleaved import ChunkTokens, InterleavedTransform
 from vlpjax.data.shapes import captions, sample_scene
 from vlpjax.data.tokenizer import TextTokenizer
 from vlpjax.evaluate.captions import caption_metrics, caption_objects, object_f1
-from vlpjax.train.export import prompt_ids
+from vlpjax.evaluate.prompting import prompt_ids
 
 
 def _source_and_tokenizer(data_dir):

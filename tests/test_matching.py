@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from vlpjax.objectives.contrastive import gather_rows
 from vlpjax.objectives.matching import hard_negatives, itm_loss, take_global_rows
+from vlpjax.objectives.shards import gather_rows
 from vlpjax.parallel import BATCH_AXES, make_mesh
 
 DEVICES, PER_DEVICE = 8, 4

@@ -4,8 +4,9 @@ soft-target sigmoid cross-entropy, per-type accuracy."""
 import jax.numpy as jnp
 import numpy as np
 
+from vlpjax.data.answers import answer_score, answer_vocabulary, target_scores
 from vlpjax.evaluate.vqa import vqa_accuracy
-from vlpjax.objectives.vqa import answer_score, answer_vocabulary, target_scores, vqa_loss
+from vlpjax.objectives.vqa import vqa_loss
 
 
 def test_answer_score_follows_the_benchmark_formula():

@@ -12,9 +12,12 @@ vlpjax generate --config configs/flamingo_shapes.py --workdir DIR --image a.png 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
+
+from vlpjax.errors import UserError
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +27,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlpjax", description="image-text pretraining in JAX")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True)
     _config_args(commands.add_parser("train", help="train a recipe (resumes from the workdir)"))
     _config_args(commands.add_parser("eval", help="evaluate the latest checkpoint of a workdir"))
@@ -32,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--out", required=True, help="the directory to write (config.json, model.safetensors, tokenizer.json)"
     )
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same kind in --out")
     generate = commands.add_parser("generate", help="continue a prompt about images with a Flamingo run")
     _config_args(generate)
     generate.add_argument(
@@ -93,17 +98,40 @@ def _build_data(args) -> None:
     print(f"{args.name}: {splits} in {builders.dataset_dir(builder)}")
 
 
-def _generate(config, args) -> None:
-    from vlpjax.data.images import decode_image
-    from vlpjax.train.export import generate_text
+def _read_image(path: str):
+    """An image file as uint8 [H, W, 3], or a UserError naming the path."""
+    from PIL import UnidentifiedImageError
 
-    images = []
-    for path in args.image:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"--image {path!r} does not exist")
-        with open(path, "rb") as f:
-            images.append(decode_image(f.read()))
-    print(generate_text(config, args.workdir, images, args.prompt, args.max_new_tokens, args.beams))
+    from vlpjax.data.images import decode_image
+
+    if os.path.isdir(path):
+        raise UserError(f"--image {path!r} is a directory, not an image file")
+    if not os.path.isfile(path):
+        raise UserError(f"--image {path!r} does not exist")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return decode_image(data)
+    except (UnidentifiedImageError, OSError) as err:
+        raise UserError(f"--image {path!r} is not an image Pillow can read ({type(err).__name__})") from None
+
+
+def _generate(config, args) -> None:
+    from vlpjax.evaluate.prompting import continue_prompt, with_image_markers
+    from vlpjax.train.restore import trained_model
+
+    if config.model.family != "flamingo":
+        raise UserError(
+            f"vlpjax generate continues prompts with a Flamingo run (model.family='flamingo'); "
+            f"this recipe is {config.model.family!r}"
+        )
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    images = [_read_image(path) for path in args.image]
+    prompt = with_image_markers(args.prompt, len(images))  # before the (slow) restore
+    model, data = trained_model(config, args.workdir)
+    image_size = config.data.image_size
+    print(continue_prompt(model, data.tokenizer, images, prompt, image_size, args.max_new_tokens, args.beams))
 
 
 def _setup_logging() -> None:
@@ -117,7 +145,43 @@ def _setup_logging() -> None:
     root.propagate = False
 
 
+# OS errors a user fixes (a full disk, a read-only or unwritable place), not bugs.
+USER_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOENT, errno.ENOTDIR)
+
+
+def _is_user_error(err: BaseException) -> bool:
+    if isinstance(err, (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)):
+        return True
+    return isinstance(err, OSError) and err.errno in USER_ERRNOS
+
+
+def _run(args, extra) -> None:
+    if args.command == "data":
+        _build_data(args)
+        return
+    from vlpjax.config import load_config
+
+    config = load_config(args.config, extra)
+    if args.command == "train":
+        from vlpjax.train.loop import train
+
+        train(config, args.workdir)
+    elif args.command == "export":
+        from vlpjax.train.export import export_decoder_lm
+
+        print(f"wrote {export_decoder_lm(config, args.workdir, args.out, overwrite=args.overwrite)}")
+    elif args.command == "generate":
+        _generate(config, args)
+    else:
+        from vlpjax.train.restore import evaluate_workdir
+
+        evaluate_workdir(config, args.workdir)
+
+
 def main(argv=None) -> int:
+    """Expected problems (UserError, a missing file, a full disk, a read-only workdir) end with one
+    line naming the culprit and exit status 2; anything else is a bug and keeps its traceback.
+    `--debug` shows the traceback always."""
     from vlpjax.xla_flags import apply_default_flags
 
     apply_default_flags()
@@ -127,36 +191,13 @@ def main(argv=None) -> int:
     unknown = [a for a in extra if not a.startswith("--config.")]
     if unknown:
         raise SystemExit(f"vlpjax: unknown arguments {unknown}")
-    from vlpjax.config import ConfigError, load_config
-
     try:
-        if args.command == "data":
-            _build_data(args)
-            return 0
-        config = load_config(args.config, extra)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    from vlpjax.train.loop import NonFiniteError
-
-    try:
-        if args.command == "train":
-            from vlpjax.train.loop import train
-
-            train(config, args.workdir)
-        elif args.command == "export":
-            from vlpjax.train.export import export_decoder_lm
-
-            print(f"wrote {export_decoder_lm(config, args.workdir, args.out)}")
-        elif args.command == "generate":
-            _generate(config, args)
-        else:
-            from vlpjax.train.restore import evaluate_workdir
-
-            evaluate_workdir(config, args.workdir)
-    except FileNotFoundError as err:  # missing dataset, checkpoint or tokenizer: say which
-        raise SystemExit(f"vlpjax {args.command}: {err}") from None
-    except NonFiniteError as err:  # a diverged run: the message names the step, the metric and the last good checkpoint
-        raise SystemExit(f"vlpjax {args.command}: training diverged at {err}") from None
+        _run(args, extra)
+    except Exception as err:
+        if args.debug or not _is_user_error(err):
+            raise
+        print(f"vlpjax {args.command}: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

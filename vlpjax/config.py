@@ -15,12 +15,13 @@ from typing import Sequence
 import ml_collections
 
 from vlpjax import taxonomy
+from vlpjax.errors import UserError
 
 REQUIRED_SECTIONS = ("data", "model", "objectives", "optim", "train", "mesh")
 PARALLELISMS = ("mesh", "pmap")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config problem found before anything was built; the message names the culprit."""
 
 
@@ -35,10 +36,18 @@ def _recipe_module(path: str):
     return module
 
 
+# The arguments a recipe takes after its ':' unless it lists its own in a module-level ARGS.
+DEFAULT_RECIPE_ARGS = ("tiny",)
+
+
 def load_recipe(spec: str) -> ml_collections.ConfigDict:
     """'configs/clip_shapes.py' or 'configs/clip_shapes.py:arg' -> ConfigDict."""
     path, _, arg = spec.partition(":")
-    config = _recipe_module(path).get_config(arg or None)
+    module = _recipe_module(path)
+    known = tuple(getattr(module, "ARGS", DEFAULT_RECIPE_ARGS))
+    if arg and arg not in known:
+        raise ConfigError(f"config file {path!r} takes no argument {arg!r}; it knows {known}")
+    config = module.get_config(arg or None)
     config.lock()
     return config
 

@@ -3,13 +3,14 @@
 Images are stored encoded (PNG for shapes, the original bytes for user images) and decoded
 by the input pipeline, so building needs neither TensorFlow nor a GPU.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -25,6 +26,32 @@ def _bytes_feature():
     return tfds.features.Tensor(shape=(), dtype=np.object_)
 
 
+def _dataset_info(builder: tfds.core.GeneratorBasedBuilder, features: dict) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=builder, description=builder.__doc__, features=tfds.features.FeaturesDict(features)
+    )
+
+
+def _held_out(keys: list, fraction: float, seed: int) -> set:
+    """The test split's keys: a seeded sample of round(len(keys) * fraction) of them."""
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(keys), size=int(round(len(keys) * fraction)), replace=False) if keys else []
+    return {keys[i] for i in picked}
+
+
+def _train_test_splits(generate: Callable[[list], Iterator], items: list, in_test: Callable[[Any], bool]) -> dict:
+    test = [item for item in items if in_test(item)]
+    splits = {"train": generate([item for item in items if not in_test(item)])}
+    if test:  # TFDS rejects an empty split
+        splits["test"] = generate(test)
+    return splits
+
+
+def _read_file(folder_path: str, relative: str) -> bytes:
+    with open(os.path.join(folder_path, relative), "rb") as f:
+        return f.read()
+
+
 @dataclasses.dataclass
 class ShapesConfig(tfds.core.BuilderConfig):
     image_size: int = 64
@@ -34,7 +61,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
     captions_per_image: int = 3
 
 
-def shapes_config(image_size: int = 64, train_size: int = 50_000, test_size: int = 1_000, seed: int = 0) -> ShapesConfig:
+def shapes_config(
+    image_size: int = 64, train_size: int = 50_000, test_size: int = 1_000, seed: int = 0
+) -> ShapesConfig:
     name = f"px{image_size}_train{train_size}_test{test_size}_seed{seed}"
     return ShapesConfig(name=name, image_size=image_size, train_size=train_size, test_size=test_size, seed=seed)
 
@@ -46,44 +75,49 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS: list = []  # every config is made by shapes_config(); none is registered
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": np.int64,
-                    "image": _bytes_feature(),
-                    "captions": tfds.features.Sequence(TEXT),
-                    "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-                    "labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
-                    "label": np.int64,
-                    "questions": tfds.features.Sequence(TEXT),
-                    "answers": tfds.features.Sequence(TEXT),
-                }
-            ),
+        return _dataset_info(
+            self,
+            {
+                "id": np.int64,
+                "image": _bytes_feature(),
+                "captions": tfds.features.Sequence(TEXT),
+                "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+                "labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+                "label": np.int64,
+                "questions": tfds.features.Sequence(TEXT),
+                "answers": tfds.features.Sequence(TEXT),
+            },
         )
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
-        return {"train": self._generate_examples("train", c.train_size), "test": self._generate_examples("test", c.test_size)}
+        return {
+            "train": self._generate_examples("train", c.train_size),
+            "test": self._generate_examples("test", c.test_size),
+        }
 
     def _generate_examples(self, split: str, count: int) -> Iterator[tuple[int, dict]]:
         c = self.builder_config
         rng = np.random.default_rng([c.seed, 0 if split == "train" else 1])
-        scenes = shapes.unique_scenes(rng, count) if split == "test" else (shapes.sample_scene(rng) for _ in range(count))
+        scenes = (
+            shapes.unique_scenes(rng, count) if split == "test" else (shapes.sample_scene(rng) for _ in range(count))
+        )
         for i, scene in enumerate(scenes):
             image, boxes = shapes.draw_scene(scene, c.image_size, rng)
             qa = shapes.questions(scene, rng)
-            yield i, {
-                "id": i,
-                "image": encode_png(image),
-                "captions": shapes.captions(scene, rng, c.captions_per_image),
-                "boxes": boxes,
-                "labels": np.array([o.class_id for o in scene], np.int64),
-                "label": shapes.main_label(scene),
-                "questions": [q for q, _ in qa],
-                "answers": [a for _, a in qa],
-            }
+            yield (
+                i,
+                {
+                    "id": i,
+                    "image": encode_png(image),
+                    "captions": shapes.captions(scene, rng, c.captions_per_image),
+                    "boxes": boxes,
+                    "labels": np.array([o.class_id for o in scene], np.int64),
+                    "label": shapes.main_label(scene),
+                    "questions": [q for q, _ in qa],
+                    "answers": [a for _, a in qa],
+                },
+            )
 
 
 @dataclasses.dataclass
@@ -95,11 +129,24 @@ class FolderConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-def folder_config(path: str, manifest: str = "manifest.jsonl", max_bad_fraction: float = 0.05, test_fraction: float = 0.1, seed: int = 0) -> FolderConfig:
+def folder_config(
+    path: str,
+    manifest: str = "manifest.jsonl",
+    max_bad_fraction: float = 0.05,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+) -> FolderConfig:
     path = os.path.abspath(path)
     digest = hashlib.sha1(f"{path}|{manifest}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
     name = f"{os.path.basename(path.rstrip('/')) or 'root'}_{digest}"
-    return FolderConfig(name=name, folder=path, manifest=manifest, max_bad_fraction=max_bad_fraction, test_fraction=test_fraction, seed=seed)
+    return FolderConfig(
+        name=name,
+        folder=path,
+        manifest=manifest,
+        max_bad_fraction=max_bad_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
 
 
 class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
@@ -109,19 +156,16 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [FolderConfig(name="default")]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": np.int64,
-                    "image": _bytes_feature(),
-                    "image_path": TEXT,
-                    "captions": tfds.features.Sequence(TEXT),
-                    "questions": tfds.features.Sequence(TEXT),
-                    "answer_lists": tfds.features.Sequence(TEXT),  # per question, a JSON list of references
-                }
-            ),
+        return _dataset_info(
+            self,
+            {
+                "id": np.int64,
+                "image": _bytes_feature(),
+                "image_path": TEXT,
+                "captions": tfds.features.Sequence(TEXT),
+                "questions": tfds.features.Sequence(TEXT),
+                "answer_lists": tfds.features.Sequence(TEXT),  # per question, a JSON list of references
+            },
         )
 
     def _split_generators(self, dl_manager):
@@ -131,28 +175,23 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
         scan = folder.scan_manifest(c.folder, c.manifest)
         folder.check_bad_fraction(scan, c.max_bad_fraction)
         self.scan_report = scan
-        images = sorted({row.image for row in scan.rows})
-        rng = np.random.default_rng(c.seed)
-        test = set(rng.choice(len(images), size=int(round(len(images) * c.test_fraction)), replace=False).tolist()) if images else set()
-        test_images = {images[i] for i in test}
+        test_images = _held_out(sorted({row.image for row in scan.rows}), c.test_fraction, c.seed)
         grouped = folder.group_by_image(scan.rows)
-        splits = {"train": self._generate_examples([g for g in grouped if g.image not in test_images])}
-        if test_images:  # TFDS rejects an empty split
-            splits["test"] = self._generate_examples([g for g in grouped if g.image in test_images])
-        return splits
+        return _train_test_splits(self._generate_examples, grouped, lambda group: group.image in test_images)
 
     def _generate_examples(self, groups: list[folder.ImageEntry]) -> Iterator[tuple[str, dict]]:
         for group in groups:
-            with open(os.path.join(self.builder_config.folder, group.image), "rb") as f:
-                data = f.read()
-            yield group.image, {
-                "id": group.index,
-                "image": data,
-                "image_path": group.image,
-                "captions": group.captions,
-                "questions": group.questions,
-                "answer_lists": [json.dumps(a) for a in group.answers],
-            }
+            yield (
+                group.image,
+                {
+                    "id": group.index,
+                    "image": _read_file(self.builder_config.folder, group.image),
+                    "image_path": group.image,
+                    "captions": group.captions,
+                    "questions": group.questions,
+                    "answer_lists": [json.dumps(a) for a in group.answers],
+                },
+            )
 
 
 class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
@@ -162,16 +201,13 @@ class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [FolderConfig(name="default", manifest=documents.DOCUMENTS_FILE)]
 
     def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=self.__doc__,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": np.int64,
-                    "images": tfds.features.Sequence(_bytes_feature()),
-                    "texts": tfds.features.Sequence(TEXT),  # before the first image, then after each image
-                }
-            ),
+        return _dataset_info(
+            self,
+            {
+                "id": np.int64,
+                "images": tfds.features.Sequence(_bytes_feature()),
+                "texts": tfds.features.Sequence(TEXT),  # before the first image, then after each image
+            },
         )
 
     def _split_generators(self, dl_manager):
@@ -179,20 +215,12 @@ class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
         scan = documents.scan_documents(c.folder, c.manifest)
         folder.check_bad_fraction(scan, c.max_bad_fraction)
         self.scan_report = scan
-        docs = list(enumerate(scan.rows))
-        rng = np.random.default_rng(c.seed)
-        test = set(rng.choice(len(docs), size=int(round(len(docs) * c.test_fraction)), replace=False).tolist())
-        splits = {"train": self._generate_examples([d for d in docs if d[0] not in test])}
-        if test:
-            splits["test"] = self._generate_examples([d for d in docs if d[0] in test])
-        return splits
+        test = _held_out(list(range(len(scan.rows))), c.test_fraction, c.seed)
+        return _train_test_splits(self._generate_examples, list(enumerate(scan.rows)), lambda doc: doc[0] in test)
 
     def _generate_examples(self, docs) -> Iterator[tuple[int, dict]]:
         for index, doc in docs:
-            images = []
-            for image in doc.images:
-                with open(os.path.join(self.builder_config.folder, image), "rb") as f:
-                    images.append(f.read())
+            images = [_read_file(self.builder_config.folder, image) for image in doc.images]
             yield index, {"id": index, "images": images, "texts": doc.texts}
 
 
@@ -212,7 +240,9 @@ def build_synthetic_shapes(data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
         source = builder.as_data_source(split="train")
         texts = (as_text(c) for i in range(len(source)) for c in source[i]["captions"])
         # Questions and their answers too: generated answers ("zero", ...) must be words, not [UNK].
-        extra = (as_text(t) for i in range(min(len(source), 5000)) for t in [*source[i]["questions"], *source[i]["answers"]])
+        extra = (
+            as_text(t) for i in range(min(len(source), 5000)) for t in [*source[i]["questions"], *source[i]["answers"]]
+        )
         train_wordpiece(texts, extra, path=tokenizer_path)
     return builder
 
@@ -220,13 +250,18 @@ def build_synthetic_shapes(data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
 FOLDER_BUILDERS = {"image_text_folder": ImageTextFolder, "interleaved_folder": InterleavedFolder}
 
 
-def build_image_text_folder(data_dir: str, path: str, kind: str = "image_text_folder", **kwargs) -> tfds.core.DatasetBuilder:
-    """Validate the manifest (or documents file), write the dataset, and leave
-    `bad_rows.jsonl` beside it."""
+def _folder_builder(kind: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
     if kind == "interleaved_folder":
         kwargs.setdefault("manifest", documents.DOCUMENTS_FILE)
-    config = folder_config(path, **kwargs)
-    builder = FOLDER_BUILDERS[kind](data_dir=data_dir, config=config, file_format="array_record")
+    return FOLDER_BUILDERS[kind](data_dir=data_dir, config=folder_config(**kwargs), file_format="array_record")
+
+
+def build_image_text_folder(
+    data_dir: str, path: str, kind: str = "image_text_folder", **kwargs
+) -> tfds.core.DatasetBuilder:
+    """Validate the manifest (or documents file), write the dataset, and leave
+    `bad_rows.jsonl` beside it."""
+    builder = _folder_builder(kind, data_dir, path=path, **kwargs)
     builder.download_and_prepare()
     report = getattr(builder, "scan_report", None)
     if report is not None:
@@ -239,12 +274,12 @@ def load_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder
     if name == "synthetic_shapes":
         builder = SyntheticShapes(data_dir=data_dir, config=shapes_config(**kwargs), file_format="array_record")
     elif name in FOLDER_BUILDERS:
-        if name == "interleaved_folder":
-            kwargs.setdefault("manifest", documents.DOCUMENTS_FILE)
-        builder = FOLDER_BUILDERS[name](data_dir=data_dir, config=folder_config(**kwargs), file_format="array_record")
+        builder = _folder_builder(name, data_dir, **kwargs)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder")
     if not builder.is_prepared():
-        raise FileNotFoundError(f"dataset {name} ({builder.builder_config.name}) is not built in {data_dir!r}: run `vlpjax data build {name} ...` first")
+        raise FileNotFoundError(
+            f"dataset {name} ({builder.builder_config.name}) is not built in {data_dir!r}: "
+            f"run `vlpjax data build {name} ...` first"
+        )
     return builder
-

@@ -11,13 +11,13 @@ JSON does not parse, it has no image, a chunk is neither a non-empty string nor 
 or an image is missing, undecodable or outside the folder. Bad documents are skipped and listed
 like bad manifest rows; too many stop the build.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 
-from vlpjax.data.folder import BadRow, ScanReport, check_image
+from vlpjax.data.folder import ScanReport, check_image, scan_jsonl
 
 DOCUMENTS_FILE = "documents.jsonl"
 
@@ -43,25 +43,11 @@ def parse_document(line_no: int, text: str, root: str, decodable: dict[str, bool
         elif isinstance(chunk, str) and chunk.strip():
             texts[-1] = f"{texts[-1]} {chunk.strip()}".strip()
         else:
-            raise ValueError("a chunk must be a non-empty string or {\"image\": path}")
+            raise ValueError('a chunk must be a non-empty string or {"image": path}')
     if not images:
         raise ValueError("document has no image")
     return Document(line_no, images, texts)
 
 
 def scan_documents(root: str, documents: str = DOCUMENTS_FILE) -> ScanReport:
-    path = documents if os.path.isabs(documents) else os.path.join(root, documents)
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"image folder {root!r} does not exist")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"documents file {path!r} does not exist")
-    good, bad, decodable = [], [], {}
-    with open(path) as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
-            try:
-                good.append(parse_document(line_no, text, root, decodable))
-            except (ValueError, json.JSONDecodeError) as err:
-                bad.append(BadRow(line_no, str(err)))
-    return ScanReport(good, bad)
+    return scan_jsonl(root, documents, "documents file", parse_document)

@@ -9,11 +9,13 @@ A row is bad when its JSON does not parse, its image is missing, cannot be decod
 outside the folder, or a caption / question / answer list is empty. Bad rows are skipped,
 counted and listed in a report; too many of them stop the build.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+from typing import Any, Callable
 
 from vlpjax.data.images import decode_image
 
@@ -38,7 +40,7 @@ class BadRow:
 
 @dataclasses.dataclass
 class ScanReport:
-    rows: list[Row]
+    rows: list  # Row, or documents.Document
     bad: list[BadRow]
 
     @property
@@ -106,27 +108,44 @@ def _parse(line_no: int, text: str, root: str, decodable: dict[str, bool]) -> Ro
     return Row(line_no, image, _strings(record.get("captions"), "captions"))
 
 
-def scan_manifest(root: str, manifest: str = "manifest.jsonl") -> ScanReport:
-    path = manifest if os.path.isabs(manifest) else os.path.join(root, manifest)
+def _image_field(text: str) -> str | None:
+    """The row's image path, where its JSON parses far enough to name one (for the report)."""
+    try:
+        image = json.loads(text).get("image")
+    except Exception:  # noqa: BLE001 - the reason already says the JSON is bad
+        return None
+    return image if isinstance(image, str) else None
+
+
+def scan_jsonl(
+    root: str,
+    file: str,
+    what: str,
+    parse: Callable[[int, str, str, dict[str, bool]], Any],
+    bad_image: Callable[[str], str | None] = lambda text: None,
+) -> ScanReport:
+    """Parse every non-empty line of the JSONL `file` (relative to `root` unless absolute) with
+    `parse(line_no, text, root, decodable)`; a line it rejects with ValueError becomes a BadRow
+    whose image is `bad_image(text)`. `what` names the file in the error when it is missing."""
+    path = file if os.path.isabs(file) else os.path.join(root, file)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root!r} does not exist")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"manifest {path!r} does not exist")
-    rows, bad, decodable = [], [], {}
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    good, bad, decodable = [], [], {}
     with open(path) as f:
         for line_no, text in enumerate(f, start=1):
             if not text.strip():
                 continue
             try:
-                rows.append(_parse(line_no, text, root, decodable))
+                good.append(parse(line_no, text, root, decodable))
             except (ValueError, json.JSONDecodeError) as err:
-                image = None
-                try:
-                    image = json.loads(text).get("image")
-                except Exception:  # noqa: BLE001 - the reason already says the JSON is bad
-                    pass
-                bad.append(BadRow(line_no, str(err), image if isinstance(image, str) else None))
-    return ScanReport(rows, bad)
+                bad.append(BadRow(line_no, str(err), bad_image(text)))
+    return ScanReport(good, bad)
+
+
+def scan_manifest(root: str, manifest: str = "manifest.jsonl") -> ScanReport:
+    return scan_jsonl(root, manifest, "manifest", _parse, bad_image=_image_field)
 
 
 def check_bad_fraction(report: ScanReport, limit: float) -> None:

@@ -12,6 +12,7 @@ and a question as `<image>question q answer a<|endofchunk|>`; each training sequ
 `chunks` random examples, so the model learns to look at the latest image and few-shot prompts
 (k solved chunks, then the query) look like its training text.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -60,12 +61,17 @@ class ChunkTokens:
         """<image> text [<|endofchunk|>]: an open chunk is a prompt the model continues."""
         return [self.image_id] + self.tokenizer.encode_plain(text) + ([self.chunk_end_id] if closed else [])
 
-    def sequence(self, chunks: Sequence[list[int]], length: int, eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def ids(self, chunks: Sequence[list[int]], eos: bool = True) -> list[int]:
+        """[BOS] chunks... [EOS]: a whole sequence (a prompt when eos=False), unpadded."""
         ids = self.bos + [t for c in chunks for t in c]
         if eos and self.tokenizer.sep_id is not None:
             ids.append(self.tokenizer.sep_id)
-        ids = ids[:length]
-        out = np.full(length, self.tokenizer.pad_id, np.int32)
+        return ids
+
+    def sequence(self, chunks: Sequence[list[int]], length: int, eos: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(ids [length], mask [length]): the sequence truncated or right-padded; mask marks its tokens."""
+        ids = self.ids(chunks, eos)[:length]
+        out = np.full(length, self.tokenizer.fill_id, np.int32)
         out[: len(ids)] = ids
         mask = np.zeros(length, bool)
         mask[: len(ids)] = True
@@ -79,7 +85,9 @@ class InterleavedTransform:
     each), so a sequence looks like a few-shot prompt and the model learns to continue in the
     form of the chunks before it."""
 
-    def __init__(self, source, tokenizer: TextTokenizer, image_size: int, text_len: int, chunks: int, lm_vocab_size: int = 0):
+    def __init__(
+        self, source, tokenizer: TextTokenizer, image_size: int, text_len: int, chunks: int, lm_vocab_size: int = 0
+    ):
         self.source, self.tokens = source, ChunkTokens(tokenizer, lm_vocab_size)
         self.image_size, self.text_len, self.chunks = image_size, text_len, chunks
 
@@ -99,14 +107,18 @@ class DocumentTransform:
     """A training row from one `interleaved_folder` document: its first `max_images` images
     (blank images pad the media up to that count; no `<image>` token refers to them)."""
 
-    def __init__(self, tokenizer: TextTokenizer, image_size: int, text_len: int, max_images: int, lm_vocab_size: int = 0):
+    def __init__(
+        self, tokenizer: TextTokenizer, image_size: int, text_len: int, max_images: int, lm_vocab_size: int = 0
+    ):
         self.tokens = ChunkTokens(tokenizer, lm_vocab_size)
         self.image_size, self.text_len, self.max_images = image_size, text_len, max_images
 
     def __call__(self, example: Mapping[str, Any], rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         texts = [as_text(t) for t in example["texts"]]
         images = list(example["images"])[: self.max_images]
-        chunks = [self.tokens.tokenizer.encode_plain(texts[0])] + [self.tokens.chunk(texts[i + 1]) for i in range(len(images))]
+        chunks = [self.tokens.tokenizer.encode_plain(texts[0])] + [
+            self.tokens.chunk(texts[i + 1]) for i in range(len(images))
+        ]
         ids, mask = self.tokens.sequence(chunks, self.text_len)
         media = np.zeros((self.max_images, self.image_size, self.image_size, 3), np.float32)
         for i, data in enumerate(images):

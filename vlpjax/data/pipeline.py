@@ -11,15 +11,14 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
+from vlpjax.data.answers import answer_vocabulary, target_scores
 from vlpjax.data.fields import question_rows
 from vlpjax.data.images import decode_image, normalize, resize
 from vlpjax.data.interleaved import DocumentTransform, InterleavedTransform, TextTransform
 from vlpjax.data.regions import flip_boxes, region_arrays
 from vlpjax.data.shapes import swap_left_right
 from vlpjax.data.tokenizer import TextTokenizer, as_text
-from vlpjax.objectives.vqa import answer_vocabulary, target_scores
-
-TASKS = ("image_text", "vqa", "interleaved", "text")
+from vlpjax.taxonomy import TASKS, check_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +41,7 @@ class PipelineConfig:
     prefetch: int = 4
 
     def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"data.task must be one of {TASKS}, got {self.task!r}")
+        check_choice("data.task", self.task, TASKS)
         if self.documents and self.task != "interleaved":
             raise ValueError(f"interleaved_folder documents train Flamingo (data.task='interleaved'), not data.task={self.task!r}")
         if self.region_grid and self.crop_scale != (1.0, 1.0):

@@ -3,6 +3,7 @@
 Both are wrapped as `TextTokenizer`, which turns strings into right-padded id and mask arrays
 of a fixed length with [CLS] ... [SEP] around the text (so the causal tower pools [SEP]).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,8 @@ def _hf_fast_tokenizer(path: str):
 
 
 class TextTokenizer:
-    """Strings -> (ids [N, L] int32, mask [N, L] bool), truncated and right-padded."""
+    """Strings -> (ids [N, L] int32, mask [N, L] bool), truncated and right-padded; the mask
+    is True on the tokens the tokenizer produced."""
 
     def __init__(self, path: str):
         file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
@@ -68,8 +70,13 @@ class TextTokenizer:
         elif os.path.isdir(path):
             self._fast = _hf_fast_tokenizer(path)
         else:
-            raise FileNotFoundError(f"no tokenizer at {path!r}: expected a tokenizer.json or a Hugging Face tokenizer directory")
-        self.pad_id = self._id("[PAD]", "<pad>", default=0)
+            raise FileNotFoundError(
+                f"no tokenizer at {path!r}: expected a tokenizer.json or a Hugging Face tokenizer directory"
+            )
+        self.pad_id = self._id("[PAD]", "<pad>", default=None)  # None: the tokenizer has no pad token
+        # The id written into padded slots. Any id would do: masks, never ids, say which slots
+        # are real (GPT-2 has no pad token and its id 0 is "!").
+        self.fill_id = 0 if self.pad_id is None else self.pad_id
         self.mask_id = self._id("[MASK]", "<mask>", default=None)
         self.cls_id = self._id("[CLS]", "<s>", default=None)
         self.sep_id = self._id("[SEP]", "</s>", default=None)
@@ -88,13 +95,14 @@ class TextTokenizer:
         return tuple(i for i in (self.pad_id, self.cls_id, self.sep_id, self.mask_id) if i is not None)
 
     def __call__(self, texts: Sequence[str], length: int) -> tuple[np.ndarray, np.ndarray]:
-        ids = np.full((len(texts), length), self.pad_id, np.int32)
+        ids = np.full((len(texts), length), self.fill_id, np.int32)
+        mask = np.zeros((len(texts), length), bool)
         for row, encoding in enumerate(self._fast.encode_batch(list(texts))):
             tokens = encoding.ids
             if len(tokens) > length:  # keep the closing [SEP]: it is what the causal tower pools
                 tokens = tokens[: length - 1] + tokens[-1:]
             ids[row, : len(tokens)] = tokens
-        mask = ids != self.pad_id
+            mask[row, : len(tokens)] = True
         return ids, mask
 
     def save(self, path: str) -> None:
@@ -106,4 +114,6 @@ class TextTokenizer:
         return self._fast.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._fast.decode([int(i) for i in ids if i != self.pad_id])
+        """Text of real token ids (select them with the mask first): every id is decoded, only
+        the tokenizer's own special tokens ([CLS], [PAD], ...) are left out."""
+        return self._fast.decode([int(i) for i in ids])

@@ -6,7 +6,7 @@ A prompt is k solved chunks from the training split, then the query chunk left o
     [BOS] <image>question q1 answer a1<|endofchunk|> ... <image>question q answer   (VQA)
 
 The model continues it greedily (or with beam search) until `<|endofchunk|>`. Media are encoded
-once per prompt; every new token reuses the LM's KV cache.
+once per batch of prompts; every new token reuses the LM's KV cache.
 """
 
 from __future__ import annotations
@@ -24,35 +24,40 @@ from vlpjax.data.interleaved import ChunkTokens, qa_text
 from vlpjax.data.tokenizer import TextTokenizer, as_text
 from vlpjax.evaluate.captions import caption_metrics
 from vlpjax.evaluate.vqa import vqa_accuracy
-from vlpjax.models.decoding import beam_search, greedy, left_pad
+from vlpjax.models.decoding import Step, beam_search, greedy, left_pad
 
 PROMPT_ROUNDING = 16  # prompts are padded to a multiple of this: few distinct compiled shapes
 
 
 class Generator:
-    """Continuations of interleaved prompts with a Flamingo model's weights, jitted once."""
+    """Continuations of interleaved prompts with a Flamingo model's weights: one jitted call
+    encodes a batch's media, one more makes all its new tokens."""
 
     def __init__(self, model, tokenizer: TextTokenizer, beams: int = 1):
         graphdef, self.state = nnx.split(model)
-        self.model, self.beams = model, beams
+        self.graphdef, self.model, self.beams = graphdef, model, beams
         self.tokens = ChunkTokens(tokenizer, model.lm.config.vocab_size)
         self.tokenizer = tokenizer
         self._encode = jax.jit(lambda s, media: nnx.merge(graphdef, s).encode_media(media))
-        self._decode = jax.jit(
-            lambda s, latents, ids, mask, cache: nnx.merge(graphdef, s).decode(ids, mask, cache, latents)
-        )
+
+    def generate_ids(self, prompts: Sequence[list[int]], media: np.ndarray, max_new_tokens: int) -> np.ndarray:
+        """[B, max_new_tokens] token ids after each prompt; EOS (`<|endofchunk|>`) repeats after the end."""
+        ids, mask = left_pad(list(prompts), self.tokenizer.fill_id, round_to=PROMPT_ROUNDING)
+        latents = self.encode(media)  # once per batch: every step reuses it
+        step = Step(self.graphdef, self.state, "decode", (latents,))
+        cache = self.model.empty_cache(len(prompts), ids.shape[1] + max_new_tokens)
+        eos = self.tokens.chunk_end_id
+        if self.beams > 1:
+            return np.asarray(beam_search(step, ids, mask, cache, max_new_tokens, self.beams, eos_id=eos)[0])
+        return np.asarray(greedy(step, ids, mask, cache, max_new_tokens, eos_id=eos))
+
+    def encode(self, media: np.ndarray) -> jax.Array:
+        """Media [B, M, H, W, 3] -> their latents [B, M * num_latents, D]."""
+        return self._encode(self.state, media)
 
     def __call__(self, prompts: Sequence[list[int]], media: np.ndarray, max_new_tokens: int) -> list[str]:
         """Texts generated after each prompt, cut at `<|endofchunk|>`."""
-        ids, mask = left_pad(list(prompts), self.tokenizer.pad_id, round_to=PROMPT_ROUNDING)
-        latents = self._encode(self.state, media)
-        step = lambda i, m, c: self._decode(self.state, latents, i, m, c)  # noqa: E731
-        cache = self.model.empty_cache(len(prompts), ids.shape[1] + max_new_tokens)
-        if self.beams > 1:
-            out, _ = beam_search(step, ids, mask, cache, max_new_tokens, self.beams, eos_id=self.tokens.chunk_end_id)
-        else:
-            out = greedy(step, ids, mask, cache, max_new_tokens, eos_id=self.tokens.chunk_end_id)
-        return [self.text(row) for row in out]
+        return [self.text(row) for row in self.generate_ids(prompts, media, max_new_tokens)]
 
     def text(self, ids: np.ndarray) -> str:
         stops = {self.tokens.chunk_end_id, self.tokens.image_id, self.tokenizer.sep_id}
@@ -88,7 +93,7 @@ def caption_eval(
     predicted, references = [], []
     for start in tqdm(range(0, len(test_examples), batch_size), desc="captions", leave=False):
         batch = test_examples[start : start + batch_size]
-        prompt = _unpadded(t.sequence(shot_chunks + [[t.image_id]], 10_000, eos=False)[0], generate.tokenizer.pad_id)
+        prompt = t.ids(shot_chunks + [[t.image_id]], eos=False)
         prompts = [prompt] * len(batch)
         media = np.stack([np.stack(shot_media + [_image(e, image_size)]) for e in batch])
         predicted += generate(prompts, media, max_new_tokens)
@@ -110,7 +115,7 @@ def vqa_eval(
             solved = [s for s in shots if len(question_rows(s)) > slot]
             chunks = [t.chunk(qa_text(*_first_answer(question_rows(s)[slot]))) for s in solved]
             chunks.append(t.chunk(qa_text(question), closed=False))
-            prompts.append(_unpadded(t.sequence(chunks, 10_000, eos=False)[0], generate.tokenizer.pad_id))
+            prompts.append(t.ids(chunks, eos=False))
             media.append(np.stack([_image(s, image_size) for s in solved] + [_image(example, image_size)]))
         predicted += generate(prompts, _same_count(media), max_new_tokens)
     return vqa_accuracy(predicted, [r for _, _, r, _ in rows], [q for _, q, _, _ in rows]), predicted
@@ -119,10 +124,6 @@ def vqa_eval(
 def _first_answer(row):
     question, refs = row
     return question, refs[0]
-
-
-def _unpadded(ids: np.ndarray, pad_id: int) -> list[int]:
-    return [int(i) for i in ids if i != pad_id]
 
 
 def _same_count(media: list[np.ndarray]) -> np.ndarray:

@@ -12,7 +12,7 @@ from flax import nnx
 
 from vlpjax.data.interleaved import example_texts
 from vlpjax.data.tokenizer import TextTokenizer
-from vlpjax.objectives.captioning import causal_lm_loss
+from vlpjax.objectives.causal_lm import causal_lm_loss
 
 
 def held_out_lm_metrics(model, batches: Iterable[Mapping[str, np.ndarray]], prefix: str = "lm") -> dict[str, float]:

@@ -13,6 +13,7 @@ from flax import nnx
 
 from vlpjax.interop.hf_lm import load_decoder_lm, save_decoder_lm  # noqa: F401 - the public import path
 from vlpjax.interop.safetensors_io import assign_weights, read_config, read_safetensors, strip_prefix
+from vlpjax.interop.weight_tables import WeightEntry, dense_entries, norm_entries, weights_from_table
 from vlpjax.models.text import BertConfig, BertEncoder
 
 # --- BERT ---------------------------------------------------------------------------------
@@ -39,22 +40,19 @@ def bert_config_from_hf(hf: dict, dtype: str = "float32") -> BertConfig:
     return BertConfig(**{k: hf[k] for k in _BERT_CONFIG_FIELDS if k in hf}, dtype=dtype)
 
 
-def _linear(hf_name: str, path: tuple) -> Iterator[tuple[str, tuple, bool]]:
-    """torch Linear stores weight as [out, in]; ours is [in, out]."""
-    yield f"{hf_name}.weight", path + ("kernel",), True
-    yield f"{hf_name}.bias", path + ("bias",), False
+def _linear(hf_name: str, path: tuple) -> Iterator[WeightEntry]:
+    return dense_entries(hf_name, path, bias=True, transpose=True)
 
 
-def _layer_norm(hf_name: str, path: tuple) -> Iterator[tuple[str, tuple, bool]]:
-    yield f"{hf_name}.weight", path + ("scale",), False
-    yield f"{hf_name}.bias", path + ("bias",), False
+def _layer_norm(hf_name: str, path: tuple) -> Iterator[WeightEntry]:
+    return norm_entries(hf_name, path, bias=True)
 
 
-def bert_weight_map(num_layers: int) -> Iterator[tuple[str, tuple, bool]]:
-    """(HF tensor name, vlpjax parameter path, transpose?) for every BERT encoder weight."""
-    yield "embeddings.word_embeddings.weight", ("word_embeddings", "embedding"), False
-    yield "embeddings.position_embeddings.weight", ("position_embeddings", "embedding"), False
-    yield "embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"), False
+def bert_weight_map(num_layers: int) -> Iterator[WeightEntry]:
+    """The weight table of a BERT encoder."""
+    yield WeightEntry("embeddings.word_embeddings.weight", ("word_embeddings", "embedding"))
+    yield WeightEntry("embeddings.position_embeddings.weight", ("position_embeddings", "embedding"))
+    yield WeightEntry("embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"))
     yield from _layer_norm("embeddings.LayerNorm", ("ln_embed",))
     for i in range(num_layers):
         hf, ours = f"encoder.layer.{i}", ("layers", i)
@@ -83,12 +81,7 @@ def load_text_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> Be
     """
     config = bert_config_from_hf(read_config(path), dtype=dtype)
     tensors = _legacy_layer_norm_names(strip_prefix(read_safetensors(path), "bert."))
-    pairs = []
-    for hf_name, ours, transpose in bert_weight_map(config.num_hidden_layers):
-        if hf_name not in tensors:
-            raise KeyError(f"{path}: tensor {hf_name!r} is missing from the checkpoint")
-        value = tensors[hf_name]
-        pairs.append((ours, value.T if transpose else value))
+    pairs = weights_from_table(tensors, bert_weight_map(config.num_hidden_layers), source=path)
     model = BertEncoder(config, rngs=nnx.Rngs(seed))
     assign_weights(model, pairs, source=path)
     return model

@@ -4,32 +4,33 @@
 returns a `DecoderLM`; `save_decoder_lm(model, path)` writes the same layout back, so a model
 trained here loads with `transformers.AutoModelForCausalLM.from_pretrained(path)`.
 
-Every weight is described once as (HF name, vlpjax path, layout); loading and saving both
-read that table. GPT-2 stores its Conv1D weights as [in, out] (our layout) and fuses q, k and v
-into one `c_attn` tensor, which the table splits into three column blocks.
+Every weight is described once as (HF name, vlpjax path, layout) in a weight table (see
+interop/weight_tables.py); loading and saving both read it. GPT-2 stores its Conv1D weights as
+[in, out] (our layout) and fuses q, k and v into one `c_attn` tensor, which the table splits
+into three column blocks.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from vlpjax.interop.safetensors_io import WEIGHTS_FILE, assign_weights, read_config, read_safetensors, variable_at
+from vlpjax.interop.safetensors_io import WEIGHTS_FILE, assign_weights, read_config, read_safetensors
+from vlpjax.interop.weight_tables import (
+    WeightEntry,
+    dense_entries,
+    norm_entries,
+    tensors_from_table,
+    weights_from_table,
+)
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig
 
 LLAMA_TYPES = ("llama", "mistral")
-
-
-class WeightEntry(NamedTuple):
-    hf_name: str
-    path: tuple
-    transpose: bool = False  # torch Linear [out, in] <-> ours [in, out]
-    part: tuple[int, int] | None = None  # (i, n): column block i of n (GPT-2's fused c_attn)
 
 
 # --- config ------------------------------------------------------------------------------
@@ -114,31 +115,19 @@ def decoder_config_to_hf(c: DecoderLMConfig) -> dict:
 # --- weight tables -----------------------------------------------------------------------
 
 
-def _norm(hf_name: str, path: tuple, bias: bool) -> Iterator[WeightEntry]:
-    yield WeightEntry(f"{hf_name}.weight", path + ("scale",))
-    if bias:
-        yield WeightEntry(f"{hf_name}.bias", path + ("bias",))
-
-
-def _dense(hf_name: str, path: tuple, bias: bool, transpose: bool, part=None) -> Iterator[WeightEntry]:
-    yield WeightEntry(f"{hf_name}.weight", path + ("kernel",), transpose, part)
-    if bias:
-        yield WeightEntry(f"{hf_name}.bias", path + ("bias",), False, part)
-
-
 def gpt2_weights(c: DecoderLMConfig) -> Iterator[WeightEntry]:
     yield WeightEntry("transformer.wte.weight", ("embed_tokens",))
     yield WeightEntry("transformer.wpe.weight", ("pos_embed",))
     for i in range(c.num_layers):
         hf, ours = f"transformer.h.{i}", ("blocks", i)
-        yield from _norm(f"{hf}.ln_1", ours + ("ln_attn",), bias=True)
+        yield from norm_entries(f"{hf}.ln_1", ours + ("ln_attn",), bias=True)
         for j, proj in enumerate(("query", "key", "value")):
-            yield from _dense(f"{hf}.attn.c_attn", ours + ("attn", proj), True, False, part=(j, 3))
-        yield from _dense(f"{hf}.attn.c_proj", ours + ("attn", "out"), True, False)
-        yield from _norm(f"{hf}.ln_2", ours + ("ln_mlp",), bias=True)
-        yield from _dense(f"{hf}.mlp.c_fc", ours + ("mlp", "fc1"), True, False)
-        yield from _dense(f"{hf}.mlp.c_proj", ours + ("mlp", "fc2"), True, False)
-    yield from _norm("transformer.ln_f", ("ln_final",), bias=True)
+            yield from dense_entries(f"{hf}.attn.c_attn", ours + ("attn", proj), True, False, part=(j, 3))
+        yield from dense_entries(f"{hf}.attn.c_proj", ours + ("attn", "out"), True, False)
+        yield from norm_entries(f"{hf}.ln_2", ours + ("ln_mlp",), bias=True)
+        yield from dense_entries(f"{hf}.mlp.c_fc", ours + ("mlp", "fc1"), True, False)
+        yield from dense_entries(f"{hf}.mlp.c_proj", ours + ("mlp", "fc2"), True, False)
+    yield from norm_entries("transformer.ln_f", ("ln_final",), bias=True)
     if not c.tie_embeddings:
         yield WeightEntry("lm_head.weight", ("lm_head",))
 
@@ -147,13 +136,13 @@ def llama_weights(c: DecoderLMConfig) -> Iterator[WeightEntry]:
     yield WeightEntry("model.embed_tokens.weight", ("embed_tokens",))
     for i in range(c.num_layers):
         hf, ours = f"model.layers.{i}", ("blocks", i)
-        yield from _norm(f"{hf}.input_layernorm", ours + ("ln_attn",), bias=False)
+        yield from norm_entries(f"{hf}.input_layernorm", ours + ("ln_attn",), bias=False)
         for hf_proj, proj in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("o_proj", "out")):
-            yield from _dense(f"{hf}.self_attn.{hf_proj}", ours + ("attn", proj), c.has_bias, True)
-        yield from _norm(f"{hf}.post_attention_layernorm", ours + ("ln_mlp",), bias=False)
+            yield from dense_entries(f"{hf}.self_attn.{hf_proj}", ours + ("attn", proj), c.has_bias, True)
+        yield from norm_entries(f"{hf}.post_attention_layernorm", ours + ("ln_mlp",), bias=False)
         for name in ("gate", "up", "down"):
-            yield from _dense(f"{hf}.mlp.{name}_proj", ours + ("mlp", name), False, True)
-    yield from _norm("model.norm", ("ln_final",), bias=False)
+            yield from dense_entries(f"{hf}.mlp.{name}_proj", ours + ("mlp", name), False, True)
+    yield from norm_entries("model.norm", ("ln_final",), bias=False)
     if not c.tie_embeddings:
         yield WeightEntry("lm_head.weight", ("lm_head",))
 
@@ -180,15 +169,7 @@ def load_decoder_lm(path: str, *, dtype: str = "float32", seed: int = 0) -> Deco
     """
     config = decoder_config_from_hf(read_config(path), os.path.join(path, "config.json"), dtype)
     tensors = _with_prefix(read_safetensors(path), config)
-    pairs = []
-    for entry in weight_table(config):
-        if entry.hf_name not in tensors:
-            raise KeyError(f"{path}: tensor {entry.hf_name!r} is missing from the checkpoint")
-        value = tensors[entry.hf_name]
-        if entry.part is not None:
-            i, n = entry.part
-            value = np.split(value, n, axis=-1)[i]
-        pairs.append((entry.path, value.T if entry.transpose else value))
+    pairs = weights_from_table(tensors, weight_table(config), source=path)
     model = DecoderLM(config, rngs=nnx.Rngs(seed))
     assign_weights(model, pairs, source=path)
     return model
@@ -196,16 +177,7 @@ def load_decoder_lm(path: str, *, dtype: str = "float32", seed: int = 0) -> Deco
 
 def decoder_lm_tensors(model: DecoderLM) -> dict[str, np.ndarray]:
     """The model's weights under their Hugging Face names and layouts."""
-    grouped: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for entry in weight_table(model.config):
-        value = np.asarray(variable_at(model, entry.path)[...], np.float32)
-        grouped.setdefault(entry.hf_name, []).append(
-            (entry.part[0] if entry.part else 0, value.T if entry.transpose else value)
-        )
-    return {
-        name: np.ascontiguousarray(np.concatenate([v for _, v in sorted(parts, key=lambda p: p[0])], axis=-1))
-        for name, parts in grouped.items()
-    }
+    return tensors_from_table(model, weight_table(model.config))
 
 
 def save_decoder_lm(model: DecoderLM, path: str, *, extra_config: dict | None = None) -> None:

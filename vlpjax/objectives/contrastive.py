@@ -18,25 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-AxisName = str | tuple[str, ...] | None
-
-
-def axis_size(axis_name: AxisName) -> int:
-    """Number of shards along `axis_name` (1 on a single device), as a Python int."""
-    return 1 if axis_name is None else lax.psum(1, axis_name)
-
-
-def shard_index(axis_name: AxisName) -> jax.Array:
-    return jnp.int32(0) if axis_name is None else lax.axis_index(axis_name)
-
-
-def gather_rows(x: jax.Array, axis_name: AxisName) -> jax.Array:
-    """Concatenate every shard's rows in shard order; the gradient flows back to each owner."""
-    return x if axis_name is None else lax.all_gather(x, axis_name, tiled=True)
-
-
-def global_mean(x: jax.Array, axis_name: AxisName) -> jax.Array:
-    return x if axis_name is None else lax.pmean(x, axis_name)
+from vlpjax.objectives.shards import AxisName, axis_size, gather_rows, global_mean, global_rows
 
 
 def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -55,7 +37,7 @@ def softmax_loss(img_emb, txt_emb, logit_scale, *, axis_name: AxisName = None):
     """
     img_emb, txt_emb = img_emb.astype(jnp.float32), txt_emb.astype(jnp.float32)
     b = img_emb.shape[0]
-    labels = shard_index(axis_name) * b + jnp.arange(b)
+    labels = global_rows(b, axis_name)
     logits_i2t = logit_scale * img_emb @ gather_rows(txt_emb, axis_name).T
     logits_t2i = logit_scale * txt_emb @ gather_rows(img_emb, axis_name).T
     local = 0.5 * (jnp.mean(_cross_entropy(logits_i2t, labels)) + jnp.mean(_cross_entropy(logits_t2i, labels)))
@@ -88,7 +70,7 @@ def sigmoid_loss(img_emb, txt_emb, logit_scale, logit_bias, *, axis_name: AxisNa
     if not chunked or axis_name is None:
         all_txt = gather_rows(txt_emb, axis_name)
         logits = logit_scale * img_emb @ all_txt.T + logit_bias
-        labels = shard_index(axis_name) * b + jnp.arange(b)
+        labels = global_rows(b, axis_name)
         signs = 2 * jax.nn.one_hot(labels, all_txt.shape[0], dtype=logits.dtype) - 1
         local = -jnp.sum(jax.nn.log_sigmoid(signs * logits)) / b
     else:

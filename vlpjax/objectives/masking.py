@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlpjax.objectives.contrastive import AxisName, shard_index
+from vlpjax.objectives.shards import AxisName, global_row_keys
+from vlpjax.objectives.token_loss import token_cross_entropy
 
 MASK_PROB = 0.15
 REPLACE_WITH_MASK = 0.8
@@ -22,11 +23,6 @@ REPLACE_WITH_RANDOM = 0.1  # the remaining 10% keep their token
 def replaceable_ids(vocab_size: int, special_ids: Sequence[int]) -> np.ndarray:
     """Token ids a random replacement may take: every id that is not special."""
     return np.setdiff1d(np.arange(vocab_size), np.asarray(list(special_ids), dtype=np.int64)).astype(np.int32)
-
-
-def _row_keys(key: jax.Array, rows: int, axis_name: AxisName) -> jax.Array:
-    first = shard_index(axis_name) * rows
-    return jax.vmap(lambda r: jax.random.fold_in(key, r))(first + jnp.arange(rows))
 
 
 def _mask_row(key, ids, candidates, mask_id: int, replacements: jax.Array, prob: float):
@@ -57,19 +53,12 @@ def mask_tokens(
     """
     candidates = text_mask.astype(bool) & ~jnp.isin(ids, jnp.asarray(list(special_ids), ids.dtype))
     replacements = jnp.asarray(replaceable_ids(vocab_size, special_ids))
-    keys = _row_keys(key, ids.shape[0], axis_name)
+    keys = global_row_keys(key, ids.shape[0], axis_name)
     masked, selected = jax.vmap(lambda k, i, c: _mask_row(k, i, c, mask_id, replacements, prob))(keys, ids, candidates)
     return masked.astype(ids.dtype), ids, selected
 
 
 def mlm_loss(logits: jax.Array, targets: jax.Array, selected: jax.Array, *, axis_name: AxisName = None):
     """Cross-entropy averaged over the selected positions of the global batch."""
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    weights = selected.astype(jnp.float32)
-    total, count = jnp.sum(nll * weights), jnp.sum(weights)
-    correct = jnp.sum((jnp.argmax(logits, -1) == targets) * weights)
-    if axis_name is not None:
-        total, count, correct = (jax.lax.psum(x, axis_name) for x in (total, count, correct))
-    loss = total / jnp.maximum(count, 1.0)
-    return loss, {"mlm/loss": loss, "mlm/accuracy": correct / jnp.maximum(count, 1.0), "mlm/masked_tokens": count}
+    loss, accuracy, count = token_cross_entropy(logits, targets, selected, axis_name=axis_name)
+    return loss, {"mlm/loss": loss, "mlm/accuracy": accuracy, "mlm/masked_tokens": count}

@@ -12,16 +12,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vlpjax.objectives.contrastive import AxisName, gather_rows, global_mean, shard_index
+from vlpjax.objectives.shards import AxisName, gather_rows, global_mean, global_row_keys
 
 _IMAGE_TO_TEXT, _TEXT_TO_IMAGE = 0, 1
 
 
 def _sample_rows(key: jax.Array, logits: jax.Array, axis_name: AxisName) -> jax.Array:
     """One categorical draw per row; row keys depend on the global row index only."""
-    rows = logits.shape[0]
-    global_rows = shard_index(axis_name) * rows + jnp.arange(rows)
-    keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(global_rows)
+    keys = global_row_keys(key, logits.shape[0], axis_name)
     return jax.vmap(jax.random.categorical)(keys, logits)
 
 

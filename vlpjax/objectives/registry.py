@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from vlpjax.objectives.captioning import causal_lm_loss
+from vlpjax.objectives.causal_lm import causal_lm_loss
 from vlpjax.objectives.contrastive import sigmoid_loss, softmax_loss
 from vlpjax.objectives.masking import mask_tokens, mlm_loss
 from vlpjax.objectives.matching import itm_loss, mine_hard_negatives

@@ -21,8 +21,3 @@ def initialize(
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
-
-
-def is_coordinator() -> bool:
-    """Process 0 writes checkpoints, logs and reports."""
-    return jax.process_index() == 0

@@ -15,11 +15,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vlpjax.parallel.mesh import BATCH_AXES
-
 # FSDP splits the model dimension; tensor parallelism splits heads and the MLP hidden layer.
+# The batch is no parameter axis: batches are placed over mesh.BATCH_AXES (parallel/batches.py).
 DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", BATCH_AXES),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),

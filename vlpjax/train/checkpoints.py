@@ -1,18 +1,34 @@
 """orbax checkpoints: the train state plus the data iterator's state, written atomically.
 
 orbax writes each step into a temporary directory and renames it when complete, so a run
-killed mid-save leaves the previous checkpoint as the latest good one.
+killed mid-save leaves the previous checkpoint as the latest good one. A checkpoint that is
+damaged after the fact (truncated files, a missing metadata file, an empty step directory) is
+skipped with a warning in favour of the newest one that restores; it is never deleted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from vlpjax.errors import UserError
+
+logger = logging.getLogger(__name__)
+
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_SUFFIX = ".unreadable"  # a damaged step directory, moved aside so the run can write that step again
+
+
+class CheckpointMismatch(UserError, ValueError):
+    """The checkpoint holds parameters of another shape than the config builds."""
+
+
+class NoUsableCheckpoint(UserError, FileNotFoundError):
+    """Checkpoints exist, but none of them restores."""
 
 
 def checkpoint_manager(workdir: str, *, every: int, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
@@ -22,7 +38,11 @@ def checkpoint_manager(workdir: str, *, every: int, keep: int, async_save: bool 
         enable_async_checkpointing=async_save,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options)
+    # Named handlers let item_metadata read a step's shapes before (and without) restoring it.
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options, item_handlers=handlers
+    )
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict | None, *, force: bool = False) -> bool:
@@ -49,6 +69,83 @@ def restore(
         items["data"] = ocp.args.JsonRestore()
     restored = manager.restore(step, args=ocp.args.Composite(**items))
     return restored["state"], restored.get("data") if with_data else None, step
+
+
+def _path_key(path) -> str:
+    parts = []
+    for key in path:
+        part = getattr(key, "key", getattr(key, "name", getattr(key, "idx", key)))
+        if part != "value":  # nnx Variables add a trailing .value; the checkpoint's tree may not
+            parts.append(str(part))
+    return "/".join(parts)
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    return {_path_key(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree) if hasattr(x, "shape")}
+
+
+def first_mismatch(saved_state, template) -> str | None:
+    """The first parameter whose shape (or presence) differs between a checkpoint's state
+    metadata and the state the config builds, described for a message; None when they agree."""
+    saved, wanted = _shapes(saved_state), _shapes(template)
+    for path, shape in wanted.items():
+        if not path.startswith(("params/", "frozen/")):
+            continue
+        if path not in saved:
+            return f"{path} (shape {shape}) is not in the checkpoint"
+        if saved[path] != shape:
+            return f"{path} has shape {saved[path]} in the checkpoint, the config builds {shape}"
+    extra = sorted(p for p in saved if p.startswith(("params/", "frozen/")) and p not in wanted)
+    return f"{extra[0]} is in the checkpoint but not in the model the config builds" if extra else None
+
+
+def _set_aside(directory: str, step: int) -> None:
+    """Rename a damaged step out of orbax's way (it would refuse to write that step again)."""
+    source = os.path.join(directory, str(step))
+    target, n = source + UNREADABLE_SUFFIX, 1
+    while os.path.exists(target):
+        target, n = f"{source}{UNREADABLE_SUFFIX}{n}", n + 1
+    os.rename(source, target)
+    logger.warning("moved the unreadable checkpoint to %s (kept for inspection)", target)
+
+
+def restore_newest_good(
+    manager: ocp.CheckpointManager, state_template, *, with_data: bool = True, set_aside: bool = False
+) -> tuple[Any, dict | None, int]:
+    """restore() of the newest checkpoint that restores. Damaged ones are skipped with a warning
+    (and, with `set_aside`, renamed so the run can save that step again); a checkpoint of another
+    model shape stops with CheckpointMismatch instead, since an older one would not fit either."""
+    skipped = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            saved = manager.item_metadata(step)["state"]
+            if saved is None:
+                raise ValueError("no state metadata")
+        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped, never deleted
+            skipped.append(_skip(manager, step, err, set_aside))
+            continue
+        mismatch = first_mismatch(saved, state_template)
+        if mismatch:
+            raise CheckpointMismatch(
+                f"{manager.directory}/{step} was written by a run with another config: {mismatch}. "
+                "Use the config that trained it, or a fresh --workdir to start over."
+            )
+        try:
+            return restore(manager, state_template, step, with_data=with_data)
+        except Exception as err:  # noqa: BLE001
+            skipped.append(_skip(manager, step, err, set_aside))
+    if skipped:
+        raise NoUsableCheckpoint(f"no checkpoint in {manager.directory} restores: " + "; ".join(skipped))
+    raise FileNotFoundError(f"no checkpoint in {manager.directory}")
+
+
+def _skip(manager: ocp.CheckpointManager, step: int, err: Exception, set_aside: bool) -> str:
+    reason = f"step {step}: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+    logger.warning("checkpoint %s/%d does not restore (%s); trying an older one", manager.directory, step, reason)
+    if set_aside:
+        _set_aside(str(manager.directory), step)
+        manager.reload()
+    return reason
 
 
 def restore_params(directory: str, step: int | None = None):

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vlpjax.data.pipeline import train_iterator
+from vlpjax.errors import UserError
 from vlpjax.objectives.registry import make_objective
 from vlpjax.train import checkpoints
 from vlpjax.train.build import Data, Run, answers_path, create_run, load_data, pipeline_config, save_answers
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 GUARDED_METRICS = ("loss", "grad_norm", "param_norm")
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """Training produced a non-finite loss, gradient norm or parameter norm."""
 
 
@@ -107,7 +108,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> OpenRun:
     )
     host_state, start = run.state, 0
     if resuming:
-        host_state, data_state, start = checkpoints.restore(manager, run.state)
+        host_state, data_state, start = checkpoints.restore_newest_good(manager, run.state, set_aside=True)
         iterator.set_state(data_state)
         logger.info("resumed from %s/%d", manager.directory, start)
     logger.info(
@@ -156,7 +157,7 @@ class FiniteGuard:
         self._pending = None
         bad = first_non_finite(metrics)
         if bad:
-            raise NonFiniteError(f"step {done}: train/{bad[0]} is {bad[1]}; {self.last_good()}")
+            raise NonFiniteError(f"training diverged at step {done}: train/{bad[0]} is {bad[1]}; {self.last_good()}")
 
     def last_good(self) -> str:
         latest = self.manager.latest_step()
@@ -173,7 +174,7 @@ def save_checkpoint(r: OpenRun, guard: FiniteGuard, done: int, *, force: bool = 
     guard.settle()
     host_state = r.host_state()
     if not bool(_all_finite(host_state.params)):
-        raise NonFiniteError(f"step {done}: a parameter is not finite; {guard.last_good()}")
+        raise NonFiniteError(f"training diverged at step {done}: a parameter is not finite; {guard.last_good()}")
     checkpoints.save(r.manager, done, host_state, r.iterator.get_state(), force=force)
 
 

@@ -25,7 +25,7 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str):
     try:
         if manager.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {workdir!r}: train the recipe first")
-        state, _, step = checkpoints.restore(manager, run.state, with_data=False)
+        state, _, step = checkpoints.restore_newest_good(manager, run.state, with_data=False)
     finally:
         manager.close()
     return data, run, state, step

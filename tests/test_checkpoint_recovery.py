@@ -1,0 +1,83 @@
+"""Damaged or foreign checkpoints: fall back to the newest one that restores, keep the damaged
+one on disk, and name the culprit when a workdir was trained with another model shape."""
+
+import glob
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vlpjax.config import load_config
+from vlpjax.train import checkpoints
+from vlpjax.train.loop import train
+from vlpjax.train.restore import restore_run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPE = os.path.join(ROOT, "configs", "clip_shapes.py") + ":tiny"
+
+
+def _config(data_dir, *overrides):
+    return load_config(RECIPE, [f"--config.data.data_dir={data_dir}", "--config.train.checkpoint_every=4", *overrides])
+
+
+def _truncate_blobs(step_dir):
+    for path in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True):
+        if os.path.isfile(path):
+            with open(path, "r+b") as f:
+                f.truncate(max(os.path.getsize(path) // 3, 1))
+
+
+def _drop_metadata(step_dir):
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+
+
+def _empty(step_dir):
+    for entry in os.listdir(step_dir):
+        path = os.path.join(step_dir, entry)
+        if os.path.isdir(path):
+            import shutil
+
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_shapes_dir, tmp_path_factory):
+    """A finished 8-step run with checkpoints at steps 4 and 8."""
+    workdir = str(tmp_path_factory.mktemp("ckpt") / "run")
+    train(_config(tiny_shapes_dir), workdir)
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
+    return workdir
+
+
+@pytest.mark.parametrize("damage", [_truncate_blobs, _drop_metadata, _empty])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(trained, tiny_shapes_dir, tmp_path, damage, caplog):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(trained, workdir)
+    step_dir = os.path.join(workdir, "checkpoints", "8")
+    damage(step_dir)
+    _, _, state, step = restore_run(_config(tiny_shapes_dir), workdir)  # vlpjax eval's path: read only
+    assert step == 4
+    assert "checkpoints/8 does not restore" in caplog.text
+    assert os.path.isdir(step_dir)  # evaluation leaves the damaged checkpoint where it was
+    want, _ = checkpoints.restore_params(trained, 4)
+    for a, b in zip(jax.tree.leaves(want["params"]), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Training resumes from step 4 and writes step 8 again; the damaged one is kept aside.
+    train(_config(tiny_shapes_dir), workdir)
+    assert os.path.isdir(step_dir + checkpoints.UNREADABLE_SUFFIX)
+    _, _, _, step = restore_run(_config(tiny_shapes_dir), workdir)
+    assert step == 8
+
+
+def test_resuming_with_another_model_shape_names_the_parameter(trained, tiny_shapes_dir):
+    config = _config(tiny_shapes_dir, "--config.model.embed_dim=48")
+    with pytest.raises(checkpoints.CheckpointMismatch) as err:
+        restore_run(config, trained)
+    message = str(err.value)
+    assert "another config" in message and "fresh --workdir" in message
+    assert "(32, 48)" in message or "(48,)" in message, message
