@@ -1,6 +1,7 @@
 """What a user gets wrong ends with one line naming it and exit status 2; export never
 destroys a directory it did not write."""
 
+import json
 import os
 
 import numpy as np
@@ -124,3 +125,22 @@ def test_a_prompt_past_the_position_limit_is_refused(tmp_path):
     assert isinstance(continue_prompt(model, tokenizer, [image], "<image>w3 w4", 8, max_new_tokens=4), str)
     with pytest.raises(UserError, match="exceeds the LM's 32 positions"):
         continue_prompt(model, tokenizer, [image], "<image>w3 w4", 8, max_new_tokens=40)
+
+
+def test_a_weight_index_cannot_read_outside_its_directory(tmp_path):
+    from safetensors.numpy import save_file
+
+    from vlpjax.interop.safetensors_io import UnsafeShardPath, read_safetensors
+
+    (tmp_path / "elsewhere").mkdir()
+    save_file({"w": np.ones(2, np.float32)}, str(tmp_path / "elsewhere" / "x.safetensors"))
+    model = tmp_path / "a" / "model"
+    model.mkdir(parents=True)
+    save_file({"v": np.zeros(2, np.float32)}, str(model / "part.safetensors"))
+    index = {"weight_map": {"v": "part.safetensors", "w": "../../elsewhere/x.safetensors"}}
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(UnsafeShardPath, match=r"names shard '../../elsewhere/x.safetensors'"):
+        read_safetensors(str(model))
+    index["weight_map"]["w"] = "part.safetensors"
+    (model / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert set(read_safetensors(str(model))) == {"v"}

@@ -13,10 +13,10 @@ RECIPE = "configs/clip_shapes.py"
 def test_recipe_loads_with_typed_overrides():
     config = load_config(
         RECIPE,
-        ["--config.train.steps=12", "--config.optim.lr=0.01", "--config.data.flip=False", "--config.mesh.data=2"],
+        ["--config.train.steps=12", "--config.optim.lr=0.01", "--config.data.flip=False", "--config.mesh.fsdp=2"],
     )
     assert config.train.steps == 12 and isinstance(config.train.steps, int)
-    assert config.optim.lr == 0.01 and config.data.flip is False and config.mesh.data == 2
+    assert config.optim.lr == 0.01 and config.data.flip is False and config.mesh.fsdp == 2
     assert load_config(RECIPE + ":tiny").data.image_size == 32
 
 
@@ -45,6 +45,9 @@ def test_unknown_config_key_fails_with_its_name():
         ("--config.optim.lr=0.0", "optim.lr must be a positive finite number"),
         ("--config.optim.lr=-0.001", "optim.lr must be a positive finite number"),
         ("--config.optim.lr=1e999", "optim.lr must be a positive finite number"),
+        ("--config.train.batch_size=12", r"train.batch_size 12 does not split over the 8 batch shards"),
+        ("--config.mesh.data=3", r"mesh .*needs 3 devices, there are 8"),
+        ("--config.mesh.tensor=3", r"8 devices cannot be split"),
     ],
 )
 def test_wrong_values_fail_before_building(override, message):

@@ -187,6 +187,44 @@ def test_image_text_folder_skips_and_reports_bad_rows(tmp_path):
 
 def test_image_text_folder_stops_when_too_many_rows_are_bad(tmp_path):
     folder = tmp_path / "photos"
-    _write_folder(folder, GOOD + BAD)
-    with pytest.raises(ValueError, match="5 of 8 manifest rows are bad.*max_bad_fraction"):
+    _write_folder(folder, GOOD + BAD + BAD)
+    with pytest.raises(ValueError, match="10 of 13 manifest rows are bad.*max_bad_fraction") as err:
         builders.build_image_text_folder(str(tmp_path / "data"), str(folder), max_bad_fraction=0.2)
+    # Only the first 5 fit in the message; the report beside the data directory holds them all.
+    report = str(err.value).split("All bad rows are listed in ")[1]
+    with open(report) as f:
+        lines = [json.loads(line) for line in f]
+    assert lines[0] == {"rows": 13, "good": 3, "bad": 10} and len(lines) == 11
+
+
+def test_a_non_utf8_line_is_one_bad_row(tmp_path):
+    folder = tmp_path / "photos"
+    _write_folder(folder, GOOD)
+    with open(folder / "manifest.jsonl", "ab") as f:
+        f.write(b'{"image": "imgs/ok.png", "captions": ["caf\xe9"]}\n')
+    builder = builders.build_image_text_folder(
+        str(tmp_path / "data"), str(folder), test_fraction=0.0, max_bad_fraction=0.5
+    )
+    with open(os.path.join(builders.dataset_dir(builder), "bad_rows.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert lines[0] == {"rows": 4, "good": 3, "bad": 1}
+    assert lines[1]["line"] == 4 and "not valid UTF-8" in lines[1]["reason"]
+
+
+def test_an_edited_manifest_or_image_is_a_new_dataset(tmp_path):
+    folder = tmp_path / "photos"
+    _write_folder(folder, GOOD)
+    data = str(tmp_path / "data")
+    first = builders.build_image_text_folder(data, str(folder), test_fraction=0.0)
+    assert first.info.splits["train"].num_examples == 2
+    with open(folder / "manifest.jsonl", "a") as f:
+        f.write(json.dumps({"image": "imgs/new.png", "captions": ["a new one"]}) + "\n")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "imgs" / "new.png")
+    with pytest.raises(FileNotFoundError, match="is not built"):  # training refuses the stale build
+        builders.load_builder("image_text_folder", data, path=str(folder))
+    second = builders.build_image_text_folder(data, str(folder), test_fraction=0.0)
+    assert second.info.splits["train"].num_examples == 3
+    assert builders.dataset_dir(second) != builders.dataset_dir(first)
+    os.utime(folder / "imgs" / "new.png", ns=(1, 1))  # the same manifest, a changed image file
+    with pytest.raises(FileNotFoundError, match="is not built"):
+        builders.load_builder("image_text_folder", data, path=str(folder))

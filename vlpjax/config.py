@@ -129,6 +129,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not config.objectives:
         raise ConfigError("objectives is empty: name at least one objective with a weight")
     _validate_objectives(config)
+    _validate_devices(config)
     return config
 
 
@@ -156,6 +157,28 @@ def _validate_train(config: ml_collections.ConfigDict) -> None:
     lr = float(config.optim.lr)
     if not (math.isfinite(lr) and lr > 0):
         raise ConfigError(f"optim.lr must be a positive finite number, got {config.optim.lr}")
+
+
+def _validate_devices(config: ml_collections.ConfigDict) -> None:
+    """The mesh must fit the devices and the global batch must split over its batch shards,
+    checked before the data and the model are built."""
+    import jax  # only here: loading and overriding a config needs no backend
+
+    from vlpjax.parallel.mesh import MESH_AXES, resolve_axis_sizes
+
+    batch = int(config.train.batch_size)
+    if config.train.parallelism == "pmap":
+        shards, what = jax.device_count(), f"{jax.device_count()} devices (pmap)"
+    else:
+        try:
+            sizes = dict(zip(MESH_AXES, resolve_axis_sizes(dict(config.mesh), jax.device_count()), strict=True))
+        except ValueError as err:
+            raise ConfigError(f"config.mesh does not fit the devices: {err}") from None
+        shards, what = sizes["data"] * sizes["fsdp"], f"{sizes['data'] * sizes['fsdp']} batch shards of mesh {sizes}"
+    if batch % shards or batch % jax.process_count():
+        raise ConfigError(
+            f"train.batch_size {batch} does not split over the {what} and {jax.process_count()} process(es)"
+        )
 
 
 def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -137,7 +137,8 @@ def folder_config(
     seed: int = 0,
 ) -> FolderConfig:
     path = os.path.abspath(path)
-    digest = hashlib.sha1(f"{path}|{manifest}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
+    content = folder.content_fingerprint(path, manifest)  # an edited manifest or image is another dataset
+    digest = hashlib.sha1(f"{path}|{manifest}|{content}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
     name = f"{os.path.basename(path.rstrip('/')) or 'root'}_{digest}"
     return FolderConfig(
         name=name,
@@ -172,9 +173,8 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         if not c.folder:
             raise ValueError("image_text_folder needs a folder: use folder_config(path)")
-        scan = folder.scan_manifest(c.folder, c.manifest)
+        scan = self.scan_report = folder.scan_manifest(c.folder, c.manifest)
         folder.check_bad_fraction(scan, c.max_bad_fraction)
-        self.scan_report = scan
         test_images = _held_out(sorted({row.image for row in scan.rows}), c.test_fraction, c.seed)
         grouped = folder.group_by_image(scan.rows)
         return _train_test_splits(self._generate_examples, grouped, lambda group: group.image in test_images)
@@ -212,9 +212,8 @@ class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         c = self.builder_config
-        scan = documents.scan_documents(c.folder, c.manifest)
+        scan = self.scan_report = documents.scan_documents(c.folder, c.manifest)
         folder.check_bad_fraction(scan, c.max_bad_fraction)
-        self.scan_report = scan
         test = _held_out(list(range(len(scan.rows))), c.test_fraction, c.seed)
         return _train_test_splits(self._generate_examples, list(enumerate(scan.rows)), lambda doc: doc[0] in test)
 
@@ -262,7 +261,15 @@ def build_image_text_folder(
     """Validate the manifest (or documents file), write the dataset, and leave
     `bad_rows.jsonl` beside it."""
     builder = _folder_builder(kind, data_dir, path=path, **kwargs)
-    builder.download_and_prepare()
+    try:
+        builder.download_and_prepare()
+    except folder.TooManyBadRows as err:
+        # No dataset directory exists: the full report goes beside where it would have been.
+        report_path = os.path.join(data_dir, f"{builder.builder_config.name}.{folder.REPORT_FILE}")
+        if getattr(builder, "scan_report", None) is not None:
+            folder.write_report(builder.scan_report, report_path)
+            raise folder.TooManyBadRows(f"{err} All bad rows are listed in {report_path}") from None
+        raise
     report = getattr(builder, "scan_report", None)
     if report is not None:
         folder.write_report(report, os.path.join(dataset_dir(builder), folder.REPORT_FILE))

@@ -13,13 +13,19 @@ counted and listed in a report; too many of them stop the build.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any, Callable
 
 from vlpjax.data.images import decode_image
+from vlpjax.errors import UserError
 
 REPORT_FILE = "bad_rows.jsonl"
+
+
+class TooManyBadRows(UserError, ValueError):
+    """More rows are bad than data.max_bad_fraction allows."""
 
 
 @dataclasses.dataclass
@@ -133,8 +139,13 @@ def scan_jsonl(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} does not exist")
     good, bad, decodable = [], [], {}
-    with open(path) as f:
-        for line_no, text in enumerate(f, start=1):
+    with open(path, "rb") as f:  # bytes: one undecodable line is one bad row, not a failed build
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                bad.append(BadRow(line_no, f"line is not valid UTF-8 (byte {err.start})"))
+                continue
             if not text.strip():
                 continue
             try:
@@ -144,16 +155,56 @@ def scan_jsonl(
     return ScanReport(good, bad)
 
 
+def _named_images(record) -> list[str]:
+    """The image paths a manifest row or a document names, as far as its JSON shows them."""
+    if not isinstance(record, dict):
+        return []
+    names = [record["image"]] if isinstance(record.get("image"), str) else []
+    chunks = record.get("chunks")
+    if isinstance(chunks, list):
+        names += [c["image"] for c in chunks if isinstance(c, dict) and isinstance(c.get("image"), str)]
+    return names
+
+
+def _file_stamp(root: str, relative: str) -> str:
+    try:
+        stat = os.stat(os.path.join(root, relative))
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def content_fingerprint(root: str, file: str) -> str:
+    """A digest of the JSONL file's bytes and of the size and mtime of every image it names, so
+    a dataset built from an earlier version of either is not mistaken for this one."""
+    path = file if os.path.isabs(file) else os.path.join(root, file)
+    digest = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return "unreadable"
+    digest.update(data)
+    for raw in data.splitlines():
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            continue
+        for image in _named_images(record):
+            digest.update(f"\n{image}\0{_file_stamp(root, image)}".encode())
+    return digest.hexdigest()[:16]
+
+
 def scan_manifest(root: str, manifest: str = "manifest.jsonl") -> ScanReport:
     return scan_jsonl(root, manifest, "manifest", _parse, bad_image=_image_field)
 
 
 def check_bad_fraction(report: ScanReport, limit: float) -> None:
     if report.total == 0:
-        raise ValueError("the manifest has no rows")
+        raise TooManyBadRows("the manifest has no rows")
     if report.bad_fraction > limit:
         examples = "; ".join(f"line {b.line}: {b.reason}" for b in report.bad[:5])
-        raise ValueError(
+        raise TooManyBadRows(
             f"{len(report.bad)} of {report.total} manifest rows are bad ({report.bad_fraction:.1%}), "
             f"over the limit of {limit:.1%} (max_bad_fraction). First ones: {examples}"
         )

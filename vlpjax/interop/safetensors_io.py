@@ -13,6 +13,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
+from vlpjax.errors import UserError
+
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 
@@ -23,6 +25,19 @@ def read_config(path: str) -> dict:
         raise FileNotFoundError(f"no config.json in {path!r}: expected a Hugging Face model directory")
     with open(config_path) as f:
         return json.load(f)
+
+
+class UnsafeShardPath(UserError, ValueError):
+    """A weight index names a file outside its model directory."""
+
+
+def shard_path(directory: str, shard: str, index: str) -> str:
+    """The shard file `shard` inside `directory`; an index may not send the reader elsewhere."""
+    root = os.path.realpath(directory)
+    target = os.path.realpath(os.path.join(root, shard))
+    if os.path.isabs(shard) or os.path.commonpath([root, target]) != root:
+        raise UnsafeShardPath(f"{index} names shard {shard!r}, which lies outside the model directory {directory!r}")
+    return target
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -36,7 +51,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
             shards = sorted(set(json.load(f)["weight_map"].values()))
         tensors: dict[str, np.ndarray] = {}
         for shard in shards:
-            tensors.update(load_file(os.path.join(path, shard)))
+            tensors.update(load_file(shard_path(path, shard, index)))
         return tensors
     raise FileNotFoundError(f"no {WEIGHTS_FILE} or {WEIGHTS_INDEX} in {path!r} (pickled .bin weights are not read)")
 
