@@ -11,6 +11,7 @@ import pytest
 from vlpjax.config import load_config
 from vlpjax.train import checkpoints
 from vlpjax.train.loop import train
+from vlpjax.train.metrics_log import read_metrics
 from vlpjax.train.restore import restore_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,3 +82,53 @@ def test_resuming_with_another_model_shape_names_the_parameter(trained, tiny_sha
     message = str(err.value)
     assert "another config" in message and "fresh --workdir" in message
     assert "(32, 48)" in message or "(48,)" in message, message
+
+
+def test_a_failed_asynchronous_save_stops_the_run_at_the_next_step(tiny_shapes_dir, tmp_path, monkeypatch):
+    """The save of step 4 fails in the background (a full disk): the run stops naming that
+    checkpoint right away, not steps later or never."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    original = ocp.StandardCheckpointHandler.async_save
+
+    class DiskFull:
+        def result(self, timeout=None):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def failing(self, directory, *args, **kwargs):
+        futures = await original(self, directory, *args, **kwargs)
+        return [*(futures or []), DiskFull()] if "/4" in str(directory) else futures
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "async_save", failing)
+    workdir = str(tmp_path / "full")
+    with pytest.raises(checkpoints.CheckpointSaveFailed, match=r"checkpoints/4 failed: .*No space left on device"):
+        train(_config(tiny_shapes_dir, "--config.train.steps=12"), workdir)
+    # It stops once the failed save is known, at the latest before the next save is written:
+    # no later checkpoint, no training to the end.
+    logged = [m["step"] for m in read_metrics(workdir) if "train/loss" in m]
+    assert logged and max(logged) <= 8, logged
+    assert not os.path.exists(os.path.join(workdir, "checkpoints", "8"))
+
+
+def test_evaluating_a_run_whose_workdir_cannot_be_written(trained, tiny_shapes_dir, tmp_path, caplog):
+    """An archived run on a read-only mount: nothing in the workdir can be created or appended to
+    (simulated here, as root, by putting a file or a directory where each output would go)."""
+    import shutil
+
+    from vlpjax.train.restore import evaluate_workdir
+
+    workdir = tmp_path / "archived"
+    shutil.copytree(trained, workdir)
+    shutil.rmtree(workdir / "tensorboard")
+    (workdir / "tensorboard").write_text("not a directory")
+    (workdir / "metrics.jsonl").unlink()
+    (workdir / "metrics.jsonl").mkdir()
+    (workdir / "retrieval_top5.png").unlink(missing_ok=True)
+    (workdir / "retrieval_top5.png").mkdir()
+    before = sorted(os.listdir(workdir / "checkpoints"))
+    metrics = evaluate_workdir(_config(tiny_shapes_dir), str(workdir))
+    assert 0 <= metrics["retrieval/t2i_r1"] <= 1
+    assert "cannot write metrics in the workdir" in caplog.text
+    assert sorted(os.listdir(workdir / "checkpoints")) == before

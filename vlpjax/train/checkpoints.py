@@ -31,12 +31,20 @@ class NoUsableCheckpoint(UserError, FileNotFoundError):
     """Checkpoints exist, but none of them restores."""
 
 
-def checkpoint_manager(workdir: str, *, every: int, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+class CheckpointSaveFailed(UserError, OSError):
+    """An asynchronous save failed (a full disk, a vanished mount)."""
+
+
+def checkpoint_manager(
+    workdir: str, *, every: int, keep: int, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
+    """`read_only`: for evaluating a run where it lies (an archive may be a read-only mount)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         save_interval_steps=max(every, 1),
-        enable_async_checkpointing=async_save,
-        create=True,
+        enable_async_checkpointing=async_save and not read_only,
+        create=not read_only,
+        read_only=read_only,
     )
     # Named handlers let item_metadata read a step's shapes before (and without) restoring it.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
@@ -50,6 +58,29 @@ def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict | No
     if data_state is not None:
         items["data"] = ocp.args.JsonSave(data_state)
     return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _save_running(manager: ocp.CheckpointManager) -> bool:
+    """Whether the background save thread is still at work. orbax's own is_saving_in_progress
+    stays True after a failed save, so the thread is asked directly (orbax < 0.13 keeps it here)."""
+    thread = getattr(manager, "_finalize_thread", None)
+    if thread is None:
+        return manager.is_saving_in_progress()
+    return bool(thread.map(lambda t: t is not None and t.is_alive()))
+
+
+def raise_failed_saves(manager: ocp.CheckpointManager, step: int, *, wait: bool = False) -> None:
+    """Surface a finished asynchronous save's error now, naming the checkpoint, instead of at some
+    later save (`wait`: wait for the pending save first). A save still running is left alone."""
+    try:
+        if wait or not _save_running(manager):
+            manager.wait_until_finished()  # returns at once when nothing runs; raises a failed save's error
+        manager.check_for_errors()
+    except Exception as err:  # noqa: BLE001 - whatever failed in the background, the save did
+        raise CheckpointSaveFailed(
+            f"saving checkpoint {manager.directory}/{step} failed: {type(err).__name__}: {err}; "
+            "free space or fix the workdir, then resume (the checkpoints before it are intact)"
+        ) from err
 
 
 def abstract_like(state):

@@ -61,7 +61,7 @@ def eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dic
             config.data.text_len,
             zero_shot=config.eval.zero_shot and config.data.name == "synthetic_shapes",
             itm_top_k=config.eval.itm_top_k if config.model.family == "fusion" else 0,
-            png_path=png_path(workdir) if jax.process_index() == 0 else None,
+            png_path=png_path(workdir) if jax.process_index() == 0 and log.writable else None,  # not on a read-only run
             png_queries=config.eval.png_queries,
         )
     log.write(step, metrics)
@@ -70,8 +70,11 @@ def eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dic
 
 def final_report(metrics: dict, workdir: str, log: MetricsLog) -> str:
     lines = ["", metrics_table(metrics), ""]
-    if os.path.exists(png_path(workdir)):
+    if os.path.isfile(png_path(workdir)):
         lines.append(f"top-5 retrievals: {png_path(workdir)}")
+    if not log.writable:
+        lines.append("metrics:          logged above (the workdir cannot be written)")
+        return "\n".join(lines)
     lines.append(f"metrics:          {log.path}")
     lines.append(f"tensorboard:      {log.tensorboard_dir}  (tensorboard --logdir {log.tensorboard_dir})")
     return "\n".join(lines)

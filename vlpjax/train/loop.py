@@ -145,6 +145,11 @@ class FiniteGuard:
     def __init__(self, manager):
         self.manager = manager
         self._pending: tuple[int, dict] | None = None
+        self.last_save: int | None = None  # the step of the newest save started, checked for errors
+
+    def check_saves(self, wait: bool = False) -> None:
+        if self.last_save is not None:
+            checkpoints.raise_failed_saves(self.manager, self.last_save, wait=wait)
 
     def push(self, done: int, metrics: dict) -> None:
         self.settle()
@@ -172,10 +177,12 @@ def save_checkpoint(r: OpenRun, guard: FiniteGuard, done: int, *, force: bool = 
     if not (force or r.manager.should_save(done)):
         return
     guard.settle()
+    guard.check_saves(wait=True)  # orbax waits for the previous save anyway; name it if it failed
     host_state = r.host_state()
     if not bool(_all_finite(host_state.params)):
         raise NonFiniteError(f"training diverged at step {done}: a parameter is not finite; {guard.last_good()}")
     checkpoints.save(r.manager, done, host_state, r.iterator.get_state(), force=force)
+    guard.last_save = done
 
 
 class ThroughputWindow:
@@ -210,6 +217,7 @@ def run_steps(r: OpenRun, stop: StopFlag) -> bool:
         r.state, metrics = r.stepper(r.state, r.stepper.batch(next(r.iterator)))
         window.add(cfg.batch_size)
         done = step + 1
+        guard.check_saves()
         guard.push(done, metrics)
         if done % cfg.log_every == 0 or done == cfg.steps:
             guard.settle()
@@ -220,15 +228,24 @@ def run_steps(r: OpenRun, stop: StopFlag) -> bool:
             guard.settle()
             r.evaluate(done)
         if stop.requested:
-            r.manager.wait_until_finished()
+            guard.check_saves(wait=True)
             logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
             return False
     guard.settle()
     if r.manager.latest_step() != cfg.steps:
         save_checkpoint(r, guard, cfg.steps, force=True)
-    r.manager.wait_until_finished()
+    guard.check_saves(wait=True)
     bar.close()
     return True
+
+
+def _close(r: OpenRun) -> None:
+    """Close the checkpoint manager and the log; a save error here was already reported above."""
+    try:
+        r.manager.close()
+    except Exception as err:  # noqa: BLE001 - do not hide the error that ended the run
+        logger.warning("closing the checkpoint manager: %s: %s", type(err).__name__, err)
+    r.log.close()
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -243,8 +260,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics = r.evaluate(config.train.steps)
     finally:
         stop.restore()
-        r.manager.close()
-        r.log.close()
+        _close(r)
     if r.is_main:
         logger.info("%s", final_report(metrics, workdir, r.log))
     return metrics

@@ -21,7 +21,9 @@ def restore_run(config: ml_collections.ConfigDict, workdir: str):
     """(data, run, state, step) of the latest checkpoint in `workdir`."""
     data = load_data(config, answers_path(workdir))
     run = create_run(config, data.tokenizer.vocab_size, len(data.answers))
-    manager = checkpoints.checkpoint_manager(workdir, every=1, keep=config.train.keep_checkpoints, async_save=False)
+    manager = checkpoints.checkpoint_manager(
+        workdir, every=1, keep=config.train.keep_checkpoints, async_save=False, read_only=True
+    )
     try:
         if manager.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {workdir!r}: train the recipe first")
