@@ -228,3 +228,15 @@ def test_an_edited_manifest_or_image_is_a_new_dataset(tmp_path):
     os.utime(folder / "imgs" / "new.png", ns=(1, 1))  # the same manifest, a changed image file
     with pytest.raises(FileNotFoundError, match="is not built"):
         builders.load_builder("image_text_folder", data, path=str(folder))
+
+
+def test_a_manifest_outside_the_folder_names_images_inside_it(tmp_path):
+    folder = tmp_path / "photos"
+    _write_folder(folder, GOOD)
+    manifest = tmp_path / "lists" / "mine.jsonl"
+    manifest.parent.mkdir()
+    (folder / "manifest.jsonl").rename(manifest)
+    builder = builders.build_image_text_folder(
+        str(tmp_path / "data"), str(folder), manifest=str(manifest), test_fraction=0.0
+    )
+    assert builder.info.splits["train"].num_examples == 2  # imgs/ok.png and imgs/ok2.jpg, read from the folder
