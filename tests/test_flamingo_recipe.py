@@ -47,7 +47,10 @@ def flamingo_run(tiny_shapes_dir, tmp_path_factory):
         == 0
     )
     overrides = [data, f"--config.init.checkpoint={root / 'clip'}", f"--config.model.lm.path={root / 'hf'}"]
-    config = load_config(_recipe("flamingo_shapes"), overrides)
+    # Long enough to learn measurably (test_flamingo_training_lowers_its_loss): the tiny recipe's
+    # 8 steps are all warmup, and its loss stays within the batch-to-batch noise.
+    learn = ["--config.train.steps=16", "--config.optim.warmup_steps=2", "--config.optim.lr=3e-3"]
+    config = load_config(_recipe("flamingo_shapes"), overrides + learn)
     metrics = train(config, str(root / "run"))
     return dict(root=root, overrides=overrides, lm_metrics=lm_metrics, metrics=metrics)
 
@@ -90,6 +93,14 @@ def test_flamingo_reports_closed_gate_baseline_and_final_generation_metrics(flam
     assert {"caption/exact", "caption/object_f1", "vqa/accuracy", "vqa/accuracy_how_many"} <= set(final)
 
 
+def test_flamingo_training_lowers_its_loss(flamingo_run):
+    losses = [m["train/loss"] for m in read_metrics(str(flamingo_run["root"] / "run")) if "train/loss" in m]
+    assert len(losses) >= 2 and np.isfinite(losses).all()
+    # The adapters learned: 4.877 -> 4.835 when this was written. With lr 1e-12 (the same batches,
+    # no learning) the logged loss wandered between 4.864 and 4.879 and ended at 4.873.
+    assert losses[-1] < losses[0] - 0.02
+
+
 def test_generate_command_prints_a_continuation(flamingo_run, tiny_shapes_dir, tmp_path, capsys):
     image = tmp_path / "query.png"
     image.write_bytes(encode_png(np.full((32, 32, 3), 120, np.uint8)))
@@ -109,10 +120,12 @@ def test_generate_command_prints_a_continuation(flamingo_run, tiny_shapes_dir, t
     ]
     capsys.readouterr()
     assert cli.main(args) == 0
-    printed = capsys.readouterr().out.strip().splitlines()
+    # The continuation is the last line printed, empty when the model ends the chunk at once.
+    printed = capsys.readouterr().out.splitlines()
     assert printed and len(printed[-1].split()) <= 3
-    with pytest.raises(ValueError, match="markers"):
-        cli.main([*args[: -len(flamingo_run["overrides"])], "--image", str(image), *flamingo_run["overrides"]])
+    two_images = [*args[: -len(flamingo_run["overrides"])], "--image", str(image), *flamingo_run["overrides"]]
+    assert cli.main(two_images) == 2  # a user error: one line naming it, no traceback
+    assert "markers" in capsys.readouterr().err
 
 
 def _write_documents(folder):

@@ -50,7 +50,8 @@ def caption_metrics(predicted: Sequence[str], references: Sequence[Sequence[str]
     metrics = {"caption/token_f1": float(np.mean([token_f1(p, refs) for p, refs in pairs]))}
     if shapes:
         parsed = [(caption_objects(p), caption_objects(refs[0])) for p, refs in pairs]
-        metrics["caption/exact"] = float(np.mean([p == r for p, r in parsed]))
+        # An empty caption (a NaN model decodes to nothing) names no object: never an exact match.
+        metrics["caption/exact"] = float(np.mean([bool(p) and p == r for p, r in parsed]))
         metrics["caption/object_f1"] = float(np.mean([object_f1(p, r) for p, r in parsed]))
     metrics["caption/images"] = float(len(predicted))
     return metrics

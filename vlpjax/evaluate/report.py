@@ -15,6 +15,14 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(image) + 1.0) * 127.5, 0, 255).astype(np.uint8)
 
 
+def top_k_order(scores: np.ndarray, target: int, k: int) -> np.ndarray:
+    """The k best candidates, as the picture shows them: a candidate tied with the target goes
+    ahead of it (a tie must not look like a hit), and non-finite scores rank last."""
+    scores = np.where(np.isfinite(scores), scores, -np.inf)
+    is_target = np.arange(len(scores)) == target
+    return np.lexsort((is_target, -scores))[:k]
+
+
 def top_k_png(
     path: str, captions: Sequence[str], similarity: np.ndarray, images: np.ndarray, targets: Sequence[int], k: int = 5
 ) -> None:
@@ -23,7 +31,7 @@ def top_k_png(
     sheet = Image.new("RGB", (text_width + k * (THUMB + 6), len(captions) * (THUMB + 8) + 4), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for row, (caption, scores, target) in enumerate(zip(captions, similarity, targets, strict=False)):
-        top = np.argsort(-scores)[:k]
+        top = top_k_order(np.asarray(scores), int(target), k)
         y = 4 + row * (THUMB + 8)
         draw.multiline_text((4, y), "\n".join(textwrap.wrap(caption, 40)[:6]), fill=(0, 0, 0))
         for col, index in enumerate(top):

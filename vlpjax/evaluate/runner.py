@@ -16,7 +16,7 @@ from tqdm import tqdm
 from vlpjax.data.shapes import CLASS_NAMES
 from vlpjax.evaluate.report import top_k_png
 from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
-from vlpjax.evaluate.vqa import vqa_accuracy
+from vlpjax.evaluate.vqa import vqa_accuracy_from_logits
 from vlpjax.evaluate.zero_shot import class_embeddings, zero_shot_accuracy
 from vlpjax.models.layers import Encoded
 
@@ -160,12 +160,12 @@ def evaluate(
 
 
 def evaluate_vqa(inference: Inference, vqa_data: Mapping, answers: list[str]) -> dict[str, float]:
-    """Accuracy of the top answer over every test question (the VQA benchmark's scoring)."""
+    """Accuracy of the top answer over every test question (the VQA benchmark's scoring); a
+    question whose logits are all NaN scores 0, tied top answers their mean credit."""
     logits = inference.answer_logits(
         image_inputs(vqa_data), vqa_data["image_index"], vqa_data["question_ids"], vqa_data["question_mask"]
     )
-    predicted = [answers[i] for i in np.argmax(logits, axis=-1)]
-    return vqa_accuracy(predicted, vqa_data["references"], vqa_data["questions"])
+    return vqa_accuracy_from_logits(logits, answers, vqa_data["references"], vqa_data["questions"])
 
 
 def png_path(workdir: str) -> str:

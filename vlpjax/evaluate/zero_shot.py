@@ -6,6 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
+from vlpjax.evaluate.retrieval import recall_at_k
+
 DEFAULT_TEMPLATES = ("a {}", "there is a {}", "a picture with a {}")
 
 
@@ -19,5 +21,8 @@ def class_embeddings(
 
 
 def zero_shot_accuracy(img_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray) -> float:
-    predictions = np.argmax(np.asarray(img_emb) @ class_emb.T, axis=1)
-    return float(np.mean(predictions == labels))
+    """Top-1 accuracy of the class logits, scored as retrieval R@1 over the classes: a tie among
+    the best classes earns its expected share, a non-finite label logit is wrong, and a
+    non-finite logit of another class ranks last (a NaN model scores 0, a constant one 1/classes)."""
+    logits = np.asarray(img_emb, np.float32) @ np.asarray(class_emb, np.float32).T
+    return recall_at_k(logits, np.asarray(labels), ks=(1,))[1]
