@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from vlpjax.objectives.accuracy import hits
 from vlpjax.objectives.shards import AxisName, axis_size, gather_rows, global_mean, global_rows
 
 
@@ -27,7 +28,7 @@ def _cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def _accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    return jnp.mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32))
+    return jnp.mean(hits(logits, labels))
 
 
 def softmax_loss(img_emb, txt_emb, logit_scale, *, axis_name: AxisName = None):

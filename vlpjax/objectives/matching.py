@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vlpjax.objectives.accuracy import hits
 from vlpjax.objectives.shards import AxisName, gather_rows, global_mean, global_row_keys
 
 _IMAGE_TO_TEXT, _TEXT_TO_IMAGE = 0, 1
@@ -73,6 +74,6 @@ def itm_loss(
     labels = jnp.concatenate([jnp.ones(b, jnp.int32), jnp.zeros(2 * b, jnp.int32)])
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     local = -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
-    accuracy = jnp.mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32))
+    accuracy = jnp.mean(hits(logits, labels))
     loss = global_mean(local, axis_name)
     return loss, {"itm/loss": loss, "itm/accuracy": global_mean(accuracy, axis_name)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vlpjax.objectives.accuracy import hits
 from vlpjax.objectives.shards import AxisName, global_sum
 
 
@@ -15,7 +16,7 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, weights: jax.Arra
     nll = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     w = weights.astype(jnp.float32)
     total, count = jnp.sum(nll * w), jnp.sum(w)
-    correct = jnp.sum((jnp.argmax(logits, -1) == targets) * w)
+    correct = jnp.sum(hits(logits, targets) * w)
     total, count, correct = (global_sum(x, axis_name) for x in (total, count, correct))
     count_or_one = jnp.maximum(count, 1.0)
     return total / count_or_one, correct / count_or_one, count

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from vlpjax.objectives.accuracy import finite_argmax
 from vlpjax.objectives.shards import AxisName, global_mean
 
 
@@ -18,6 +19,7 @@ def vqa_loss(logits: jax.Array, scores: jax.Array, *, axis_name: AxisName = None
     logits, scores = logits.astype(jnp.float32), scores.astype(jnp.float32)
     per_answer = jnp.maximum(logits, 0) - logits * scores + jnp.log1p(jnp.exp(-jnp.abs(logits)))
     loss = global_mean(jnp.mean(jnp.sum(per_answer, axis=-1)), axis_name)
-    predicted = jnp.argmax(logits, axis=-1)
-    accuracy = global_mean(jnp.mean(jnp.take_along_axis(scores, predicted[:, None], axis=-1)), axis_name)
+    predicted = finite_argmax(logits)  # a non-finite row predicts nothing and scores 0
+    credit = jnp.take_along_axis(scores, jnp.maximum(predicted, 0)[:, None], axis=-1)[:, 0]
+    accuracy = global_mean(jnp.mean(jnp.where(predicted >= 0, credit, 0.0)), axis_name)
     return loss, {"vqa/loss": loss, "vqa/train_accuracy": accuracy}
