@@ -1,4 +1,5 @@
 """Reading the text fields of a dataset example (synthetic_shapes and image_text_folder rows)."""
+
 from __future__ import annotations
 
 import json
@@ -15,4 +16,4 @@ def question_rows(example: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
         references = [json.loads(as_text(a)) for a in example["answer_lists"]]
     else:
         references = [[as_text(a)] for a in example["answers"]]
-    return list(zip(questions, references))
+    return list(zip(questions, references, strict=False))

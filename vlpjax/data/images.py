@@ -1,4 +1,5 @@
 """Image bytes <-> arrays. Datasets store encoded images; the input pipeline decodes them."""
+
 from __future__ import annotations
 
 import io

@@ -3,6 +3,7 @@
 Each example is a pure function of (seed, index), so the same seed gives the same batches,
 and the iterator's state (a small dict) resumes a run exactly; it is saved with checkpoints.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,12 +44,16 @@ class PipelineConfig:
     def __post_init__(self):
         check_choice("data.task", self.task, TASKS)
         if self.documents and self.task != "interleaved":
-            raise ValueError(f"interleaved_folder documents train Flamingo (data.task='interleaved'), not data.task={self.task!r}")
+            raise ValueError(
+                f"interleaved_folder documents train Flamingo (data.task='interleaved'), not data.task={self.task!r}"
+            )
         if self.region_grid and self.crop_scale != (1.0, 1.0):
             raise ValueError("region features from boxes need data.crop_scale=(1.0, 1.0): a crop would move the boxes")
 
 
-def random_resized_crop(image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float], out_size: int) -> np.ndarray:
+def random_resized_crop(
+    image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float], out_size: int
+) -> np.ndarray:
     h, w = image.shape[:2]
     if scale != (1.0, 1.0):
         area = rng.uniform(*scale) * h * w
@@ -83,13 +88,17 @@ class TrainTransform:
         out = {"image": normalize(image), "image_id": np.int64(example["id"])}
         if c.region_grid:
             boxes = np.asarray(example["boxes"], np.float32).reshape(-1, 4)
-            out.update(region_arrays(out["image"], flip_boxes(boxes) if flipped else boxes, c.region_grid, c.max_regions))
+            out.update(
+                region_arrays(out["image"], flip_boxes(boxes) if flipped else boxes, c.region_grid, c.max_regions)
+            )
         if c.task == "vqa":
             question, references = question_rows(example)[rng.integers(len(example["questions"]))]
             if flipped and c.flip_swaps_words:
                 question, references = swap_left_right(question), [swap_left_right(a) for a in references]
             ids, mask = self.tokenizer([question], c.text_len)
-            out.update(question_ids=ids[0], question_mask=mask[0], answer_scores=target_scores(references, self.answers))
+            out.update(
+                question_ids=ids[0], question_mask=mask[0], answer_scores=target_scores(references, self.answers)
+            )
             return out
         captions = [as_text(t) for t in example["captions"]]
         caption = captions[rng.integers(len(captions))]
@@ -121,31 +130,59 @@ def train_transform(source, tokenizer: TextTokenizer, config: PipelineConfig, an
     if config.documents:
         return DocumentTransform(tokenizer, config.image_size, config.text_len, config.chunks, config.lm_vocab_size)
     if config.task == "interleaved":
-        return InterleavedTransform(source, tokenizer, config.image_size, config.text_len, config.chunks, config.lm_vocab_size)
+        return InterleavedTransform(
+            source, tokenizer, config.image_size, config.text_len, config.chunks, config.lm_vocab_size
+        )
     if config.task == "text":
         return TextTransform(tokenizer, config.text_len)
     return TrainTransform(config, tokenizer, answers)
 
 
-def train_dataset(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, filter_empty: bool = False, answers: Sequence[str] = ()) -> grain.MapDataset:
+def train_dataset(
+    source,
+    tokenizer: TextTokenizer,
+    config: PipelineConfig,
+    process_index: int = 0,
+    process_count: int = 1,
+    *,
+    filter_empty: bool = False,
+    answers: Sequence[str] = (),
+) -> grain.MapDataset:
     """An endless MapDataset of batches: element k is the k-th batch of this process.
 
     `filter_empty` drops examples without captions (image_text) or questions (vqa) first.
     """
     if config.flip and not config.flip_swaps_words:
-        raise ValueError("a horizontal flip changes the meaning of left/right words: turn flip off or let it swap words")
+        raise ValueError(
+            "a horizontal flip changes the meaning of left/right words: turn flip off or let it swap words"
+        )
     if filter_empty and config.task in ("image_text", "vqa"):  # interleaved / text rows take captions or questions
         source = NonEmptySubset(source, "questions" if config.task == "vqa" else "captions")
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) < config.batch_size:
         raise ValueError(f"this process's shard has {len(ds)} examples, fewer than one batch of {config.batch_size}")
-    ds = ds.shuffle(seed=config.seed).random_map(train_transform(source, tokenizer, config, answers), seed=config.seed).repeat(None)
+    ds = (
+        ds.shuffle(seed=config.seed)
+        .random_map(train_transform(source, tokenizer, config, answers), seed=config.seed)
+        .repeat(None)
+    )
     return ds.batch(config.batch_size, drop_remainder=True)
 
 
-def train_iterator(source, tokenizer: TextTokenizer, config: PipelineConfig, process_index: int = 0, process_count: int = 1, *, filter_empty: bool = False, answers: Sequence[str] = ()):
+def train_iterator(
+    source,
+    tokenizer: TextTokenizer,
+    config: PipelineConfig,
+    process_index: int = 0,
+    process_count: int = 1,
+    *,
+    filter_empty: bool = False,
+    answers: Sequence[str] = (),
+):
     """A checkpointable iterator (get_state / set_state) with background prefetch threads."""
-    ds = train_dataset(source, tokenizer, config, process_index, process_count, filter_empty=filter_empty, answers=answers)
+    ds = train_dataset(
+        source, tokenizer, config, process_index, process_count, filter_empty=filter_empty, answers=answers
+    )
     options = grain.ReadOptions(num_threads=config.threads, prefetch_buffer_size=config.prefetch)
     return iter(ds.to_iter_dataset(options))
 
@@ -154,7 +191,10 @@ def _image_arrays(examples, config: PipelineConfig) -> dict[str, np.ndarray]:
     images = np.stack([normalize(resize(decode_image(e["image"]), config.image_size)) for e in examples])
     out = {"image": images}
     if config.region_grid:
-        rows = [region_arrays(img, e["boxes"], config.region_grid, config.max_regions) for img, e in zip(images, examples)]
+        rows = [
+            region_arrays(img, e["boxes"], config.region_grid, config.max_regions)
+            for img, e in zip(images, examples, strict=True)
+        ]
         out.update({k: np.stack([r[k] for r in rows]) for k in rows[0]})
     return out
 
@@ -167,19 +207,28 @@ def _test_examples(source, field: str, limit: int | None):
     return examples
 
 
-def eval_arrays(source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None) -> dict[str, np.ndarray]:
+def eval_arrays(
+    source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None
+) -> dict[str, np.ndarray]:
     """The whole (small) test split in memory: images (and regions), first captions, labels."""
     examples = _test_examples(source, "captions", limit)
     first = [as_text(e["captions"][0]) for e in examples]
     ids, mask = tokenizer(first, config.text_len)
-    out = {**_image_arrays(examples, config), "text_ids": ids, "text_mask": mask, "captions": np.array(first, dtype=object)}
+    out = {
+        **_image_arrays(examples, config),
+        "text_ids": ids,
+        "text_mask": mask,
+        "captions": np.array(first, dtype=object),
+    }
     if "label" in examples[0]:
         out["label"] = np.array([int(e["label"]) for e in examples], np.int64)
         out["object_count"] = np.array([len(e["labels"]) for e in examples], np.int64)
     return out
 
 
-def vqa_eval_arrays(source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None) -> dict[str, Any]:
+def vqa_eval_arrays(
+    source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None
+) -> dict[str, Any]:
     """Every question of the test images: `image_index` [Q] points into the image arrays."""
     examples = _test_examples(source, "questions", limit)
     rows = [(i, q, refs) for i, e in enumerate(examples) for q, refs in question_rows(e)]

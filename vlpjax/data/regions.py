@@ -4,6 +4,7 @@ Each box is pooled to a `grid x grid` patch of mean pixel values (area averaging
 so a region's feature says what its pixels look like and `boxes` say where it is: enough for
 UNITER-style merged attention over regions on data that ships its boxes (synthetic_shapes).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,7 +23,9 @@ def pooled_box(image: np.ndarray, box: np.ndarray, grid: int) -> np.ndarray:
     crop = image[top:bottom, left:right]
     rows = np.array_split(np.arange(crop.shape[0]), grid)
     cols = np.array_split(np.arange(crop.shape[1]), grid)
-    cells = [crop[r][:, c].mean(axis=(0, 1)) if len(r) and len(c) else np.zeros(3, image.dtype) for r in rows for c in cols]
+    cells = [
+        crop[r][:, c].mean(axis=(0, 1)) if len(r) and len(c) else np.zeros(3, image.dtype) for r in rows for c in cols
+    ]
     return np.concatenate(cells).astype(np.float32)
 
 

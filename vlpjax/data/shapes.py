@@ -4,6 +4,7 @@ A scene holds 1-3 objects, each a (shape, colour, size) in its own cell of a 3x3
 scene we draw the image, write paraphrased captions that name every object, and pose
 question-answer pairs. Everything is a function of a numpy Generator, so a seed fixes it all.
 """
+
 from __future__ import annotations
 
 import dataclasses
