@@ -212,31 +212,31 @@ def run_steps(r: OpenRun, stop: StopFlag) -> bool:
     """Train from `r.start` to `train.steps`; False when SIGTERM ended the run early."""
     cfg = r.config.train
     guard, window = FiniteGuard(r.manager), ThroughputWindow()
-    bar = tqdm(total=cfg.steps, initial=r.start, disable=not r.is_main, desc="train", dynamic_ncols=True)
-    for step in range(r.start, cfg.steps):
-        r.state, metrics = r.stepper(r.state, r.stepper.batch(next(r.iterator)))
-        window.add(cfg.batch_size)
-        done = step + 1
-        guard.check_saves()
-        guard.push(done, metrics)
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            guard.settle()
-            log_train_metrics(r, done, metrics, window, bar)
-        bar.update(1)
-        save_checkpoint(r, guard, done, force=stop.requested)
-        if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
-            guard.settle()
-            r.evaluate(done)
-        if stop.requested:
-            guard.check_saves(wait=True)
-            logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
-            return False
-    guard.settle()
-    if r.manager.latest_step() != cfg.steps:
-        save_checkpoint(r, guard, cfg.steps, force=True)
-    guard.check_saves(wait=True)
-    bar.close()
-    return True
+    # A context manager: the bar is closed before an error message is printed, not after it.
+    with tqdm(total=cfg.steps, initial=r.start, disable=not r.is_main, desc="train", dynamic_ncols=True) as bar:
+        for step in range(r.start, cfg.steps):
+            r.state, metrics = r.stepper(r.state, r.stepper.batch(next(r.iterator)))
+            window.add(cfg.batch_size)
+            done = step + 1
+            guard.check_saves()
+            guard.push(done, metrics)
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                guard.settle()
+                log_train_metrics(r, done, metrics, window, bar)
+            bar.update(1)
+            save_checkpoint(r, guard, done, force=stop.requested)
+            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+                guard.settle()
+                r.evaluate(done)
+            if stop.requested:
+                guard.check_saves(wait=True)
+                logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
+                return False
+        guard.settle()
+        if r.manager.latest_step() != cfg.steps:
+            save_checkpoint(r, guard, cfg.steps, force=True)
+        guard.check_saves(wait=True)
+        return True
 
 
 def _close(r: OpenRun) -> None:
