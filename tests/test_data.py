@@ -240,3 +240,26 @@ def test_a_manifest_outside_the_folder_names_images_inside_it(tmp_path):
         str(tmp_path / "data"), str(folder), manifest=str(manifest), test_fraction=0.0
     )
     assert builder.info.splits["train"].num_examples == 2  # imgs/ok.png and imgs/ok2.jpg, read from the folder
+
+
+def test_an_edited_documents_file_is_a_new_dataset_and_bad_bytes_are_one_bad_document(tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(folder / "a.png")
+    docs = [{"chunks": ["before", {"image": "a.png"}, f"after {i}"]} for i in range(4)]
+    (folder / "documents.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    data = str(tmp_path / "data")
+    first = builders.build_image_text_folder(data, str(folder), kind="interleaved_folder", test_fraction=0.0)
+    assert first.info.splits["train"].num_examples == 4
+    with open(folder / "documents.jsonl", "ab") as f:
+        f.write(b'{"chunks": ["caf\xe9", {"image": "a.png"}]}\n')
+        f.write((json.dumps(docs[0]) + "\n").encode())
+    with pytest.raises(FileNotFoundError, match="is not built"):
+        builders.load_builder("interleaved_folder", data, path=str(folder))
+    second = builders.build_image_text_folder(
+        data, str(folder), kind="interleaved_folder", test_fraction=0.0, max_bad_fraction=0.5
+    )
+    assert second.info.splits["train"].num_examples == 5
+    with open(os.path.join(builders.dataset_dir(second), "bad_rows.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert lines[1]["line"] == 5 and "not valid UTF-8" in lines[1]["reason"]
