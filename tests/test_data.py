@@ -215,14 +215,14 @@ def test_an_edited_manifest_or_image_is_a_new_dataset(tmp_path):
     folder = tmp_path / "photos"
     _write_folder(folder, GOOD)
     data = str(tmp_path / "data")
-    first = builders.build_image_text_folder(data, str(folder), test_fraction=0.0)
+    first = builders.build_image_text_folder(data, str(folder))
     assert first.info.splits["train"].num_examples == 2
     with open(folder / "manifest.jsonl", "a") as f:
         f.write(json.dumps({"image": "imgs/new.png", "captions": ["a new one"]}) + "\n")
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "imgs" / "new.png")
     with pytest.raises(FileNotFoundError, match="is not built"):  # training refuses the stale build
         builders.load_builder("image_text_folder", data, path=str(folder))
-    second = builders.build_image_text_folder(data, str(folder), test_fraction=0.0)
+    second = builders.build_image_text_folder(data, str(folder))
     assert second.info.splits["train"].num_examples == 3
     assert builders.dataset_dir(second) != builders.dataset_dir(first)
     os.utime(folder / "imgs" / "new.png", ns=(1, 1))  # the same manifest, a changed image file
@@ -249,17 +249,28 @@ def test_an_edited_documents_file_is_a_new_dataset_and_bad_bytes_are_one_bad_doc
     docs = [{"chunks": ["before", {"image": "a.png"}, f"after {i}"]} for i in range(4)]
     (folder / "documents.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
     data = str(tmp_path / "data")
-    first = builders.build_image_text_folder(data, str(folder), kind="interleaved_folder", test_fraction=0.0)
+    first = builders.build_image_text_folder(data, str(folder), kind="interleaved_folder")
     assert first.info.splits["train"].num_examples == 4
     with open(folder / "documents.jsonl", "ab") as f:
         f.write(b'{"chunks": ["caf\xe9", {"image": "a.png"}]}\n')
         f.write((json.dumps(docs[0]) + "\n").encode())
     with pytest.raises(FileNotFoundError, match="is not built"):
         builders.load_builder("interleaved_folder", data, path=str(folder))
-    second = builders.build_image_text_folder(
-        data, str(folder), kind="interleaved_folder", test_fraction=0.0, max_bad_fraction=0.5
-    )
+    second = builders.build_image_text_folder(data, str(folder), kind="interleaved_folder", max_bad_fraction=0.5)
     assert second.info.splits["train"].num_examples == 5
     with open(os.path.join(builders.dataset_dir(second), "bad_rows.jsonl")) as f:
         lines = [json.loads(line) for line in f]
     assert lines[1]["line"] == 5 and "not valid UTF-8" in lines[1]["reason"]
+
+
+def test_a_moved_folder_still_loads_its_newest_build(tmp_path, caplog):
+    """An archived run is evaluated where its image folder no longer exists: the newest build
+    of that folder is used, with a warning; a folder that exists but changed is refused."""
+    folder = tmp_path / "photos"
+    _write_folder(folder, GOOD)
+    data = str(tmp_path / "data")
+    built = builders.build_image_text_folder(data, str(folder))
+    folder.rename(tmp_path / "elsewhere")
+    loaded = builders.load_builder("image_text_folder", data, path=str(folder))
+    assert builders.dataset_dir(loaded) == builders.dataset_dir(built)
+    assert "cannot read the manifest" in caplog.text

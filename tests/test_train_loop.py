@@ -157,17 +157,17 @@ def test_divergence_stops_the_run_and_keeps_the_last_finite_checkpoint(tiny_shap
 
 def test_a_checkpoint_with_a_non_finite_parameter_is_never_written(tiny_shapes_dir, tmp_path):
     """Even with finite step metrics (the guard bypassed), one NaN parameter blocks the save."""
-    from vlpjax.train.loop import FiniteGuard, NonFiniteError, open_run, save_checkpoint
+    from vlpjax.train.loop import FiniteGuard, NonFiniteError, SaveWatcher, open_run, save_checkpoint
 
     config = load_config(RECIPE, [f"--config.data.data_dir={tiny_shapes_dir}"])
     r = open_run(config, str(tmp_path / "run"))
     try:
-        save_checkpoint(r, FiniteGuard(r.manager), 1, force=True)
+        save_checkpoint(r, FiniteGuard(r.manager), SaveWatcher(r.manager), 1, force=True)
         leaves, treedef = jax.tree.flatten(r.state.params)
         leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(np.nan)
         r.state = r.state.replace(params=jax.tree.unflatten(treedef, leaves))
         with pytest.raises(NonFiniteError, match="step 2: a parameter is not finite"):
-            save_checkpoint(r, FiniteGuard(r.manager), 2, force=True)
+            save_checkpoint(r, FiniteGuard(r.manager), SaveWatcher(r.manager), 2, force=True)
         r.manager.wait_until_finished()
         assert r.manager.all_steps() == [1]
     finally:

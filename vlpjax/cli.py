@@ -196,7 +196,8 @@ def main(argv=None) -> int:
     except Exception as err:
         if args.debug or not _is_user_error(err):
             raise
-        print(f"vlpjax {args.command}: {err}", file=sys.stderr)
+        one_line = " ".join(str(err).split())  # messages quoting other libraries may span lines
+        print(f"vlpjax {args.command}: {one_line}", file=sys.stderr)
         return 2
     return 0
 

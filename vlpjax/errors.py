@@ -7,3 +7,7 @@ config.ConfigError, train.checkpoints.CheckpointMismatch, train.loop.NonFiniteEr
 
 class UserError(Exception):
     """A problem with the user's input, files or run, explained by the message alone."""
+
+
+class InvalidInput(UserError, ValueError):
+    """A value, file, dataset or checkpoint the user supplied cannot be used as it is."""

@@ -7,8 +7,10 @@ by the input pipeline, so building needs neither TensorFlow nor a GPU.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Callable, Iterator
 
@@ -18,6 +20,9 @@ import tensorflow_datasets as tfds
 from vlpjax.data import documents, folder, shapes
 from vlpjax.data.images import encode_png
 from vlpjax.data.tokenizer import TOKENIZER_FILE, as_text, train_wordpiece
+from vlpjax.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
 
 TEXT = tfds.features.Text()
 
@@ -129,17 +134,24 @@ class FolderConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
+def _folder_prefix(path: str, manifest: str, test_fraction: float, seed: int) -> str:
+    digest = hashlib.sha1(f"{path}|{manifest}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
+    return f"{os.path.basename(path.rstrip('/')) or 'root'}_{digest}"
+
+
 def folder_config(
     path: str,
     manifest: str = "manifest.jsonl",
     max_bad_fraction: float = 0.05,
     test_fraction: float = 0.1,
     seed: int = 0,
+    content: str | None = None,
 ) -> FolderConfig:
+    """`content`: the fingerprint of the manifest and its images (default: read it now). Each
+    version of a folder is its own dataset, named <folder>_<settings digest>_<content>."""
     path = os.path.abspath(path)
-    content = folder.content_fingerprint(path, manifest)  # an edited manifest or image is another dataset
-    digest = hashlib.sha1(f"{path}|{manifest}|{content}|{test_fraction}|{seed}".encode()).hexdigest()[:10]
-    name = f"{os.path.basename(path.rstrip('/')) or 'root'}_{digest}"
+    content = content or folder.content_fingerprint(path, manifest)
+    name = f"{_folder_prefix(path, manifest, test_fraction, seed)}_{content[:8]}"
     return FolderConfig(
         name=name,
         folder=path,
@@ -172,7 +184,7 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager):
         c = self.builder_config
         if not c.folder:
-            raise ValueError("image_text_folder needs a folder: use folder_config(path)")
+            raise InvalidInput("image_text_folder needs a folder: use folder_config(path)")
         scan = self.scan_report = folder.scan_manifest(c.folder, c.manifest)
         folder.check_bad_fraction(scan, c.max_bad_fraction)
         test_images = _held_out(sorted({row.image for row in scan.rows}), c.test_fraction, c.seed)
@@ -255,6 +267,36 @@ def _folder_builder(kind: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuil
     return FOLDER_BUILDERS[kind](data_dir=data_dir, config=folder_config(**kwargs), file_format="array_record")
 
 
+def _built_folder(kind: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
+    """The build of the folder as it is now; where its manifest cannot be read any more, the
+    newest build there is (with a warning), so an archived run still evaluates."""
+    if kind == "interleaved_folder":
+        kwargs.setdefault("manifest", documents.DOCUMENTS_FILE)
+    builder = _folder_builder(kind, data_dir, **kwargs)
+    if not builder.builder_config.name.endswith("_" + folder.UNREADABLE[:8]):
+        return builder
+    newest = _newest_build_of(kind, data_dir, **kwargs)
+    if newest is None:
+        return builder  # reported as not built
+    logger.warning("cannot read the manifest of %s; using its newest build, %s", kwargs["path"], dataset_dir(newest))
+    return newest
+
+
+def _newest_build_of(kind: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder | None:
+    """The most recently built version of a folder dataset whose folder can no longer be read
+    (moved, unmounted, archived without it), or None."""
+    config = folder_config(content="-", **kwargs)
+    prefix = config.name[: -len("-")]
+    root = os.path.join(data_dir, FOLDER_BUILDERS[kind].name)
+    built = sorted(
+        glob.glob(os.path.join(root, prefix + "*", "*", "dataset_info.json")), key=os.path.getmtime, reverse=True
+    )
+    if not built:
+        return None
+    content = os.path.basename(os.path.dirname(os.path.dirname(built[0])))[len(prefix) :]
+    return _folder_builder(kind, data_dir, content=content, **kwargs)
+
+
 def build_image_text_folder(
     data_dir: str, path: str, kind: str = "image_text_folder", **kwargs
 ) -> tfds.core.DatasetBuilder:
@@ -281,9 +323,11 @@ def load_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder
     if name == "synthetic_shapes":
         builder = SyntheticShapes(data_dir=data_dir, config=shapes_config(**kwargs), file_format="array_record")
     elif name in FOLDER_BUILDERS:
-        builder = _folder_builder(name, data_dir, **kwargs)
+        builder = _built_folder(name, data_dir, **kwargs)
     else:
-        raise ValueError(f"unknown dataset {name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder")
+        raise InvalidInput(
+            f"unknown dataset {name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder"
+        )
     if not builder.is_prepared():
         raise FileNotFoundError(
             f"dataset {name} ({builder.builder_config.name}) is not built in {data_dir!r}: "

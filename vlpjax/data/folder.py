@@ -22,6 +22,7 @@ from vlpjax.data.images import decode_image
 from vlpjax.errors import UserError
 
 REPORT_FILE = "bad_rows.jsonl"
+UNREADABLE = "unreadable"  # the fingerprint of a manifest that cannot be read (a moved or archived folder)
 
 
 class TooManyBadRows(UserError, ValueError):
@@ -183,7 +184,7 @@ def content_fingerprint(root: str, file: str) -> str:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
-        return "unreadable"
+        return UNREADABLE
     digest.update(data)
     for raw in data.splitlines():
         try:

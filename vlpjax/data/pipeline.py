@@ -19,6 +19,7 @@ from vlpjax.data.interleaved import DocumentTransform, InterleavedTransform, Tex
 from vlpjax.data.regions import flip_boxes, region_arrays
 from vlpjax.data.shapes import swap_left_right
 from vlpjax.data.tokenizer import TextTokenizer, as_text
+from vlpjax.errors import InvalidInput
 from vlpjax.taxonomy import TASKS, check_choice
 
 
@@ -44,11 +45,13 @@ class PipelineConfig:
     def __post_init__(self):
         check_choice("data.task", self.task, TASKS)
         if self.documents and self.task != "interleaved":
-            raise ValueError(
+            raise InvalidInput(
                 f"interleaved_folder documents train Flamingo (data.task='interleaved'), not data.task={self.task!r}"
             )
         if self.region_grid and self.crop_scale != (1.0, 1.0):
-            raise ValueError("region features from boxes need data.crop_scale=(1.0, 1.0): a crop would move the boxes")
+            raise InvalidInput(
+                "region features from boxes need data.crop_scale=(1.0, 1.0): a crop would move the boxes"
+            )
 
 
 def random_resized_crop(
@@ -74,7 +77,7 @@ class TrainTransform:
 
     def __init__(self, config: PipelineConfig, tokenizer: TextTokenizer, answers: Sequence[str] = ()):
         if config.task == "vqa" and not answers:
-            raise ValueError("VQA training needs an answer vocabulary")
+            raise InvalidInput("VQA training needs an answer vocabulary")
         self.config = config
         self.tokenizer = tokenizer
         self.answers = {a: i for i, a in enumerate(answers)}
@@ -117,7 +120,7 @@ class NonEmptySubset:
         self.source = source
         self.indices = [i for i in range(len(source)) if len(source[i][field])]
         if not self.indices:
-            raise ValueError(f"no example has any {field}")
+            raise InvalidInput(f"no example has any {field}")
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -153,14 +156,14 @@ def train_dataset(
     `filter_empty` drops examples without captions (image_text) or questions (vqa) first.
     """
     if config.flip and not config.flip_swaps_words:
-        raise ValueError(
+        raise InvalidInput(
             "a horizontal flip changes the meaning of left/right words: turn flip off or let it swap words"
         )
     if filter_empty and config.task in ("image_text", "vqa"):  # interleaved / text rows take captions or questions
         source = NonEmptySubset(source, "questions" if config.task == "vqa" else "captions")
     ds = grain.MapDataset.source(source)[process_index::process_count]
     if len(ds) < config.batch_size:
-        raise ValueError(f"this process's shard has {len(ds)} examples, fewer than one batch of {config.batch_size}")
+        raise InvalidInput(f"this process's shard has {len(ds)} examples, fewer than one batch of {config.batch_size}")
     ds = (
         ds.shuffle(seed=config.seed)
         .random_map(train_transform(source, tokenizer, config, answers), seed=config.seed)
@@ -203,7 +206,7 @@ def _test_examples(source, field: str, limit: int | None):
     count = len(source) if limit is None else min(limit, len(source))
     examples = [e for e in (source[i] for i in range(count)) if len(e[field])]
     if not examples:
-        raise ValueError(f"the test split has no examples with {field} to evaluate on")
+        raise InvalidInput(f"the test split has no examples with {field} to evaluate on")
     return examples
 
 

@@ -11,6 +11,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from vlpjax.errors import InvalidInput
+
 TOKENIZER_FILE = "tokenizer.json"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -51,9 +53,9 @@ def _hf_fast_tokenizer(path: str):
     try:
         hf = AutoTokenizer.from_pretrained(path, local_files_only=True, use_fast=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the path named
-        raise ValueError(f"cannot load a tokenizer from {path!r}: {err}") from err
+        raise InvalidInput(f"cannot load a tokenizer from {path!r}: {err}") from err
     if not getattr(hf, "is_fast", False):
-        raise ValueError(f"the tokenizer in {path!r} has no fast (Rust) version")
+        raise InvalidInput(f"the tokenizer in {path!r} has no fast (Rust) version")
     return hf.backend_tokenizer
 
 

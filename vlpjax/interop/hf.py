@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 from flax import nnx
 
+from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf_lm import load_decoder_lm, save_decoder_lm  # noqa: F401 - the public import path
 from vlpjax.interop.safetensors_io import assign_weights, read_config, read_safetensors, strip_prefix
 from vlpjax.interop.weight_tables import WeightEntry, dense_entries, norm_entries, weights_from_table
@@ -34,9 +35,9 @@ _BERT_CONFIG_FIELDS = (
 
 def bert_config_from_hf(hf: dict, dtype: str = "float32") -> BertConfig:
     if hf.get("model_type", "bert") != "bert":
-        raise ValueError(f"expected a BERT checkpoint, config.json says model_type={hf.get('model_type')!r}")
+        raise InvalidInput(f"expected a BERT checkpoint, config.json says model_type={hf.get('model_type')!r}")
     if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"only absolute position embeddings are supported, got {hf['position_embedding_type']!r}")
+        raise InvalidInput(f"only absolute position embeddings are supported, got {hf['position_embedding_type']!r}")
     return BertConfig(**{k: hf[k] for k in _BERT_CONFIG_FIELDS if k in hf}, dtype=dtype)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from vlpjax.errors import InvalidInput
 from vlpjax.interop.safetensors_io import WEIGHTS_FILE, assign_weights, read_config, read_safetensors
 from vlpjax.interop.weight_tables import (
     WeightEntry,
@@ -38,7 +39,7 @@ LLAMA_TYPES = ("llama", "mistral")
 
 def _require(condition: bool, path: str, message: str) -> None:
     if not condition:
-        raise ValueError(f"{path}: {message}")
+        raise InvalidInput(f"{path}: {message}")
 
 
 def decoder_config_from_hf(hf: dict, path: str = "config.json", dtype: str = "float32") -> DecoderLMConfig:
@@ -89,7 +90,7 @@ def decoder_config_from_hf(hf: dict, path: str = "config.json", dtype: str = "fl
             act=hf.get("hidden_act", "silu"),
             dtype=dtype,
         )
-    raise ValueError(
+    raise InvalidInput(
         f"{path}: model_type {model_type!r} is not a supported decoder LM; supported: gpt2, {', '.join(LLAMA_TYPES)}"
     )
 

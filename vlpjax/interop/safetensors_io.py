@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
-from vlpjax.errors import UserError
+from vlpjax.errors import InvalidInput, UserError
 
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -75,7 +75,7 @@ def assign_weights(model: nnx.Module, pairs: list[tuple[tuple, np.ndarray]], sou
     for path, value in pairs:
         target = variable_at(model, path)
         if tuple(target.shape) != tuple(value.shape):
-            raise ValueError(
+            raise InvalidInput(
                 f"{source}: weight for {'/'.join(map(str, path))} has shape {tuple(value.shape)}, "
                 f"the model expects {tuple(target.shape)}"
             )

@@ -12,6 +12,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 from flax import nnx
 
+from vlpjax.errors import InvalidInput
 from vlpjax.interop.safetensors_io import variable_at
 
 
@@ -42,7 +43,7 @@ def weights_from_table(
     pairs = []
     for entry in table:
         if entry.hf_name not in tensors:
-            raise KeyError(f"{source}: tensor {entry.hf_name!r} is missing from the checkpoint")
+            raise InvalidInput(f"{source}: tensor {entry.hf_name!r} is missing from the checkpoint")
         value = tensors[entry.hf_name]
         if entry.part is not None:
             i, n = entry.part

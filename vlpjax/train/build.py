@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec as P
 from vlpjax.data import builders
 from vlpjax.data.pipeline import PipelineConfig, training_answers
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
+from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf_lm import decoder_config_from_hf, load_decoder_lm
 from vlpjax.interop.safetensors_io import read_config
 from vlpjax.models.flamingo import Flamingo, FlamingoConfig
@@ -53,9 +54,9 @@ def dataset_kwargs(data: ml_collections.ConfigDict) -> dict:
         return dict(image_size=data.image_size, train_size=data.train_size, test_size=data.test_size)
     if data.name in ("image_text_folder", "interleaved_folder"):
         if not data.folder:
-            raise ValueError(f"data.folder must name the image folder for {data.name}")
+            raise InvalidInput(f"data.folder must name the image folder for {data.name}")
         return dict(path=data.folder)
-    raise ValueError(
+    raise InvalidInput(
         f"unknown data.name {data.name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder"
     )
 
@@ -72,7 +73,7 @@ def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = Non
         tokenizer_path = lm_directory(config.model.lm)  # the LM's own tokenizer
     sources = builder.as_data_source()
     if "test" not in sources:
-        raise ValueError(
+        raise InvalidInput(
             f"dataset {builder.builder_config.name} has no test split to evaluate on: "
             "rebuild it with a test fraction above 0"
         )
@@ -82,7 +83,7 @@ def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = Non
         else []
     )
     if config.data.task == "vqa" and not answers:
-        raise ValueError(f"data.task='vqa' but dataset {config.data.name} has no training questions")
+        raise InvalidInput(f"data.task='vqa' but dataset {config.data.name} has no training questions")
     return Data(sources["train"], sources["test"], TextTokenizer(tokenizer_path), answers)
 
 
@@ -91,7 +92,7 @@ def vqa_answers(train_source, max_answers: int | None, saved_answers: str | None
         with open(saved_answers) as f:
             answers = json.load(f)
         if not (isinstance(answers, list) and all(isinstance(a, str) for a in answers)):
-            raise ValueError(f"{saved_answers} must hold a JSON list of answer strings")
+            raise InvalidInput(f"{saved_answers} must hold a JSON list of answer strings")
         return answers
     return training_answers(train_source, max_answers)
 
@@ -109,7 +110,7 @@ def save_answers(workdir: str, answers: list[str]) -> None:
 
 def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> PipelineConfig:
     if config.train.batch_size % process_count:
-        raise ValueError(f"train.batch_size {config.train.batch_size} does not split over {process_count} processes")
+        raise InvalidInput(f"train.batch_size {config.train.batch_size} does not split over {process_count} processes")
     return PipelineConfig(
         batch_size=config.train.batch_size // process_count,
         image_size=config.data.image_size,
@@ -171,7 +172,7 @@ def _towers(spec: dict, dtype: str, vocab_size: int) -> dict:
 
 def _build_dual_encoder(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
     if num_answers:
-        raise ValueError("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
+        raise InvalidInput("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
     return build_dual_encoder(_towers(spec, dtype, vocab_size), rngs=nnx.Rngs(seed))
 
 
@@ -216,9 +217,9 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
         if not rule_lib.matches(key, init.load):
             return current
         if key not in source:
-            raise KeyError(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {key!r}")
+            raise InvalidInput(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {key!r}")
         if tuple(source[key].shape) != tuple(current.shape):
-            raise ValueError(
+            raise InvalidInput(
                 f"init.checkpoint parameter {key!r} has shape {tuple(source[key].shape)}, "
                 f"the model expects {tuple(current.shape)}"
             )
@@ -226,7 +227,7 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
 
     loaded = [k for k in rule_lib.leaf_paths(params) + rule_lib.leaf_paths(frozen) if rule_lib.matches(k, init.load)]
     if not loaded:
-        raise ValueError(f"init.load patterns {tuple(init.load)} match no parameter of the model")
+        raise InvalidInput(f"init.load patterns {tuple(init.load)} match no parameter of the model")
     return jax.tree_util.tree_map_with_path(take, params), jax.tree_util.tree_map_with_path(take, frozen)
 
 

@@ -76,7 +76,7 @@ def raise_failed_saves(manager: ocp.CheckpointManager, step: int, *, wait: bool 
         if wait or not _save_running(manager):
             manager.wait_until_finished()  # returns at once when nothing runs; raises a failed save's error
         manager.check_for_errors()
-    except Exception as err:  # noqa: BLE001 - whatever failed in the background, the save did
+    except OSError as err:  # a full disk, a vanished or read-only mount: the user's to fix
         raise CheckpointSaveFailed(
             f"saving checkpoint {manager.directory}/{step} failed: {type(err).__name__}: {err}; "
             "free space or fix the workdir, then resume (the checkpoints before it are intact)"
@@ -116,44 +116,67 @@ def _shapes(tree) -> dict[str, tuple]:
 
 
 def first_mismatch(saved_state, template) -> str | None:
-    """The first parameter whose shape (or presence) differs between a checkpoint's state
-    metadata and the state the config builds, described for a message; None when they agree."""
+    """The first leaf whose presence or shape differs between a checkpoint's state metadata and
+    the state the config builds (parameters first, then optimizer state), described for a
+    message; None when the trees agree."""
     saved, wanted = _shapes(saved_state), _shapes(template)
-    for path, shape in wanted.items():
-        if not path.startswith(("params/", "frozen/")):
-            continue
+    params_first = sorted(set(saved) | set(wanted), key=lambda p: (not p.startswith(("params/", "frozen/")), p))
+    for path in params_first:
         if path not in saved:
-            return f"{path} (shape {shape}) is not in the checkpoint"
-        if saved[path] != shape:
-            return f"{path} has shape {saved[path]} in the checkpoint, the config builds {shape}"
-    extra = sorted(p for p in saved if p.startswith(("params/", "frozen/")) and p not in wanted)
-    return f"{extra[0]} is in the checkpoint but not in the model the config builds" if extra else None
+            return f"{path} (shape {wanted[path]}) is not in the checkpoint"
+        if path not in wanted:
+            return f"{path} is in the checkpoint but not in the state the config builds"
+        if saved[path] != wanted[path]:
+            return f"{path} has shape {saved[path]} in the checkpoint, the config builds {wanted[path]}"
+    return None
 
 
-def _set_aside(directory: str, step: int) -> None:
-    """Rename a damaged step out of orbax's way (it would refuse to write that step again)."""
-    source = os.path.join(directory, str(step))
-    target, n = source + UNREADABLE_SUFFIX, 1
-    while os.path.exists(target):
-        target, n = f"{source}{UNREADABLE_SUFFIX}{n}", n + 1
-    os.rename(source, target)
-    logger.warning("moved the unreadable checkpoint to %s (kept for inspection)", target)
+def _state_metadata(manager: ocp.CheckpointManager, step: int):
+    saved = manager.item_metadata(step)["state"]
+    if saved is None:
+        raise ValueError("no state metadata")
+    return saved
+
+
+def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
+    """Rename damaged steps out of orbax's way (it would refuse to write those steps again); the
+    files stay for inspection. One process renames, the others wait for it."""
+    directory = str(manager.directory)
+    if jax.process_index() == 0:
+        for step in steps:
+            source = os.path.join(directory, str(step))
+            target, n = source + UNREADABLE_SUFFIX, 1
+            while os.path.exists(target):
+                target, n = f"{source}{UNREADABLE_SUFFIX}{n}", n + 1
+            os.rename(source, target)
+            logger.warning("moved the unreadable checkpoint to %s (kept for inspection)", target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("vlpjax: damaged checkpoints set aside")
+    manager.reload()
+
+
+def _reason(step: int, err: Exception) -> str:
+    first_line = str(err).splitlines()[0][:200] if str(err) else ""
+    return f"step {step}: {type(err).__name__}: {first_line}"
 
 
 def restore_newest_good(
     manager: ocp.CheckpointManager, state_template, *, with_data: bool = True, set_aside: bool = False
 ) -> tuple[Any, dict | None, int]:
-    """restore() of the newest checkpoint that restores. Damaged ones are skipped with a warning
-    (and, with `set_aside`, renamed so the run can save that step again); a checkpoint of another
-    model shape stops with CheckpointMismatch instead, since an older one would not fit either."""
-    skipped = []
+    """restore() of the newest checkpoint that restores; the newer ones that do not are skipped
+    with a warning. `set_aside`: once an older checkpoint has restored, the skipped ones are
+    renamed so the run can write those steps again (never when none restores: then nothing is
+    touched). A checkpoint whose state tree differs from the config's stops with
+    CheckpointMismatch, since an older one would not fit either."""
+    skipped: list[tuple[int, str]] = []
     for step in sorted(manager.all_steps(), reverse=True):
         try:
-            saved = manager.item_metadata(step)["state"]
-            if saved is None:
-                raise ValueError("no state metadata")
-        except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped, never deleted
-            skipped.append(_skip(manager, step, err, set_aside))
+            saved = _state_metadata(manager, step)
+        except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is skipped, never deleted
+            skipped.append((step, _reason(step, err)))
+            logger.warning("checkpoint %s/%d does not restore (%s)", manager.directory, step, skipped[-1][1])
             continue
         mismatch = first_mismatch(saved, state_template)
         if mismatch:
@@ -162,21 +185,22 @@ def restore_newest_good(
                 "Use the config that trained it, or a fresh --workdir to start over."
             )
         try:
-            return restore(manager, state_template, step, with_data=with_data)
+            restored = restore(manager, state_template, step, with_data=with_data)
         except Exception as err:  # noqa: BLE001
-            skipped.append(_skip(manager, step, err, set_aside))
+            skipped.append((step, _reason(step, err)))
+            logger.warning("checkpoint %s/%d does not restore (%s)", manager.directory, step, skipped[-1][1])
+            continue
+        if skipped:
+            logger.warning("restored the older checkpoint %s/%d instead", manager.directory, step)
+            if set_aside:
+                _set_aside(manager, [s for s, _ in skipped])
+        return restored
     if skipped:
-        raise NoUsableCheckpoint(f"no checkpoint in {manager.directory} restores: " + "; ".join(skipped))
+        raise NoUsableCheckpoint(
+            f"no checkpoint in {manager.directory} restores (none was moved or deleted): "
+            + "; ".join(reason for _, reason in skipped)
+        )
     raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-
-
-def _skip(manager: ocp.CheckpointManager, step: int, err: Exception, set_aside: bool) -> str:
-    reason = f"step {step}: {type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-    logger.warning("checkpoint %s/%d does not restore (%s); trying an older one", manager.directory, step, reason)
-    if set_aside:
-        _set_aside(str(manager.directory), step)
-        manager.reload()
-    return reason
 
 
 def restore_params(directory: str, step: int | None = None):

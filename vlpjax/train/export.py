@@ -71,17 +71,27 @@ def staged_directory(out: str, kind: str):
         yield staging
         with open(os.path.join(staging, EXPORT_MARKER), "w") as f:
             json.dump({"kind": kind}, f)
-        old = None
-        if os.path.exists(target):
-            old = tempfile.mkdtemp(dir=parent, prefix=".replaced-")
-            os.rmdir(old)
-            os.replace(target, old)
-        os.replace(staging, target)
-        if old:
-            shutil.rmtree(old)
+        _swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _swap_in(staging: str, target: str) -> None:
+    """Move `staging` to `target`; an earlier export there is moved aside first and put back if
+    the move fails, so `target` is never left empty."""
+    if not os.path.exists(target):
+        os.replace(staging, target)
+        return
+    old = tempfile.mkdtemp(dir=os.path.dirname(target), prefix=".replaced-")
+    os.rmdir(old)
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old)
 
 
 def export_decoder_lm(config: ml_collections.ConfigDict, workdir: str, out: str, overwrite: bool = False) -> str:

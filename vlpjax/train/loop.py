@@ -145,11 +145,6 @@ class FiniteGuard:
     def __init__(self, manager):
         self.manager = manager
         self._pending: tuple[int, dict] | None = None
-        self.last_save: int | None = None  # the step of the newest save started, checked for errors
-
-    def check_saves(self, wait: bool = False) -> None:
-        if self.last_save is not None:
-            checkpoints.raise_failed_saves(self.manager, self.last_save, wait=wait)
 
     def push(self, done: int, metrics: dict) -> None:
         self.settle()
@@ -171,18 +166,30 @@ class FiniteGuard:
         return f"stopped; the last good checkpoint is {self.manager.directory}/{latest} (lower optim.lr and resume)"
 
 
-def save_checkpoint(r: OpenRun, guard: FiniteGuard, done: int, *, force: bool = False) -> None:
+class SaveWatcher:
+    """The newest asynchronous save started; its failure is raised as soon as it is known."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.step: int | None = None
+
+    def check(self, wait: bool = False) -> None:
+        if self.step is not None:
+            checkpoints.raise_failed_saves(self.manager, self.step, wait=wait)
+
+
+def save_checkpoint(r: OpenRun, guard: FiniteGuard, saves: SaveWatcher, done: int, *, force: bool = False) -> None:
     """Write step `done` if it is due (or forced), only once its metrics and every parameter
     are known to be finite: a diverged run never pushes a good checkpoint out of rotation."""
     if not (force or r.manager.should_save(done)):
         return
     guard.settle()
-    guard.check_saves(wait=True)  # orbax waits for the previous save anyway; name it if it failed
+    saves.check(wait=True)  # orbax waits for the previous save anyway; name it if it failed
     host_state = r.host_state()
     if not bool(_all_finite(host_state.params)):
         raise NonFiniteError(f"training diverged at step {done}: a parameter is not finite; {guard.last_good()}")
     checkpoints.save(r.manager, done, host_state, r.iterator.get_state(), force=force)
-    guard.last_save = done
+    saves.step = done
 
 
 class ThroughputWindow:
@@ -211,31 +218,31 @@ def log_train_metrics(r: OpenRun, done: int, metrics: dict, window: ThroughputWi
 def run_steps(r: OpenRun, stop: StopFlag) -> bool:
     """Train from `r.start` to `train.steps`; False when SIGTERM ended the run early."""
     cfg = r.config.train
-    guard, window = FiniteGuard(r.manager), ThroughputWindow()
+    guard, saves, window = FiniteGuard(r.manager), SaveWatcher(r.manager), ThroughputWindow()
     # A context manager: the bar is closed before an error message is printed, not after it.
     with tqdm(total=cfg.steps, initial=r.start, disable=not r.is_main, desc="train", dynamic_ncols=True) as bar:
         for step in range(r.start, cfg.steps):
             r.state, metrics = r.stepper(r.state, r.stepper.batch(next(r.iterator)))
             window.add(cfg.batch_size)
             done = step + 1
-            guard.check_saves()
+            saves.check()
             guard.push(done, metrics)
             if done % cfg.log_every == 0 or done == cfg.steps:
                 guard.settle()
                 log_train_metrics(r, done, metrics, window, bar)
             bar.update(1)
-            save_checkpoint(r, guard, done, force=stop.requested)
+            save_checkpoint(r, guard, saves, done, force=stop.requested)
+            if stop.requested:  # before any evaluation: the grace period after SIGTERM is short
+                saves.check(wait=True)
+                logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
+                return False
             if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
                 guard.settle()
                 r.evaluate(done)
-            if stop.requested:
-                guard.check_saves(wait=True)
-                logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
-                return False
         guard.settle()
         if r.manager.latest_step() != cfg.steps:
-            save_checkpoint(r, guard, cfg.steps, force=True)
-        guard.check_saves(wait=True)
+            save_checkpoint(r, guard, saves, cfg.steps, force=True)
+        saves.check(wait=True)
         return True
 
 

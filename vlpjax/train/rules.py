@@ -12,6 +12,8 @@ from typing import Sequence
 import jax
 from flax import nnx
 
+from vlpjax.errors import InvalidInput
+
 
 def _part(entry) -> str:
     for attr in ("key", "idx", "name"):  # DictKey / SequenceKey / GetAttrKey, or a plain key
@@ -38,9 +40,9 @@ def check_patterns(patterns: Sequence[str], paths: Sequence[str], what: str) -> 
         try:
             compiled = re.compile(pattern)
         except re.error as err:
-            raise ValueError(f"{what} rule {pattern!r} is not a valid regex: {err}") from None
+            raise InvalidInput(f"{what} rule {pattern!r} is not a valid regex: {err}") from None
         if not any(compiled.fullmatch(p) for p in paths):
-            raise ValueError(f"{what} rule {pattern!r} matches no parameter (paths look like {paths[0]!r})")
+            raise InvalidInput(f"{what} rule {pattern!r} matches no parameter (paths look like {paths[0]!r})")
 
 
 def trainable_filter(frozen: Sequence[str]):

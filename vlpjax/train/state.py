@@ -9,6 +9,7 @@ import jax
 import optax
 from flax import nnx
 
+from vlpjax.errors import InvalidInput
 from vlpjax.train import rules as rule_lib
 
 
@@ -26,7 +27,7 @@ def split_model(model: nnx.Module, frozen_patterns):
     rule_lib.check_patterns(frozen_patterns, all_paths, "frozen")
     graphdef, trainable, frozen = nnx.split(model, rule_lib.trainable_filter(frozen_patterns), ...)
     if not jax.tree.leaves(trainable):
-        raise ValueError("every parameter is frozen: nothing to train")
+        raise InvalidInput("every parameter is frozen: nothing to train")
     return graphdef, trainable, frozen
 
 

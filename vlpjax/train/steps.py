@@ -18,6 +18,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vlpjax.errors import InvalidInput
 from vlpjax.objectives.registry import StepContext
 from vlpjax.parallel import host_local_to_global
 from vlpjax.parallel.sharded_objective import AxisShards, MeshShards
@@ -93,7 +94,7 @@ def split_for_pmap(batch, devices: int):
 
     def split(x):
         if x.shape[0] % devices:
-            raise ValueError(f"batch of {x.shape[0]} does not split over {devices} devices")
+            raise InvalidInput(f"batch of {x.shape[0]} does not split over {devices} devices")
         return x.reshape(devices, x.shape[0] // devices, *x.shape[1:])
 
     return jax.tree.map(split, batch)
