@@ -125,6 +125,19 @@ def test_process_shards_are_disjoint(tiny_shapes_dir):
     assert len(set.union(*seen)) == 512
 
 
+def test_the_global_batch_is_the_same_for_any_number_of_processes(tiny_shapes_dir):
+    """Process p's rows of batch k, concatenated in process order, are one process's batch k of
+    the global size, augmentation included: a run on 2 processes trains on the batches of 1."""
+    sources, tokenizer = _sources(tiny_shapes_dir)
+    alone = PipelineConfig(batch_size=16, image_size=32, text_len=24, seed=3, flip=True, threads=0)
+    whole = train_dataset(sources["train"], tokenizer, alone)
+    parts = [train_dataset(sources["train"], tokenizer, _config(), process_index=p, process_count=2) for p in (0, 1)]
+    for k in (0, 1, 33):  # 33: past the first epoch of 32 global batches
+        joined = {key: np.concatenate([part[k][key] for part in parts]) for key in whole[k]}
+        for key, value in whole[k].items():
+            np.testing.assert_array_equal(joined[key], value, err_msg=key)
+
+
 def test_batches_hold_normalised_images_and_right_padded_text(tiny_shapes_dir):
     sources, tokenizer = _sources(tiny_shapes_dir)
     batch = next(train_iterator(sources["train"], tokenizer, _config()))

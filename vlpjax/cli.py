@@ -25,12 +25,24 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl, TensorBoard logs, PNGs")
 
 
+def _cluster_args(parser: argparse.ArgumentParser) -> None:
+    """One of several processes (see README, Scaling out); SLURM, Open MPI and TPU VMs need none."""
+    parser.add_argument("--coordinator", help="HOST:PORT of process 0 (or VLPJAX_COORDINATOR)")
+    parser.add_argument("--num_processes", type=int, help="processes in the job (or VLPJAX_NUM_PROCESSES)")
+    parser.add_argument("--process_id", type=int, help="this process, 0..N-1 (or VLPJAX_PROCESS_ID)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlpjax", description="image-text pretraining in JAX")
     parser.add_argument("--debug", action="store_true", help="show the traceback of every error")
     commands = parser.add_subparsers(dest="command", required=True)
-    _config_args(commands.add_parser("train", help="train a recipe (resumes from the workdir)"))
-    _config_args(commands.add_parser("eval", help="evaluate the latest checkpoint of a workdir"))
+    for name, text in (
+        ("train", "train a recipe (resumes from the workdir)"),
+        ("eval", "evaluate a workdir's checkpoint"),
+    ):
+        command = commands.add_parser(name, help=text)
+        _config_args(command)
+        _cluster_args(command)
     export = commands.add_parser("export", help="write a decoder_lm run's LM as a Hugging Face directory")
     _config_args(export)
     export.add_argument(
@@ -155,10 +167,30 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in USER_ERRNOS
 
 
+def _join_cluster(args) -> None:
+    """Before any other JAX call: join the job when this process is one of several."""
+    from vlpjax.parallel import distributed
+
+    settings = distributed.cluster_settings(
+        getattr(args, "coordinator", None), getattr(args, "num_processes", None), getattr(args, "process_id", None)
+    )
+    if settings is None:
+        return
+    distributed.initialize(**settings)
+    import jax
+
+    if jax.process_index() == 0:
+        logging.getLogger("vlpjax").info("joined the job: %s", distributed.describe_job())
+    else:  # one copy of the progress notes is enough; warnings and errors still show everywhere
+        logging.getLogger("vlpjax").setLevel(logging.WARNING)
+
+
 def _run(args, extra) -> None:
     if args.command == "data":
         _build_data(args)
         return
+    if args.command in ("train", "eval"):
+        _join_cluster(args)
     from vlpjax.config import load_config
 
     config = load_config(args.config, extra)

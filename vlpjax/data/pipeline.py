@@ -161,15 +161,44 @@ def train_dataset(
         )
     if filter_empty and config.task in ("image_text", "vqa"):  # interleaved / text rows take captions or questions
         source = NonEmptySubset(source, "questions" if config.task == "vqa" else "captions")
-    ds = grain.MapDataset.source(source)[process_index::process_count]
-    if len(ds) < config.batch_size:
-        raise InvalidInput(f"this process's shard has {len(ds)} examples, fewer than one batch of {config.batch_size}")
+    ds = grain.MapDataset.source(source)
+    global_batch = config.batch_size * process_count
+    if len(ds) < global_batch:
+        raise InvalidInput(f"the training split has {len(ds)} examples, fewer than one batch of {global_batch}")
+    # Shuffling and augmentation follow the global example index, and each process then takes its
+    # rows of every global batch: the global batch is the same for any number of processes.
     ds = (
         ds.shuffle(seed=config.seed)
         .random_map(train_transform(source, tokenizer, config, answers), seed=config.seed)
         .repeat(None)
     )
+    if process_count > 1:
+        ds = ProcessRows(ds, config.batch_size, process_count, process_index)
     return ds.batch(config.batch_size, drop_remainder=True)
+
+
+class ProcessRows(grain.MapDataset):
+    """Process p's rows of each global batch of a stream: local element j is global element
+    (j // b) * b * P + p * b + j % b, with b rows per process and P processes."""
+
+    def __init__(self, parent: grain.MapDataset, rows_per_process: int, process_count: int, process_index: int):
+        super().__init__(parent)
+        self._rows, self._count, self._index = rows_per_process, process_count, process_index
+
+    def __len__(self) -> int:
+        return len(self._parent) // self._count
+
+    def _global_index(self, j: int) -> int:
+        batch, row = divmod(j, self._rows)
+        return batch * self._rows * self._count + self._index * self._rows + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._global_index(index)]
+
+    def __str__(self) -> str:
+        return f"ProcessRows(process {self._index} of {self._count}, {self._rows} rows per batch)"
 
 
 def train_iterator(

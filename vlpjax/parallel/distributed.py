@@ -1,8 +1,74 @@
-"""Multi-process start-up through `jax.distributed`: TPU pods, SLURM GPU jobs, local CPU tests."""
+"""Multi-process start-up through `jax.distributed`: TPU pods, SLURM GPU jobs, local CPU tests.
+
+`cluster_settings` decides whether this process is one of several, from explicit flags, the
+VLPJAX_* variables, or a cluster environment JAX recognises itself (SLURM, Open MPI, TPU VM);
+`initialize` joins the job. Both must run before any other JAX call starts a backend.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from typing import Mapping
+
 import jax
+
+from vlpjax.errors import InvalidInput
+
+logger = logging.getLogger(__name__)
+
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "VLPJAX_COORDINATOR", "VLPJAX_NUM_PROCESSES", "VLPJAX_PROCESS_ID"
+
+
+def _several(environ: Mapping[str, str], name: str) -> bool:
+    try:
+        return int(environ.get(name, "1")) > 1
+    except ValueError:
+        return False
+
+
+def detected_cluster(environ: Mapping[str, str] = os.environ) -> bool:
+    """An environment in which jax.distributed.initialize() finds its peers by itself."""
+    multi_host_tpu = len([h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    return _several(environ, "SLURM_NTASKS") or _several(environ, "OMPI_COMM_WORLD_SIZE") or multi_host_tpu
+
+
+def cluster_settings(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> dict | None:
+    """The keyword arguments of `initialize` for this process, or None when it runs alone.
+
+    Flags win over VLPJAX_COORDINATOR / VLPJAX_NUM_PROCESSES / VLPJAX_PROCESS_ID; when neither
+    names a job, a SLURM, Open MPI or multi-host TPU environment gives {} (JAX reads it)."""
+    coordinator = coordinator or environ.get(ENV_COORDINATOR) or None
+    num_processes = num_processes if num_processes is not None else _int(environ, ENV_NUM_PROCESSES)
+    process_id = process_id if process_id is not None else _int(environ, ENV_PROCESS_ID)
+    given = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if any(v is not None for v in given.values()):
+        missing = [k for k, v in given.items() if v is None]
+        if missing:
+            raise InvalidInput(
+                f"joining a job needs --coordinator, --num_processes and --process_id; missing {missing}"
+            )
+        if not 0 <= process_id < num_processes:
+            raise InvalidInput(f"--process_id {process_id} is outside 0..{num_processes - 1}")
+        if num_processes == 1:
+            return None
+        return {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
+    return {} if detected_cluster(environ) else None
+
+
+def _int(environ: Mapping[str, str], name: str) -> int | None:
+    value = environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"{name}={value!r} is not an integer") from None
 
 
 def initialize(
@@ -12,7 +78,7 @@ def initialize(
     *,
     cpu_collectives: str = "gloo",
 ) -> None:
-    """Join the job. With no arguments JAX detects TPU pods and SLURM from the environment.
+    """Join the job. With no arguments JAX detects TPU pods, SLURM and Open MPI from the environment.
 
     On CPU-only hosts, cross-process collectives need an implementation (gloo) chosen before
     the backend starts; it is harmless elsewhere.
@@ -20,4 +86,11 @@ def initialize(
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+
+
+def describe_job() -> str:
+    return (
+        f"process {jax.process_index()} of {jax.process_count()}; "
+        f"{jax.local_device_count()} local and {jax.device_count()} global devices ({jax.default_backend()})"
     )

@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from vlpjax.errors import UserError
@@ -204,13 +205,19 @@ def restore_newest_good(
 
 
 def restore_params(directory: str, step: int | None = None):
-    """Only the parameters of another run's checkpoint (LiT: a pretrained image tower)."""
+    """Only the parameters of another run's checkpoint (LiT: a pretrained image tower), as host
+    numpy arrays: whatever mesh and number of processes wrote it, the caller lays them out."""
     manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(directory), CHECKPOINT_DIR), options=ocp.CheckpointManagerOptions(create=False)
+        os.path.join(os.path.abspath(directory), CHECKPOINT_DIR),
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True),
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()},
     )
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory!r} (looked in {manager.directory})")
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
-    manager.close()
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory!r} (looked in {manager.directory})")
+        as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), _state_metadata(manager, step))
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(restore_args=as_numpy)))
+    finally:
+        manager.close()
     return restored["state"], step
