@@ -18,6 +18,7 @@ from vlpjax.errors import InvalidInput
 logger = logging.getLogger(__name__)
 
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "VLPJAX_COORDINATOR", "VLPJAX_NUM_PROCESSES", "VLPJAX_PROCESS_ID"
+ENV_AUTO = "VLPJAX_AUTO_CLUSTER"
 
 
 def _several(environ: Mapping[str, str], name: str) -> bool:
@@ -28,9 +29,11 @@ def _several(environ: Mapping[str, str], name: str) -> bool:
 
 
 def detected_cluster(environ: Mapping[str, str] = os.environ) -> bool:
-    """An environment in which jax.distributed.initialize() finds its peers by itself."""
+    """An environment in which jax.distributed.initialize() finds its peers by itself.
+    VLPJAX_AUTO_CLUSTER=1 says so where nothing else shows it (launch/tpu_vm.sh sets it)."""
     multi_host_tpu = len([h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
-    return _several(environ, "SLURM_NTASKS") or _several(environ, "OMPI_COMM_WORLD_SIZE") or multi_host_tpu
+    forced = environ.get(ENV_AUTO) == "1"
+    return forced or _several(environ, "SLURM_NTASKS") or _several(environ, "OMPI_COMM_WORLD_SIZE") or multi_host_tpu
 
 
 def cluster_settings(
