@@ -39,6 +39,8 @@ def _train_args(recipe, workdir, data_dir):
 
 def _run(command, env):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    if result.returncode:
+        open("/tmp/mp_fail.log", "w").write(result.stdout + "\n----\n" + result.stderr)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-3000:])
     return result
 
@@ -68,3 +70,80 @@ def test_two_processes_train_what_one_process_trains(recipe, tiny_shapes_dir, tm
             assert np.abs(np.asarray(a)).max() < 1e-3 and np.abs(np.asarray(b)).max() < 1e-3, name
             continue
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def _losses(workdir) -> dict:
+    return {m["step"]: m["train/loss"] for m in read_metrics(str(workdir)) if "train/loss" in m}
+
+
+def _params(workdir, step):
+    return jax.tree.leaves(checkpoints.restore_params(str(workdir), step)[0]["params"])
+
+
+RESUMABLE = ("--config.train.steps=12", "--config.train.checkpoint_every=4", "--config.train.keep_checkpoints=5")
+
+
+def test_a_checkpoint_restores_onto_another_mesh_and_another_process_count(tiny_shapes_dir, tmp_path):
+    """Written on 1 process x data=8, continued from step 8 on data=2 x fsdp=4 (each array
+    resharded on restore), and on 2 processes x 4 devices: the losses of steps 10 and 12 equal
+    those of the run that never moved."""
+    import shutil
+
+    one_process = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    stayed = tmp_path / "stayed"
+    _run([*_train_args("clip_shapes", stayed, tiny_shapes_dir), *RESUMABLE, "--config.mesh.data=8"], one_process)
+    want = _losses(stayed)
+    for name, command, env in (
+        ("fsdp", [*RESUMABLE, "--config.mesh.data=2", "--config.mesh.fsdp=4"], one_process),
+        ("processes", list(RESUMABLE), _env(LOCAL_DEVICES="4")),
+    ):
+        moved = tmp_path / name
+        shutil.copytree(stayed, moved)
+        shutil.rmtree(moved / "checkpoints" / "12")
+        args = [*_train_args("clip_shapes", moved, tiny_shapes_dir), *command]
+        result = _run(["bash", LAUNCH, "2", *args] if name == "processes" else args, env)
+        assert "resumed from" in result.stdout and "checkpoints/8" in result.stdout
+        got = {step: loss for step, loss in _losses(moved).items()}
+        np.testing.assert_allclose([got[10], got[12]], [want[10], want[12]], rtol=1e-5, err_msg=name)
+
+
+def _trainer_pids(workdir) -> list[int]:
+    """The `python -m vlpjax.cli train ... --workdir WORKDIR` processes (not their launcher)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().decode().split("\0")
+        except (OSError, ValueError):
+            continue
+        if argv[0] == sys.executable and argv[1:3] == ["-m", "vlpjax.cli"] and str(workdir) in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def test_two_processes_killed_after_a_checkpoint_resume_bit_identically(tiny_shapes_dir, tmp_path):
+    import signal
+    import time
+
+    steps = ("--config.train.steps=30", "--config.train.checkpoint_every=5", "--config.train.log_every=5")
+    env = _env(LOCAL_DEVICES="4")
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    _run(["bash", LAUNCH, "2", *_train_args("clip_shapes", whole, tiny_shapes_dir), *steps], env)
+    command = ["bash", LAUNCH, "2", *_train_args("clip_shapes", killed, tiny_shapes_dir), *steps]
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "5").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the job ended before it could be killed"
+    trainers = _trainer_pids(killed)
+    assert len(trainers) == 2, trainers
+    for pid in trainers:  # SIGKILL to both training processes at once
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    saved = sorted(int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit())
+    assert saved and saved[-1] < 30, saved
+    result = _run(command, env)
+    assert "resumed from" in result.stdout
+    for a, b in zip(_params(whole, 30), _params(killed, 30), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _losses(whole)[30] == _losses(killed)[30]

@@ -45,6 +45,8 @@ def checkpoint_manager(
         save_interval_steps=max(every, 1),
         enable_async_checkpointing=async_save and not read_only,
         create=not read_only,
+        # The unfinished save of a killed run; one process cleans, so two never race on a directory.
+        cleanup_tmp_directories=not read_only and jax.process_index() == 0,
         read_only=read_only,
     )
     # Named handlers let item_metadata read a step's shapes before (and without) restoring it.
@@ -146,6 +148,8 @@ def _set_aside(manager: ocp.CheckpointManager, steps: list[int]) -> None:
     if jax.process_index() == 0:
         for step in steps:
             source = os.path.join(directory, str(step))
+            if not os.path.isdir(source):
+                continue
             target, n = source + UNREADABLE_SUFFIX, 1
             while os.path.exists(target):
                 target, n = f"{source}{UNREADABLE_SUFFIX}{n}", n + 1
@@ -173,6 +177,8 @@ def restore_newest_good(
     CheckpointMismatch, since an older one would not fit either."""
     skipped: list[tuple[int, str]] = []
     for step in sorted(manager.all_steps(), reverse=True):
+        if not os.path.isdir(os.path.join(str(manager.directory), str(step))):
+            continue  # listed by orbax but gone: a save that a kill interrupted, or a deleted step
         try:
             saved = _state_metadata(manager, step)
         except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is skipped, never deleted
