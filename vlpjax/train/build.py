@@ -240,16 +240,33 @@ class Run:
     shardings: Any
 
 
+def init_sharded(config: ml_collections.ConfigDict, vocab_size: int, num_answers: int, mesh):
+    """(graphdef, params, frozen) created already sharded: the model is built once abstractly
+    (shapes and logical axes only), then built again inside jit with out_shardings from the rule
+    table, so no device ever holds a whole FSDP-sharded kernel. The values are those of an
+    eager build: the random bits do not depend on how the result is sharded."""
+    frozen_rules = tuple(config.rules.frozen)
+
+    def build():
+        return split_model(build_model(config.model, vocab_size, config.seed, num_answers), frozen_rules)
+
+    graphdef, abstract_params, abstract_frozen = split_model(
+        nnx.eval_shape(lambda: build_model(config.model, vocab_size, config.seed, num_answers)), frozen_rules
+    )
+    shardings = (state_shardings(abstract_params, mesh), state_shardings(abstract_frozen, mesh))
+    params, frozen = jax.jit(lambda: build()[1:], out_shardings=shardings)()
+    return graphdef, params, frozen, shardings
+
+
 def create_run(config: ml_collections.ConfigDict, vocab_size: int, num_answers: int = 0) -> Run:
-    model = build_model(config.model, vocab_size, config.seed, num_answers)
-    graphdef, params, frozen = split_model(model, tuple(config.rules.frozen))
+    mesh = make_mesh(**config.mesh)
+    graphdef, params, frozen, (param_spec, frozen_spec) = init_sharded(config, vocab_size, num_answers, mesh)
     params, frozen = load_pretrained(params, frozen, config.init)
     tx = make_optimizer(config.optim, config.rules, params, config.train.steps)
-    mesh = make_mesh(**config.mesh)
     replicated = NamedSharding(mesh, P())
-    params = jax.device_put(params, state_shardings(params, mesh))
+    params = jax.device_put(params, param_spec)  # loaded (init.checkpoint) leaves come in whole
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
-    frozen = jax.device_put(frozen, state_shardings(frozen, mesh))
+    frozen = jax.device_put(frozen, frozen_spec)
     # Adam moments live where their parameters live; counters are replicated. Explicit
     # shardings keep the step's input and output layouts identical (no second compile).
     opt_shardings = optax.tree_map_params(
