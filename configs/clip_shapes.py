@@ -54,6 +54,9 @@ def get_config(arg=None):
         checkpoint_every=100,
         keep_checkpoints=2,
         parallelism="mesh",
+        # A process of a multi-process job not heard from for this long is taken for dead: the
+        # others stop (naming it) instead of waiting in a collective. The tests use a few seconds.
+        peer_timeout_s=300,
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.eval = dict(batch_size=250, zero_shot=True, png_queries=4, itm_top_k=16)  # itm_top_k: fusion models only

@@ -147,3 +147,54 @@ def test_two_processes_killed_after_a_checkpoint_resume_bit_identically(tiny_sha
     for a, b in zip(_params(whole, 30), _params(killed, 30), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _losses(whole)[30] == _losses(killed)[30]
+
+
+def test_a_dead_peer_stops_the_other_process_within_the_peer_timeout(tiny_shapes_dir, tmp_path):
+    """SIGKILL to process 1 of 2 (started directly, without launch/local.sh, which would stop the
+    other itself): process 0 must exit non-zero within train.peer_timeout_s and name process 1,
+    not wait in a collective for ever."""
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tmp_path / "peer"
+    args = [
+        *_train_args("clip_shapes", workdir, tiny_shapes_dir),
+        "--config.train.steps=100000",
+        "--config.train.checkpoint_every=5",
+        "--config.train.peer_timeout_s=5",
+    ]
+    common = dict(
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+        VLPJAX_COORDINATOR=f"127.0.0.1:{port}",
+        VLPJAX_NUM_PROCESSES="2",
+    )
+    logs = [open(tmp_path / f"process{i}.log", "w") for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            args, env=_env(**common, VLPJAX_PROCESS_ID=str(i)), cwd=ROOT, stdout=logs[i], stderr=subprocess.STDOUT
+        )
+        for i in (0, 1)
+    ]
+    try:
+        deadline = time.time() + 300
+        while not (workdir / "checkpoints" / "5").exists() and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), "a process ended before the test could kill its peer"
+            time.sleep(0.05)
+        procs[1].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        procs[0].wait(timeout=120)
+        waited = time.time() - killed_at
+    finally:
+        for p in procs:
+            p.kill()
+        for f in logs:
+            f.close()
+    assert procs[0].returncode != 0
+    assert waited < 5 + 30, waited  # the timeout plus the coordination service's polling
+    output = (tmp_path / "process0.log").read_text()
+    assert "stopped sending heartbeats):\n1\n" in output  # JAX names the lost process: task 1

@@ -167,7 +167,14 @@ def _is_user_error(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in USER_ERRNOS
 
 
-def _join_cluster(args) -> None:
+def _peer_timeout(args, extra) -> int:
+    """train.peer_timeout_s of the recipe and its overrides, read before JAX starts."""
+    from vlpjax.config import apply_overrides, load_recipe
+
+    return int(apply_overrides(load_recipe(args.config), extra).train.get("peer_timeout_s", 300))
+
+
+def _join_cluster(args, extra) -> None:
     """Before any other JAX call: join the job when this process is one of several."""
     from vlpjax.parallel import distributed
 
@@ -176,7 +183,7 @@ def _join_cluster(args) -> None:
     )
     if settings is None:
         return
-    distributed.initialize(**settings)
+    distributed.initialize(**settings, peer_timeout_s=_peer_timeout(args, extra))
     import jax
 
     if jax.process_index() == 0:
@@ -190,7 +197,7 @@ def _run(args, extra) -> None:
         _build_data(args)
         return
     if args.command in ("train", "eval"):
-        _join_cluster(args)
+        _join_cluster(args, extra)
     from vlpjax.config import load_config
 
     config = load_config(args.config, extra)

@@ -79,16 +79,22 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
     *,
+    peer_timeout_s: int = 300,
     cpu_collectives: str = "gloo",
 ) -> None:
     """Join the job. With no arguments JAX detects TPU pods, SLURM and Open MPI from the environment.
 
+    `peer_timeout_s`: a process that has not been heard from for this long is taken for dead,
+    and the job's other processes stop instead of waiting for it in a collective.
     On CPU-only hosts, cross-process collectives need an implementation (gloo) chosen before
     the backend starts; it is harmless elsewhere.
     """
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        heartbeat_timeout_seconds=peer_timeout_s,
     )
 
 
