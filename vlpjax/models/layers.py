@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlpjax.models.logical import constrain
+
 Array = jax.Array
 
 _MASKED_LOGIT = float(np.finfo(np.float32).min)
@@ -162,7 +164,8 @@ class MultiHeadAttention(nnx.Module):
         self.out = dense(dim, dim, ("heads", "embed"), use_bias=use_bias, dtype=dtype, rngs=rngs)
 
     def _heads(self, x: Array) -> Array:
-        return x.reshape(*x.shape[:-1], self.num_heads, -1)
+        """[B, L, D] -> [B, L, H, D/H], the heads split over the tensor axis where there is one."""
+        return constrain(x.reshape(*x.shape[:-1], self.num_heads, -1), ("batch", "length", "heads", None))
 
     def _fused_qkv(self, x: Array) -> tuple[Array, Array, Array]:
         """Self-attention: one [D, 3D] matmul instead of three [D, D] ones (faster on CPU)."""
@@ -182,6 +185,10 @@ class MultiHeadAttention(nnx.Module):
         return self.out(attended.reshape(*x.shape[:-1], -1))
 
 
+# A block's output: split over the batch, whole along the sequence and the model dimension.
+BLOCK_OUTPUT = ("batch", "length", "embed")
+
+
 class MLP(nnx.Module):
     def __init__(self, dim: int, hidden: int, *, act: str = "gelu", dtype=jnp.float32, rngs: nnx.Rngs):
         self.act_name = act
@@ -189,7 +196,8 @@ class MLP(nnx.Module):
         self.fc2 = dense(hidden, dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
-        return self.fc2(activation(self.act_name)(self.fc1(x)))
+        hidden = constrain(activation(self.act_name)(self.fc1(x)), ("batch", "length", "mlp"))
+        return self.fc2(hidden)
 
 
 def _require_context(context: Array | None) -> None:
@@ -232,7 +240,7 @@ class PreLNBlock(nnx.Module):
         if self.has_cross:
             _require_context(context)
             x = x + self.cross(self.ln_cross(x), context, mask=context_mask)
-        return x + self.mlp(self.ln_mlp(x))
+        return constrain(x + self.mlp(self.ln_mlp(x)), BLOCK_OUTPUT)
 
 
 class PostLNBlock(nnx.Module):
@@ -270,7 +278,7 @@ class PostLNBlock(nnx.Module):
         if self.has_cross:
             _require_context(context)
             x = self.ln_cross(x + self.cross(x, context, mask=context_mask))
-        return self.ln_mlp(x + self.mlp(x))
+        return constrain(self.ln_mlp(x + self.mlp(x)), BLOCK_OUTPUT)
 
 
 class MAPHead(nnx.Module):

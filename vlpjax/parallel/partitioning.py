@@ -93,3 +93,24 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules=DEFAULT_RULES) -> nnx.Modul
     state = nnx.state(model)
     nnx.update(model, shard_state(state, mesh, rules))
     return model
+
+
+# Activations: the batch over the batch axes, the MLP hidden layer over the tensor axis; the
+# model dimension stays whole (fsdp splits parameters, not activations).
+ACTIVATION_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", None),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+)
+
+
+def activation_sharding(mesh: Mesh, rules=ACTIVATION_RULES):
+    """A context in which the models' `constrain(x, names)` pins activations to the mesh."""
+    from vlpjax.models import logical
+
+    def rule(x, names):
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(names, x.shape, mesh, rules)))
+
+    return logical.installed(rule)

@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 from vlpjax.errors import InvalidInput
 from vlpjax.objectives.registry import StepContext
 from vlpjax.parallel import host_local_to_global
+from vlpjax.parallel.partitioning import activation_sharding
 from vlpjax.parallel.sharded_objective import AxisShards, MeshShards
 from vlpjax.train.build import Run
 from vlpjax.train.state import TrainState, apply_gradients
@@ -66,7 +67,8 @@ def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardin
         def loss_fn(params):
             return _loss(graphdef, params, state.frozen, batch, objective, step_key(seed, state.step), shards)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        with activation_sharding(mesh):  # active while jit traces the model
+            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         state = apply_gradients(state, grads, tx)
         return state, _with_norms(metrics, grads, state)
 
