@@ -4,7 +4,7 @@ ITC + ITM with hard negatives from the global batch + MLM, then retrieval re-ran
     vlpjax train --config configs/albef_shapes.py --workdir workdirs/albef_shapes
 """
 
-from vlpjax.config import base_recipe
+from vlpjax.config import base_recipe, scale_switches
 
 
 def get_config(arg=None):
@@ -42,7 +42,7 @@ def get_config(arg=None):
         fusion=dict(layout="albef"),
         fusion_posemb=False,  # True: the fusion sees each patch's sin-cos position again (vqa_shapes)
         embed_dim=128,
-        dtype="float32",
+        **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
     )
     c.objectives = dict(itc=dict(weight=1.0), itm=dict(weight=1.0), mlm=dict(weight=1.0, prob=0.15))
     c.train.update(batch_size=128, steps=1000, checkpoint_every=250)

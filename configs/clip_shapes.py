@@ -5,6 +5,8 @@ vlpjax train --config configs/clip_shapes.py --workdir workdirs/clip_shapes
 
 import ml_collections
 
+from vlpjax.config import scale_switches
+
 
 def get_config(arg=None):
     c = ml_collections.ConfigDict()
@@ -33,7 +35,7 @@ def get_config(arg=None):
         text=dict(kind="causal", width=128, depth=2, num_heads=2, mlp_dim=512, max_len=32),
         embed_dim=128,
         contrastive="softmax",
-        dtype="float32",
+        **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
     )
     c.objectives = dict(itc=dict(weight=1.0, chunked=False))
 
@@ -54,6 +56,9 @@ def get_config(arg=None):
         checkpoint_every=100,
         keep_checkpoints=2,
         parallelism="mesh",
+        # k > 1: each step runs k micro-batches of batch_size / k rows. Exact for ITC (GradCache);
+        # other objectives average over micro-batches (README, "Gradient accumulation").
+        grad_accum=1,
         # A process of a multi-process job not heard from for this long is taken for dead: the
         # others stop (naming it) instead of waiting in a collective. The tests use a few seconds.
         peer_timeout_s=300,

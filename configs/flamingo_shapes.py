@@ -12,7 +12,7 @@ adapters and the `<image>` / `<|endofchunk|>` embedding rows train.
 Any Hugging Face GPT-2 / LLaMA directory can replace the LM: --config.model.lm.path=DIR.
 """
 
-from vlpjax.config import base_recipe
+from vlpjax.config import base_recipe, scale_switches
 
 clip = base_recipe(__file__, "clip_shapes")
 
@@ -26,7 +26,7 @@ def get_config(arg=None):
         image=c.model.image.to_dict(),  # clip_shapes' ViT, loaded from its checkpoint and frozen
         lm=dict(path="workdirs/lm_shapes/hf"),
         flamingo=dict(cross_every=1, num_latents=8, resampler_depth=2, resampler_heads=4, cross_heads=4),
-        dtype="float32",
+        **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
     )
     c.objectives = dict(lm=dict(weight=1.0))
     c.init = dict(checkpoint="workdirs/clip_shapes", load=(r"img/.*",), strict=True)

@@ -6,7 +6,7 @@ Face layout that `vlpjax.interop.hf.load_decoder_lm` (and transformers) read:
     vlpjax export --config configs/lm_shapes.py --workdir workdirs/lm_shapes --out workdirs/lm_shapes/hf
 """
 
-from vlpjax.config import base_recipe
+from vlpjax.config import base_recipe, scale_switches
 
 
 def get_config(arg=None):
@@ -25,7 +25,7 @@ def get_config(arg=None):
             max_positions=128,
             tie_embeddings=False,
         ),
-        dtype="float32",
+        **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
     )
     c.objectives = dict(lm=dict(weight=1.0))
     c.train.update(batch_size=128, steps=1500, checkpoint_every=500)

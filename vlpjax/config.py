@@ -126,6 +126,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.train.parallelism not in PARALLELISMS:
         raise ConfigError(f"train.parallelism must be one of {PARALLELISMS}, got {config.train.parallelism!r}")
     _validate_train(config)
+    _validate_scale_switches(config)
     if not config.objectives:
         raise ConfigError("objectives is empty: name at least one objective with a weight")
     _validate_objectives(config)
@@ -159,6 +160,32 @@ def _validate_train(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"optim.lr must be a positive finite number, got {config.optim.lr}")
 
 
+# model.<key> -> (default, choices); train.grad_accum is checked with the batch.
+MODEL_SWITCHES = {
+    "dtype": ("float32", taxonomy.COMPUTE_DTYPES),
+    "attention": ("xla", taxonomy.ATTENTION_KERNELS),
+    "remat": ("none", taxonomy.REMAT_POLICIES),
+    "scan_layers": (False, (False, True)),
+}
+
+
+def scale_switches() -> dict:
+    """The model's scale switches at their defaults, for a recipe's `model` section."""
+    return {key: default for key, (default, _) in MODEL_SWITCHES.items()}
+
+
+def _validate_scale_switches(config: ml_collections.ConfigDict) -> None:
+    for key, (default, choices) in MODEL_SWITCHES.items():
+        value = config.model.get(key, default)
+        if value not in choices or type(value) is not type(default):
+            raise ConfigError(f"model.{key} must be one of {choices}, got {value!r}")
+    if config.model.get("attention", "xla") == "cudnn" and config.model.get("dtype", "float32") == "float32":
+        raise ConfigError("model.attention='cudnn' runs in bfloat16 or float16: set model.dtype=bfloat16")
+    accum = config.train.get("grad_accum", 1)
+    if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+        raise ConfigError(f"train.grad_accum must be a whole number >= 1, got {accum!r}")
+
+
 def _validate_devices(config: ml_collections.ConfigDict) -> None:
     """The mesh must fit the devices and the global batch must split over its batch shards,
     checked before the data and the model are built."""
@@ -178,6 +205,12 @@ def _validate_devices(config: ml_collections.ConfigDict) -> None:
     if batch % shards or batch % jax.process_count():
         raise ConfigError(
             f"train.batch_size {batch} does not split over the {what} and {jax.process_count()} process(es)"
+        )
+    accum = config.train.get("grad_accum", 1)
+    if (batch // shards) % accum:
+        raise ConfigError(
+            f"train.grad_accum={accum} does not divide the {batch // shards} rows each of the {what} holds "
+            f"(train.batch_size {batch})"
         )
 
 

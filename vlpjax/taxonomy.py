@@ -37,6 +37,14 @@ TASKS: dict[str, Task] = {
     "interleaved": Task(objectives=("lm",), generative=True),
 }
 
+# The scale switches every recipe has (README, "Scale switches"): what each can be set to.
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+ATTENTION_KERNELS = ("xla", "cudnn")
+REMAT_POLICIES = ("none", "block", "dots_saveable", "nothing_saveable")
+# Objectives whose loss reads only the model's per-row outputs (embeddings) and shared scalars:
+# gradient accumulation can cache those outputs and be exact (GradCache).
+EMBEDDING_OBJECTIVES = ("itc",)
+
 OBJECTIVE_NAMES: tuple[str, ...] = tuple(dict.fromkeys(o for f in FAMILIES.values() for o in f.objectives))
 
 

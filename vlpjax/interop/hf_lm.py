@@ -12,6 +12,7 @@ into three column blocks.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Iterator
@@ -163,12 +164,14 @@ def _with_prefix(tensors: dict[str, np.ndarray], c: DecoderLMConfig) -> dict[str
 # --- load and save -----------------------------------------------------------------------
 
 
-def load_decoder_lm(path: str, *, dtype: str = "float32", seed: int = 0) -> DecoderLM:
+def load_decoder_lm(path: str, *, dtype: str = "float32", seed: int = 0, **switches) -> DecoderLM:
     """A `DecoderLM` with the weights of the local Hugging Face directory `path`.
 
-    Call it as `model(input_ids, attention_mask=None)` -> logits [B, L, V].
+    Call it as `model(input_ids, attention_mask=None)` -> logits [B, L, V]. `switches` sets the
+    scale switches of its config (attention, remat, scan_layers).
     """
     config = decoder_config_from_hf(read_config(path), os.path.join(path, "config.json"), dtype)
+    config = dataclasses.replace(config, **switches)
     tensors = _with_prefix(read_safetensors(path), config)
     pairs = weights_from_table(tensors, weight_table(config), source=path)
     model = DecoderLM(config, rngs=nnx.Rngs(seed))

@@ -22,8 +22,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlpjax.models.attention import Mask
 from vlpjax.models.layers import MLP, MultiHeadAttention, layer_norm, with_axes
 from vlpjax.models.lm import DecoderLM, KVCache, run_decoder
+from vlpjax.models.stack import run_stack
 
 Array = jax.Array
 NEW_TOKENS = ("<image>", "<|endofchunk|>")
@@ -41,10 +43,10 @@ class FlamingoConfig:
 
 
 class PerceiverLayer(nnx.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype, attention: str, rngs: nnx.Rngs):
         self.ln_media = layer_norm(dim, rngs=rngs)
         self.ln_latents = layer_norm(dim, rngs=rngs)
-        self.attn = MultiHeadAttention(dim, num_heads, use_bias=False, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, num_heads, use_bias=False, dtype=dtype, attention=attention, rngs=rngs)
         self.ln_mlp = layer_norm(dim, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
@@ -59,32 +61,60 @@ class PerceiverResampler(nnx.Module):
     """[B, T, D] media tokens -> [B, num_latents, D]."""
 
     def __init__(
-        self, dim: int, *, depth: int, num_latents: int, num_heads: int, mlp_dim: int, dtype=jnp.float32, rngs: nnx.Rngs
+        self,
+        dim: int,
+        *,
+        depth: int,
+        num_latents: int,
+        num_heads: int,
+        mlp_dim: int,
+        dtype=jnp.float32,
+        attention: str = "xla",
+        remat: str = "none",
+        scan_layers: bool = False,
+        rngs: nnx.Rngs,
     ):
         init = with_axes(nnx.initializers.normal(0.02), (None, "embed"))
         self.latents = nnx.Param(init(rngs.params(), (num_latents, dim)))
-        self.layers = nnx.List([PerceiverLayer(dim, num_heads, mlp_dim, dtype=dtype, rngs=rngs) for _ in range(depth)])
+        self.layers = nnx.List(
+            [PerceiverLayer(dim, num_heads, mlp_dim, dtype=dtype, attention=attention, rngs=rngs) for _ in range(depth)]
+        )
         self.ln_out = layer_norm(dim, rngs=rngs)
+        self.remat, self.scan_layers = remat, scan_layers
 
     def __call__(self, media: Array) -> Array:
         latents = jnp.broadcast_to(self.latents[...].astype(media.dtype), (media.shape[0], *self.latents.shape))
-        for layer in self.layers:
-            latents = layer(media, latents)
+        latents = run_stack(
+            self.layers, latents, lambda layer, x: layer(media, x), remat=self.remat, scan=self.scan_layers
+        )
         return self.ln_out(latents)
 
 
-def latest_image_mask(media_of_token: Array, media_of_latent: Array) -> Array:
+def latest_image_mask(media_of_token: Array, media_of_latent: Array) -> Mask:
     """[B, 1, L, K]: token l may attend to latent k iff k belongs to l's latest preceding image."""
-    return (media_of_token[:, None, :, None] == media_of_latent[None, None, None, :]) & (media_of_token > 0)[
+    allowed = (media_of_token[:, None, :, None] == media_of_latent[None, None, None, :]) & (media_of_token > 0)[
         :, None, :, None
     ]
+    return Mask(pairs=allowed)
 
 
 class GatedCrossAttentionBlock(nnx.Module):
-    def __init__(self, dim: int, media_dim: int, num_heads: int, mlp_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        dim: int,
+        media_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        dtype=jnp.float32,
+        attention: str = "xla",
+        rngs: nnx.Rngs,
+    ):
         gate = with_axes(nnx.initializers.zeros_init(), ())
         self.ln_attn = layer_norm(dim, rngs=rngs)  # the text side only: the latents are normed by the resampler
-        self.attn = MultiHeadAttention(dim, num_heads, kv_dim=media_dim, use_bias=False, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(
+            dim, num_heads, kv_dim=media_dim, use_bias=False, dtype=dtype, attention=attention, rngs=rngs
+        )
         self.attn_gate = nnx.Param(gate(rngs.params(), ()))
         self.ln_mlp = layer_norm(dim, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
@@ -116,16 +146,23 @@ class Flamingo(nnx.Module):
         self.lm = lm
         vocab, width, media_dim = lm.config.vocab_size, lm.config.hidden_size, vision.out_dim
         self.image_id, self.chunk_end_id = vocab, vocab + 1
-        dtype = jnp.dtype(lm.config.dtype)
+        dtype, lc = jnp.dtype(lm.config.dtype), lm.config  # the adapters run as the LM does
         self.resampler = PerceiverResampler(
             media_dim, depth=c.resampler_depth, num_latents=c.num_latents, num_heads=c.resampler_heads,
-            mlp_dim=c.resampler_mlp_dim or 4 * media_dim, dtype=dtype, rngs=rngs,
+            mlp_dim=c.resampler_mlp_dim or 4 * media_dim, dtype=dtype, attention=lc.attention, remat=lc.remat,
+            scan_layers=lc.scan_layers, rngs=rngs,
         )  # fmt: skip
         self.cross_layers = tuple(i for i in range(lm.config.num_layers) if (i + 1) % c.cross_every == 0)
         self.cross = nnx.List(
             [
                 GatedCrossAttentionBlock(
-                    width, media_dim, c.cross_heads, c.cross_mlp_dim or 4 * width, dtype=dtype, rngs=rngs
+                    width,
+                    media_dim,
+                    c.cross_heads,
+                    c.cross_mlp_dim or 4 * width,
+                    dtype=dtype,
+                    attention=lc.attention,
+                    rngs=rngs,
                 )
                 for _ in self.cross_layers
             ]
@@ -174,8 +211,11 @@ class Flamingo(nnx.Module):
         )
         blocks = dict(zip(self.cross_layers, self.cross, strict=False))
 
+        def cross(block, x):
+            return block(x, latents, media_of_token, media_of_latent)
+
         def between_layers(i, x):
-            return blocks[i](x, latents, media_of_token, media_of_latent) if i in blocks else x
+            return run_stack([blocks[i]], x, cross, remat=self.lm.config.remat) if i in blocks else x
 
         out = run_decoder(
             self.lm, self.token_vectors(ids), mask, None if cache is None else cache.lm, between_layers, self.head

@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlpjax.models.layers import PreLNBlock, dense, key_padding_mask, layer_norm, with_axes
+from vlpjax.models.attention import Mask, key_padding
+from vlpjax.models.layers import PreLNBlock, dense, layer_norm, with_axes
+from vlpjax.models.stack import run_stack
 
 
 class Fused(NamedTuple):
@@ -38,6 +40,9 @@ class FusionConfig:
     text_dim: int | None = None  # input widths; a projection is added where they differ
     image_dim: int | None = None
     dtype: str = "float32"
+    attention: str = "xla"  # the scale switches: see vlpjax.models.attention and .stack
+    remat: str = "none"
+    scan_layers: bool = False
 
 
 class InputProjections(nnx.Module):
@@ -70,7 +75,10 @@ class MergedAttentionFusion(nnx.Module):
             with_axes(nnx.initializers.normal(0.02), (None, "embed"))(rngs.params(), (2, c.width))
         )
         self.blocks = nnx.List(
-            [PreLNBlock(c.width, c.num_heads, c.mlp_dim, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+            [
+                PreLNBlock(c.width, c.num_heads, c.mlp_dim, dtype=dtype, attention=c.attention, rngs=rngs)
+                for _ in range(c.depth)
+            ]
         )
         self.ln_final = layer_norm(c.width, rngs=rngs)
 
@@ -79,9 +87,11 @@ class MergedAttentionFusion(nnx.Module):
         t, v = self.inputs(text, image)
         t, v = t + types[0].astype(t.dtype), v + types[1].astype(t.dtype)
         x = jnp.concatenate([t, v], axis=1)
-        mask = key_padding_mask(jnp.concatenate([text_mask.astype(bool), image_mask.astype(bool)], axis=1))
-        for block in self.blocks:
-            x = block(x, mask=mask)
+        # Text padding sits between the two streams, so this mask is no prefix: it reaches a fused
+        # kernel as a bias.
+        keys = jnp.concatenate([text_mask.astype(bool), image_mask.astype(bool)], axis=1)
+        mask, c = Mask(pairs=keys[:, None, None, :]), self.config
+        x = run_stack(self.blocks, x, lambda block, x: block(x, mask=mask), remat=c.remat, scan=c.scan_layers)
         x = self.ln_final(x)
         lt = text.shape[1]
         return Fused(text=x[:, :lt], image=x[:, lt:], pooled=x[:, 0])
@@ -96,7 +106,15 @@ class CoAttentionFusion(nnx.Module):
         def stream():
             return nnx.List(
                 [
-                    PreLNBlock(c.width, c.num_heads, c.mlp_dim, context_dim=c.width, dtype=dtype, rngs=rngs)
+                    PreLNBlock(
+                        c.width,
+                        c.num_heads,
+                        c.mlp_dim,
+                        context_dim=c.width,
+                        dtype=dtype,
+                        attention=c.attention,
+                        rngs=rngs,
+                    )
                     for _ in range(c.depth)
                 ]
             )
@@ -108,12 +126,18 @@ class CoAttentionFusion(nnx.Module):
 
     def __call__(self, text: jax.Array, text_mask: jax.Array, image: jax.Array, image_mask: jax.Array) -> Fused:
         t, v = self.inputs(text, image)
-        t_mask, v_mask = key_padding_mask(text_mask.astype(bool)), key_padding_mask(image_mask.astype(bool))
-        for text_block, image_block in zip(self.text_blocks, self.image_blocks, strict=False):
+        t_mask, v_mask = key_padding(text_mask), key_padding(image_mask)
+
+        def layer(blocks, streams):
+            (text_block, image_block), (t, v) = blocks, streams
             # Both streams read the other's previous-layer output.
-            t, v = (
+            return (
                 text_block(t, mask=t_mask, context=v, context_mask=v_mask),
                 image_block(v, mask=v_mask, context=t, context_mask=t_mask),
             )
+
+        c = self.config
+        layers = list(zip(self.text_blocks, self.image_blocks, strict=True))
+        t, v = run_stack(layers, (t, v), layer, remat=c.remat, scan=c.scan_layers)
         t, v = self.ln_text(t), self.ln_image(v)
         return Fused(text=t, image=v, pooled=t[:, 0])

@@ -4,13 +4,13 @@ Every parameter carries `logical_axes` metadata (names such as 'embed', 'mlp', '
 'vocab'); `vlpjax.parallel.partitioning` maps those names onto mesh axes. Models never
 see devices.
 
-Masks are boolean, True meaning "may attend". Attention logits and softmax run in float32
-whatever the compute dtype, so a masked key gets exactly zero weight.
+Attention masks are `vlpjax.models.attention.Mask`s (real keys, causality, other patterns);
+the kernel is `model.attention` (xla | cudnn). Logits and softmax run in float32 whatever the
+compute dtype, so a masked key gets exactly zero weight.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -18,11 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vlpjax.models.attention import Mask, attend, check_kernel, key_padding
 from vlpjax.models.logical import constrain
 
 Array = jax.Array
-
-_MASKED_LOGIT = float(np.finfo(np.float32).min)
 
 
 class Encoded(NamedTuple):
@@ -103,42 +102,7 @@ def activation(name: str) -> Callable[[Array], Array]:
     return ACTIVATIONS[name]
 
 
-# --- masks -------------------------------------------------------------------------------
-
-
-def key_padding_mask(kv_mask: Array) -> Array:
-    """[B, Lk] -> [B, 1, 1, Lk]: every query may attend to every real key."""
-    return kv_mask[:, None, None, :].astype(bool)
-
-
-def causal_mask(length: int) -> Array:
-    """[1, 1, L, L]: position i attends to positions <= i."""
-    return jnp.tril(jnp.ones((length, length), dtype=bool))[None, None]
-
-
-def combine_masks(*masks: Array | None) -> Array | None:
-    present = [m for m in masks if m is not None]
-    if not present:
-        return None
-    out = present[0]
-    for m in present[1:]:
-        out = jnp.logical_and(out, m)
-    return out
-
-
 # --- attention ---------------------------------------------------------------------------
-
-
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array | None) -> Array:
-    """q [B,Lq,H,Dh], k/v [B,Lk,H,Dh], mask broadcastable to [B,H,Lq,Lk] -> [B,Lq,H,Dh]."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    # Heads-major layout first: XLA's CPU batched matmuls are several times faster on it.
-    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q * jnp.asarray(scale, q.dtype), k, v))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, _MASKED_LOGIT)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bhkd->bhqd", weights, v).transpose(0, 2, 1, 3)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -152,12 +116,14 @@ class MultiHeadAttention(nnx.Module):
         kv_dim: int | None = None,
         use_bias: bool = True,
         dtype=jnp.float32,
+        attention: str = "xla",
         rngs: nnx.Rngs,
     ):
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
         kv_dim = kv_dim or dim
         self.num_heads = num_heads
+        self.kernel_name = check_kernel(attention)
         self.query = dense(dim, dim, ("embed", "heads"), use_bias=use_bias, dtype=dtype, rngs=rngs)
         self.key = dense(kv_dim, dim, ("embed", "heads"), use_bias=use_bias, dtype=dtype, rngs=rngs)
         self.value = dense(kv_dim, dim, ("embed", "heads"), use_bias=use_bias, dtype=dtype, rngs=rngs)
@@ -176,12 +142,12 @@ class MultiHeadAttention(nnx.Module):
             y = y + jnp.concatenate([layer.bias[...] for layer in layers]).astype(y.dtype)
         return tuple(self._heads(part) for part in jnp.split(y, 3, axis=-1))
 
-    def __call__(self, x: Array, context: Array | None = None, mask: Array | None = None) -> Array:
+    def __call__(self, x: Array, context: Array | None = None, mask: Mask | None = None) -> Array:
         if context is None:
             q, k, v = self._fused_qkv(x)
         else:
             q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
-        attended = dot_product_attention(q, k, v, mask)
+        attended = attend(q, k, v, mask, kernel=self.kernel_name)
         return self.out(attended.reshape(*x.shape[:-1], -1))
 
 
@@ -218,23 +184,26 @@ class PreLNBlock(nnx.Module):
         context_dim: int | None = None,
         eps: float = 1e-6,
         dtype=jnp.float32,
+        attention: str = "xla",
         rngs: nnx.Rngs,
     ):
         self.ln_attn = layer_norm(dim, eps=eps, rngs=rngs)
-        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
         self.has_cross = context_dim is not None
         if self.has_cross:
             self.ln_cross = layer_norm(dim, eps=eps, rngs=rngs)
-            self.cross = MultiHeadAttention(dim, num_heads, kv_dim=context_dim, dtype=dtype, rngs=rngs)
+            self.cross = MultiHeadAttention(
+                dim, num_heads, kv_dim=context_dim, dtype=dtype, attention=attention, rngs=rngs
+            )
         self.ln_mlp = layer_norm(dim, eps=eps, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
 
     def __call__(
         self,
         x: Array,
-        mask: Array | None = None,
+        mask: Mask | None = None,
         context: Array | None = None,
-        context_mask: Array | None = None,
+        context_mask: Mask | None = None,
     ) -> Array:
         x = x + self.attn(self.ln_attn(x), mask=mask)
         if self.has_cross:
@@ -256,13 +225,16 @@ class PostLNBlock(nnx.Module):
         context_dim: int | None = None,
         eps: float = 1e-12,
         dtype=jnp.float32,
+        attention: str = "xla",
         rngs: nnx.Rngs,
     ):
-        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
         self.ln_attn = layer_norm(dim, eps=eps, rngs=rngs)
         self.has_cross = context_dim is not None
         if self.has_cross:
-            self.cross = MultiHeadAttention(dim, num_heads, kv_dim=context_dim, dtype=dtype, rngs=rngs)
+            self.cross = MultiHeadAttention(
+                dim, num_heads, kv_dim=context_dim, dtype=dtype, attention=attention, rngs=rngs
+            )
             self.ln_cross = layer_norm(dim, eps=eps, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
         self.ln_mlp = layer_norm(dim, eps=eps, rngs=rngs)
@@ -270,9 +242,9 @@ class PostLNBlock(nnx.Module):
     def __call__(
         self,
         x: Array,
-        mask: Array | None = None,
+        mask: Mask | None = None,
         context: Array | None = None,
-        context_mask: Array | None = None,
+        context_mask: Mask | None = None,
     ) -> Array:
         x = self.ln_attn(x + self.attn(x, mask=mask))
         if self.has_cross:
@@ -284,18 +256,19 @@ class PostLNBlock(nnx.Module):
 class MAPHead(nnx.Module):
     """Multi-head attention pooling: one learned probe attends over the tokens, then an MLP."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, *, dtype=jnp.float32, attention: str = "xla", rngs: nnx.Rngs
+    ):
         self.probe = nnx.Param(
             with_axes(nnx.initializers.xavier_uniform(), (None, None, "embed"))(rngs.params(), (1, 1, dim))
         )
-        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
         self.ln = layer_norm(dim, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens: Array, mask: Array | None = None) -> Array:
         probe = jnp.broadcast_to(self.probe[...], (tokens.shape[0], 1, tokens.shape[-1])).astype(tokens.dtype)
-        attn_mask = None if mask is None else key_padding_mask(mask)
-        x = self.attn(probe, tokens, mask=attn_mask)
+        x = self.attn(probe, tokens, mask=key_padding(mask))
         x = x + self.mlp(self.ln(x))
         return x[:, 0]
 

@@ -15,7 +15,6 @@ pieces (`embed`, `blocks`, `head`) with its cross-attention blocks in between.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -23,7 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vlpjax.models.layers import _MASKED_LOGIT, MLP, activation, dense, layer_norm, with_axes
+from vlpjax.models.attention import Mask, attend, check_kernel
+from vlpjax.models.layers import MLP, activation, dense, layer_norm, with_axes
+from vlpjax.models.stack import run_stack
 
 Array = jax.Array
 ARCHS = ("gpt2", "llama")
@@ -46,10 +47,14 @@ class DecoderLMConfig:
     attention_bias: bool | None = None  # None: the arch's default (gpt2 yes, llama no)
     act: str | None = None  # None: gelu_new for gpt2, silu for llama
     dtype: str = "float32"
+    attention: str = "xla"  # the scale switches: see vlpjax.models.attention and .stack
+    remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"unknown decoder LM arch {self.arch!r}; choose one of {ARCHS}")
+        check_kernel(self.attention)
         if self.num_heads % self.kv_heads:
             raise ValueError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.kv_heads}")
 
@@ -161,20 +166,22 @@ class LMAttention(nnx.Module):
         if past is not None:
             k = jax.lax.dynamic_update_slice_in_dim(past[0], k.astype(past[0].dtype), offset, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(past[1], v.astype(past[1].dtype), offset, axis=1)
-        y = grouped_causal_attention(q, k, v, key_mask, offset)
+        mask = causal_mask(key_mask, length, cached=past is not None, offset=offset)
+        y = attend(q, k, v, mask, kernel=c.attention)
         return self.out(y.reshape(b, length, -1)), (k, v)
 
 
-def grouped_causal_attention(q: Array, k: Array, v: Array, key_mask: Array, offset: Array) -> Array:
-    """q [B, L, H, Dh] at slots offset..offset+L-1; k/v [B, S, G, Dh] with H a multiple of G."""
-    b, length, heads, dh = q.shape
-    groups = k.shape[2]
-    q = q.reshape(b, length, groups, heads // groups, dh) * jnp.asarray(1 / math.sqrt(dh), q.dtype)
-    logits = jnp.einsum("bqgrd,bkgd->bgrqk", q, k, preferred_element_type=jnp.float32)
+def causal_mask(key_mask: Array, length: int, *, cached: bool, offset: Array) -> Mask:
+    """Queries at slots offset..offset+L-1 over the key slots [B, S] of `key_mask`.
+
+    Without a cache the keys are the queries themselves (right-padded text): real keys and the
+    causal flag, the form a fused kernel takes. With one, the prompt is left-padded inside the
+    cache, so the pattern is spelt out."""
+    if not cached:
+        return Mask(keys=key_mask, causal=True)
     query_slot = offset + jnp.arange(length)[:, None]
-    allowed = (jnp.arange(k.shape[1])[None, :] <= query_slot)[None, None, None] & key_mask[:, None, None, None, :]
-    weights = jax.nn.softmax(jnp.where(allowed, logits, _MASKED_LOGIT), axis=-1).astype(v.dtype)
-    return jnp.einsum("bgrqk,bkgd->bqgrd", weights, v).reshape(b, length, heads, dh)
+    allowed = (jnp.arange(key_mask.shape[1])[None, :] <= query_slot)[None, None] & key_mask[:, None, None, :]
+    return Mask(pairs=allowed)
 
 
 class SwiGLU(nnx.Module):
@@ -269,12 +276,21 @@ def run_decoder(
         offset = cache.length
         key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, offset, axis=1)
     x = lm.embed(vectors, positions)
+    c = lm.config
+
+    def layer(block, x):
+        return block(x, positions, key_mask, None, offset)[0]
+
+    if cache is None and between_layers is None:  # training and scoring: one stack to scan
+        return (head or lm.head)(run_stack(lm.blocks, x, layer, remat=c.remat, scan=c.scan_layers))
     new_keys, new_values = [], []
     for i, block in enumerate(lm.blocks):
         if between_layers is not None:
             x = between_layers(i, x)
-        past = None if cache is None else (cache.keys[i], cache.values[i])
-        x, (k, v) = block(x, positions, key_mask, past, offset)
+        if cache is None:  # Flamingo's forward: its adapters sit between the layers
+            x = run_stack([block], x, layer, remat=c.remat)
+            continue
+        x, (k, v) = block(x, positions, key_mask, (cache.keys[i], cache.values[i]), offset)
         new_keys.append(k)
         new_values.append(v)
     logits = (head or lm.head)(x)

@@ -13,7 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlpjax.models.layers import Encoded, PreLNBlock, dense, key_padding_mask, layer_norm, masked_mean, with_axes
+from vlpjax.models.attention import key_padding
+from vlpjax.models.layers import Encoded, PreLNBlock, dense, layer_norm, masked_mean, with_axes
+from vlpjax.models.stack import run_stack
 
 GEOMETRY_DIM = 7
 
@@ -26,6 +28,9 @@ class RegionConfig:
     num_heads: int = 12
     mlp_dim: int = 3072
     dtype: str = "float32"
+    attention: str = "xla"  # the scale switches: see vlpjax.models.attention and .stack
+    remat: str = "none"
+    scan_layers: bool = False
 
 
 def box_geometry(boxes: jax.Array) -> jax.Array:
@@ -49,7 +54,10 @@ class RegionEncoder(nnx.Module):
         self.type_embed = nnx.Param(with_axes(nnx.initializers.normal(0.02), ("embed",))(rngs.params(), (c.width,)))
         self.ln_embed = layer_norm(c.width, rngs=rngs)
         self.blocks = nnx.List(
-            [PreLNBlock(c.width, c.num_heads, c.mlp_dim, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+            [
+                PreLNBlock(c.width, c.num_heads, c.mlp_dim, dtype=dtype, attention=c.attention, rngs=rngs)
+                for _ in range(c.depth)
+            ]
         )
         self.ln_final = layer_norm(c.width, rngs=rngs) if c.depth else None
 
@@ -64,8 +72,8 @@ class RegionEncoder(nnx.Module):
         x = self.feature_norm(self.feature_proj(regions.astype(dtype)))
         x = x + self.geometry_norm(self.geometry_proj(box_geometry(boxes.astype(jnp.float32)).astype(dtype)))
         x = self.ln_embed(x + self.type_embed[...].astype(x.dtype))
-        for block in self.blocks:
-            x = block(x, mask=key_padding_mask(mask))
+        attn_mask, c = key_padding(mask), self.config
+        x = run_stack(self.blocks, x, lambda block, x: block(x, mask=attn_mask), remat=c.remat, scan=c.scan_layers)
         if self.ln_final is not None:
             x = self.ln_final(x)
         return Encoded(tokens=x, pooled=masked_mean(x, mask), mask=mask)

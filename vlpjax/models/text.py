@@ -13,17 +13,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from vlpjax.models.layers import (
-    Encoded,
-    PostLNBlock,
-    PreLNBlock,
-    causal_mask,
-    combine_masks,
-    key_padding_mask,
-    last_real_token,
-    layer_norm,
-    with_axes,
-)
+from vlpjax.models.attention import Mask, key_padding
+from vlpjax.models.layers import Encoded, PostLNBlock, PreLNBlock, last_real_token, layer_norm, with_axes
+from vlpjax.models.stack import run_stack
 
 
 def _embedding(num: int, dim: int, rngs: nnx.Rngs, axes=("vocab", "embed")) -> nnx.Embed:
@@ -53,6 +45,9 @@ class BertConfig:
     cross_attention_from: int | None = None  # ALBEF layout: layers >= this index attend to the image
     context_dim: int | None = None
     dtype: str = "float32"
+    attention: str = "xla"  # the scale switches: see vlpjax.models.attention and .stack
+    remat: str = "none"
+    scan_layers: bool = False
 
 
 class BertEncoder(nnx.Module):
@@ -75,6 +70,7 @@ class BertEncoder(nnx.Module):
                     eps=c.layer_norm_eps,
                     context_dim=(c.context_dim or c.hidden_size) if i >= first_cross else None,
                     dtype=dtype,
+                    attention=c.attention,
                     rngs=rngs,
                 )
                 for i in range(c.num_hidden_layers)
@@ -107,12 +103,19 @@ class BertEncoder(nnx.Module):
         """Hugging Face's calling convention: returns the last hidden state [B, L, D]."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        mask = key_padding_mask(attention_mask)
-        ctx_mask = None if context_mask is None else key_padding_mask(context_mask)
-        x = self.embed(input_ids, token_type_ids)
-        for layer in self.layers:
-            x = layer(x, mask=mask, context=context, context_mask=ctx_mask)
-        return x
+        x = self._run(self.layers[: self.first_cross_layer], self.embed(input_ids, token_type_ids), attention_mask)
+        return self._run(self.layers[self.first_cross_layer :], x, attention_mask, context, context_mask)
+
+    def _run(self, layers, x, attention_mask, context=None, context_mask=None) -> jax.Array:
+        """x through `layers` (all with cross-attention or all without: one structure to scan)."""
+        mask = key_padding(attention_mask)
+        ctx_mask = None if context_mask is None else key_padding(context_mask)
+        c = self.config
+
+        def layer_fn(layer, x):
+            return layer(x, mask=mask, context=context, context_mask=ctx_mask)
+
+        return run_stack(layers, x, layer_fn, remat=c.remat, scan=c.scan_layers)
 
     def encode(self, text_ids: jax.Array, text_mask: jax.Array) -> Encoded:
         """Unimodal encoding: only the text-only layers (all of them without cross-attention)."""
@@ -128,20 +131,13 @@ class BertEncoder(nnx.Module):
         self, input_ids: jax.Array, attention_mask: jax.Array, token_type_ids: jax.Array | None = None
     ) -> jax.Array:
         """ALBEF's text encoder: embeddings and the layers before cross-attention starts."""
-        mask = key_padding_mask(attention_mask)
-        x = self.embed(input_ids, token_type_ids)
-        for layer in self.layers[: self.first_cross_layer]:
-            x = layer(x, mask=mask)
-        return x
+        return self._run(self.layers[: self.first_cross_layer], self.embed(input_ids, token_type_ids), attention_mask)
 
     def fusion_layers(
         self, hidden: jax.Array, attention_mask: jax.Array, context: jax.Array, context_mask: jax.Array
     ) -> jax.Array:
         """ALBEF's fusion encoder: the remaining layers, attending to the image tokens."""
-        mask, ctx_mask = key_padding_mask(attention_mask), key_padding_mask(context_mask)
-        for layer in self.layers[self.first_cross_layer :]:
-            hidden = layer(hidden, mask=mask, context=context, context_mask=ctx_mask)
-        return hidden
+        return self._run(self.layers[self.first_cross_layer :], hidden, attention_mask, context, context_mask)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +150,9 @@ class CausalTextConfig:
     max_len: int = 77
     act: str = "gelu"
     dtype: str = "float32"
+    attention: str = "xla"
+    remat: str = "none"
+    scan_layers: bool = False
 
 
 class CausalTextTransformer(nnx.Module):
@@ -167,7 +166,9 @@ class CausalTextTransformer(nnx.Module):
         )
         self.blocks = nnx.List(
             [
-                PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, eps=1e-5, dtype=dtype, rngs=rngs)
+                PreLNBlock(
+                    c.width, c.num_heads, c.mlp_dim, act=c.act, eps=1e-5, dtype=dtype, attention=c.attention, rngs=rngs
+                )
                 for _ in range(c.depth)
             ]
         )
@@ -181,9 +182,9 @@ class CausalTextTransformer(nnx.Module):
         if text_mask is None:
             text_mask = jnp.ones_like(text_ids)
         x = (self.token_embed(text_ids) + self.pos_embed[:length][None]).astype(jnp.dtype(self.config.dtype))
-        mask = combine_masks(causal_mask(length), key_padding_mask(text_mask))
-        for block in self.blocks:
-            x = block(x, mask=mask)
+        mask = Mask(keys=text_mask.astype(bool), causal=True)
+        c = self.config
+        x = run_stack(self.blocks, x, lambda block, x: block(x, mask=mask), remat=c.remat, scan=c.scan_layers)
         return self.ln_final(x)
 
     def encode(self, text_ids: jax.Array, text_mask: jax.Array) -> Encoded:

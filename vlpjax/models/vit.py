@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.layers import Encoded, MAPHead, PreLNBlock, layer_norm, sincos_2d, with_axes
+from vlpjax.models.stack import run_stack
 
 # name -> (width, depth, mlp_dim, num_heads)
 VIT_WIDTHS = {
@@ -39,6 +40,9 @@ class ViTConfig:
     pool: str = "cls"
     act: str = "gelu"
     dtype: str = "float32"
+    attention: str = "xla"  # the scale switches: see vlpjax.models.attention and .stack
+    remat: str = "none"
+    scan_layers: bool = False
 
     def __post_init__(self):
         if self.pool not in POOLINGS:
@@ -116,11 +120,14 @@ class ViT(nnx.Module):
                 with_axes(nnx.initializers.zeros_init(), (None, None, "embed"))(rngs.params(), (1, 1, c.width))
             )
         self.blocks = nnx.List(
-            [PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, dtype=dtype, rngs=rngs) for _ in range(c.depth)]
+            [
+                PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, dtype=dtype, attention=c.attention, rngs=rngs)
+                for _ in range(c.depth)
+            ]
         )
         self.ln_final = layer_norm(c.width, rngs=rngs)
         if c.pool == "map":
-            self.map_head = MAPHead(c.width, c.num_heads, c.mlp_dim, dtype=dtype, rngs=rngs)
+            self.map_head = MAPHead(c.width, c.num_heads, c.mlp_dim, dtype=dtype, attention=c.attention, rngs=rngs)
 
     def _position_embedding(self, grid_h: int, grid_w: int):
         c = self.config
@@ -141,8 +148,7 @@ class ViT(nnx.Module):
         x = x.reshape(b, gh * gw, d) + self._position_embedding(gh, gw).astype(x.dtype)
         if c.pool == "cls":
             x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d)), x], axis=1)
-        for block in self.blocks:
-            x = block(x)
+        x = run_stack(self.blocks, x, lambda block, x: block(x), remat=c.remat, scan=c.scan_layers)
         x = self.ln_final(x)
         mask = jnp.ones(x.shape[:2], dtype=bool)
         if c.pool == "cls":

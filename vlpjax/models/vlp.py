@@ -16,6 +16,7 @@ from vlpjax.models.text import BertConfig, BertEncoder, CausalTextConfig, Causal
 from vlpjax.models.vit import ViT, vit_config
 
 CONTRASTIVE_KINDS = ("softmax", "sigmoid")
+STACK_SWITCHES = ("attention", "remat", "scan_layers")
 MAX_LOGIT_SCALE = 100.0
 
 
@@ -31,7 +32,8 @@ def build_image_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Modul
     kind, fields = _fields(spec, "image encoder")
     if kind == "vit":
         return ViT(vit_config(fields.pop("variant", "B/16"), **fields), rngs=rngs)
-    if kind == "resnet":
+    if kind == "resnet":  # no attention layers: the attention and stack switches do not apply
+        fields = {k: v for k, v in fields.items() if k not in STACK_SWITCHES}
         return ResNet(ResNetConfig(**fields), rngs=rngs)
     if kind == "regions":
         return RegionEncoder(RegionConfig(**fields), rngs=rngs)

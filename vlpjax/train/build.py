@@ -15,6 +15,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vlpjax.config import scale_switches
 from vlpjax.data import builders
 from vlpjax.data.pipeline import PipelineConfig, training_answers
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
@@ -146,40 +147,40 @@ def lm_vocab_size(model_config: ml_collections.ConfigDict) -> int:
     return decoder_config_from_hf(read_config(path), os.path.join(path, "config.json")).vocab_size
 
 
-def build_flamingo(spec: dict, dtype: str, seed: int) -> Flamingo:
-    lm = load_decoder_lm(lm_directory(spec["lm"]), dtype=dtype)
-    vision = build_image_encoder({**spec["image"], "dtype": dtype}, rngs=nnx.Rngs(seed))
+def build_flamingo(spec: dict, switches: dict, seed: int) -> Flamingo:
+    lm = load_decoder_lm(lm_directory(spec["lm"]), **switches)
+    vision = build_image_encoder({**spec["image"], **switches}, rngs=nnx.Rngs(seed))
     return Flamingo(vision, lm, FlamingoConfig(**spec.get("flamingo", {})), rngs=nnx.Rngs(seed + 1))
 
 
-def _build_decoder_lm(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+def _build_decoder_lm(spec: dict, switches: dict, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
     return LanguageModel(
-        DecoderLM(DecoderLMConfig(**spec["lm"], vocab_size=vocab_size, dtype=dtype), rngs=nnx.Rngs(seed))
+        DecoderLM(DecoderLMConfig(**spec["lm"], vocab_size=vocab_size, **switches), rngs=nnx.Rngs(seed))
     )
 
 
-def _build_flamingo(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
-    return build_flamingo(spec, dtype, seed)
+def _build_flamingo(spec: dict, switches: dict, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    return build_flamingo(spec, switches, seed)
 
 
-def _towers(spec: dict, dtype: str, vocab_size: int) -> dict:
+def _towers(spec: dict, switches: dict, vocab_size: int) -> dict:
     return {
         **spec,
-        "image": {**spec["image"], "dtype": dtype},
-        "text": {**spec["text"], "vocab_size": vocab_size, "dtype": dtype},
+        "image": {**spec["image"], **switches},
+        "text": {**spec["text"], "vocab_size": vocab_size, **switches},
     }
 
 
-def _build_dual_encoder(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+def _build_dual_encoder(spec: dict, switches: dict, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
     if num_answers:
         raise InvalidInput("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
-    return build_dual_encoder(_towers(spec, dtype, vocab_size), rngs=nnx.Rngs(seed))
+    return build_dual_encoder(_towers(spec, switches, vocab_size), rngs=nnx.Rngs(seed))
 
 
-def _build_fusion(spec: dict, dtype: str, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
-    spec = _towers(spec, dtype, vocab_size)
+def _build_fusion(spec: dict, switches: dict, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    spec = _towers(spec, switches, vocab_size)
     if spec.get("fusion", {}).get("layout", "albef") != "albef":
-        spec["fusion"] = {**spec["fusion"], "dtype": dtype}
+        spec["fusion"] = {**spec["fusion"], **switches}
     return build_fusion_vlp({**spec, "num_answers": num_answers}, rngs=nnx.Rngs(seed))
 
 
@@ -198,8 +199,9 @@ def build_model(
     spec = model_config.to_dict()
     family = spec.pop("family")
     check_choice("model.family", family, FAMILY_BUILDERS)
-    dtype = spec.pop("dtype", "float32")
-    return FAMILY_BUILDERS[family](spec, dtype, seed, vocab_size, num_answers)
+    # The scale switches reach every tower and stack of the family (README, "Scale switches").
+    switches = {key: spec.pop(key, default) for key, default in scale_switches().items()}
+    return FAMILY_BUILDERS[family](spec, switches, seed, vocab_size, num_answers)
 
 
 def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
