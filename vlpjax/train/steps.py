@@ -23,6 +23,8 @@ from vlpjax.objectives.registry import StepContext
 from vlpjax.parallel import host_local_to_global
 from vlpjax.parallel.partitioning import activation_sharding
 from vlpjax.parallel.sharded_objective import AxisShards, MeshShards
+from vlpjax.taxonomy import EMBEDDING_OBJECTIVES
+from vlpjax.train.accumulation import EMBEDDING_OUTPUTS, averaged_gradients, exact_embedding_gradients
 from vlpjax.train.build import Run
 from vlpjax.train.state import TrainState, apply_gradients
 
@@ -49,10 +51,40 @@ def step_key(seed: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def _loss(graphdef, params, frozen, batch, objective, key, shards):
-    model = nnx.merge(graphdef, params, jax.lax.stop_gradient(frozen))
-    outputs = model(batch)
-    return objective(outputs, batch, StepContext(model=model, key=key, shards=shards))
+def _model(graphdef, params, frozen):
+    return nnx.merge(graphdef, params, jax.lax.stop_gradient(frozen))
+
+
+def make_gradient_fn(graphdef, objective: Callable, shards, *, accum: int = 1, exact_embeddings: bool = False):
+    """(params, frozen, batch, key) -> (metrics, gradient) of one optimizer step.
+
+    accum > 1: the batch runs as `accum` micro-batches (train/accumulation.py), exactly
+    (GradCache) when `exact_embeddings` says every objective reads only embeddings."""
+
+    def loss_fn(params, frozen, batch, key):
+        model = _model(graphdef, params, frozen)
+        return objective(model(batch), batch, StepContext(model=model, key=key, shards=shards))
+
+    def whole_batch(params, frozen, batch, key):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, frozen, batch, key)
+        return metrics, grads
+
+    def averaged(params, frozen, batch, key):
+        return averaged_gradients(lambda p, b, k: loss_fn(p, frozen, b, k), params, batch, key, accum)
+
+    def exact(params, frozen, batch, key):
+        def forward(p, micro):
+            return {k: v for k, v in _model(graphdef, p, frozen)(micro).items() if k in EMBEDDING_OUTPUTS}
+
+        def loss_on_outputs(outputs, full_batch):
+            ctx = StepContext(model=_model(graphdef, params, frozen), key=key, shards=shards)
+            return objective(outputs, full_batch, ctx)
+
+        return exact_embedding_gradients(forward, loss_on_outputs, params, batch, accum)
+
+    if accum == 1:
+        return whole_batch
+    return exact if exact_embeddings else averaged
 
 
 def _with_norms(metrics: dict, grads, state: TrainState) -> dict:
@@ -60,15 +92,14 @@ def _with_norms(metrics: dict, grads, state: TrainState) -> dict:
     return {**metrics, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(state.params)}
 
 
-def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardings, donate: bool = True, seed: int = 0):
-    shards = MeshShards(mesh)
+def build_mesh_step(
+    graphdef, tx, objective: Callable, mesh: Mesh, state_shardings, donate: bool = True, seed: int = 0, **accumulation
+):
+    gradients = make_gradient_fn(graphdef, objective, MeshShards(mesh), **accumulation)
 
     def step(state: TrainState, batch):
-        def loss_fn(params):
-            return _loss(graphdef, params, state.frozen, batch, objective, step_key(seed, state.step), shards)
-
         with activation_sharding(mesh):  # active while jit traces the model
-            (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            metrics, grads = gradients(state.params, state.frozen, batch, step_key(seed, state.step))
         state = apply_gradients(state, grads, tx)
         return state, _with_norms(metrics, grads, state)
 
@@ -76,19 +107,24 @@ def build_mesh_step(graphdef, tx, objective: Callable, mesh: Mesh, state_shardin
     return jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=(0,) if donate else ())
 
 
-def build_pmap_step(graphdef, tx, objective: Callable, donate: bool = True, seed: int = 0):
-    shards = AxisShards(PMAP_AXIS)
+def build_pmap_step(graphdef, tx, objective: Callable, donate: bool = True, seed: int = 0, **accumulation):
+    gradients = make_gradient_fn(graphdef, objective, AxisShards(PMAP_AXIS), **accumulation)
 
     def step(state: TrainState, batch):
-        def loss_fn(params):
-            return _loss(graphdef, params, state.frozen, batch, objective, step_key(seed, state.step), shards)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        metrics, grads = gradients(state.params, state.frozen, batch, step_key(seed, state.step))
         grads = lax.pmean(grads, PMAP_AXIS)
         state = apply_gradients(state, grads, tx)
         return state, _with_norms(metrics, grads, state)
 
     return jax.pmap(step, axis_name=PMAP_AXIS, donate_argnums=(0,) if donate else ())
+
+
+def accumulation_settings(config: ml_collections.ConfigDict) -> dict:
+    """train.grad_accum, and whether it can be exact: every objective reads embeddings only."""
+    return dict(
+        accum=int(config.train.get("grad_accum", 1)),
+        exact_embeddings=set(config.objectives) <= set(EMBEDDING_OBJECTIVES),
+    )
 
 
 def split_for_pmap(batch, devices: int):
@@ -114,9 +150,14 @@ class Stepper:
         self.run = run
         if self.pmap:
             self.devices = jax.local_devices()
-            self.fn = build_pmap_step(run.graphdef, run.tx, objective, seed=config.seed)
+            self.fn = build_pmap_step(
+                run.graphdef, run.tx, objective, seed=config.seed, **accumulation_settings(config)
+            )
         else:
-            self.fn = build_mesh_step(run.graphdef, run.tx, objective, run.mesh, run.shardings, seed=config.seed)
+            self.fn = build_mesh_step(
+                run.graphdef, run.tx, objective, run.mesh, run.shardings, seed=config.seed,
+                **accumulation_settings(config),
+            )  # fmt: skip
 
     def to_device_state(self, state):
         if not self.pmap:
