@@ -186,3 +186,22 @@ def test_config_fields_reach_every_layer():
     model, _ = _bert(remat="block", scan_layers=True, attention="xla")
     assert dataclasses.asdict(model.config)["remat"] == "block"
     assert all(layer.attn.kernel_name == "xla" for layer in model.layers)
+
+
+def test_bfloat16_runs_the_matmuls_in_bfloat16_and_keeps_parameters_in_float32():
+    model, run = _vit(remat="none")
+    bf16 = build_image_encoder(
+        dict(kind="vit", variant="x/8", width=D, depth=3, mlp_dim=32, num_heads=2, image_size=16, pool="map",
+             dtype="bfloat16"),
+        rngs=nnx.Rngs(0),
+    )  # fmt: skip
+    assert {x.dtype for x in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {jnp.dtype(jnp.float32)}
+    image = _inputs()[2]
+    hlo = jax.jit(lambda m: m(image).pooled).lower(bf16).as_text()
+    # "(tensor<...xbf16>, tensor<...xbf16>) -> tensor<...>": the operand types of every matmul.
+    operands = [line.rsplit(" : (", 1)[1].split(") ->")[0] for line in hlo.splitlines() if "dot_general" in line]
+    assert len(operands) >= 10 and all(o.count("xbf16>") == 2 for o in operands), operands
+    # The attention logits come out in float32 (softmax statistics), from bf16 operands.
+    assert any(line.endswith("xf32>") for line in hlo.splitlines() if "dot_general" in line)
+    fp32_hlo = jax.jit(lambda m: m(image).pooled).lower(model).as_text()
+    assert not any("bf16" in line for line in fp32_hlo.splitlines() if "dot_general" in line)
