@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from tests.shapes_fixture import TINY_DATA
 from vlpjax.config import load_config
 from vlpjax.data.builders import dataset_dir, load_builder
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from vlpjax.interop.hf_lm import save_decoder_lm
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig
 from vlpjax.train.loop import _close, open_run
-from tests.shapes_fixture import TINY_DATA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
@@ -32,7 +32,8 @@ def test_every_recipe_is_covered():
 @pytest.fixture(scope="module")
 def tiny_lm_dir(tiny_shapes_dir, tmp_path_factory):
     """A random GPT-2 in the Hugging Face layout over the shapes tokenizer, for Flamingo."""
-    tokenizer = os.path.join(dataset_dir(load_builder("synthetic_shapes", tiny_shapes_dir, **TINY_DATA)), TOKENIZER_FILE)
+    dataset = load_builder("synthetic_shapes", tiny_shapes_dir, **TINY_DATA)
+    tokenizer = os.path.join(dataset_dir(dataset), TOKENIZER_FILE)
     vocab = TextTokenizer(tokenizer).vocab_size
     config = DecoderLMConfig(arch="gpt2", vocab_size=vocab, hidden_size=32, num_layers=2, num_heads=2,
                              intermediate_size=64, max_positions=64)  # fmt: skip
@@ -52,7 +53,8 @@ def _overrides(recipe, data_dir, lm_dir):
 
 
 def _losses(recipe, overrides, dtype, workdir):
-    config = load_config(os.path.join(ROOT, "configs", f"{recipe}.py:tiny"), [*overrides, f"--config.model.dtype={dtype}"])
+    recipe_file = os.path.join(ROOT, "configs", f"{recipe}.py:tiny")
+    config = load_config(recipe_file, [*overrides, f"--config.model.dtype={dtype}"])
     r = open_run(config, workdir)
     try:
         losses = []

@@ -44,10 +44,10 @@ class FlamingoConfig:
 
 class PerceiverLayer(nnx.Module):
     def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype, attention: str, rngs: nnx.Rngs):
-        self.ln_media = layer_norm(dim, rngs=rngs)
-        self.ln_latents = layer_norm(dim, rngs=rngs)
+        self.ln_media = layer_norm(dim, dtype=dtype, rngs=rngs)
+        self.ln_latents = layer_norm(dim, dtype=dtype, rngs=rngs)
         self.attn = MultiHeadAttention(dim, num_heads, use_bias=False, dtype=dtype, attention=attention, rngs=rngs)
-        self.ln_mlp = layer_norm(dim, rngs=rngs)
+        self.ln_mlp = layer_norm(dim, dtype=dtype, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, media: Array, latents: Array) -> Array:
@@ -111,12 +111,13 @@ class GatedCrossAttentionBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         gate = with_axes(nnx.initializers.zeros_init(), ())
-        self.ln_attn = layer_norm(dim, rngs=rngs)  # the text side only: the latents are normed by the resampler
+        # The text side only: the latents are normed by the resampler.
+        self.ln_attn = layer_norm(dim, dtype=dtype, rngs=rngs)
         self.attn = MultiHeadAttention(
             dim, num_heads, kv_dim=media_dim, use_bias=False, dtype=dtype, attention=attention, rngs=rngs
         )
         self.attn_gate = nnx.Param(gate(rngs.params(), ()))
-        self.ln_mlp = layer_norm(dim, rngs=rngs)
+        self.ln_mlp = layer_norm(dim, dtype=dtype, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
         self.mlp_gate = nnx.Param(gate(rngs.params(), ()))
 

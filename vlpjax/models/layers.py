@@ -74,6 +74,7 @@ def dense(
 
 
 def layer_norm(dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32) -> nnx.LayerNorm:
+    """Statistics in float32 whatever `dtype`, the dtype of the output (flax promotes them)."""
     return nnx.LayerNorm(
         dim,
         epsilon=eps,
@@ -187,15 +188,15 @@ class PreLNBlock(nnx.Module):
         attention: str = "xla",
         rngs: nnx.Rngs,
     ):
-        self.ln_attn = layer_norm(dim, eps=eps, rngs=rngs)
+        self.ln_attn = layer_norm(dim, eps=eps, dtype=dtype, rngs=rngs)
         self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
         self.has_cross = context_dim is not None
         if self.has_cross:
-            self.ln_cross = layer_norm(dim, eps=eps, rngs=rngs)
+            self.ln_cross = layer_norm(dim, eps=eps, dtype=dtype, rngs=rngs)
             self.cross = MultiHeadAttention(
                 dim, num_heads, kv_dim=context_dim, dtype=dtype, attention=attention, rngs=rngs
             )
-        self.ln_mlp = layer_norm(dim, eps=eps, rngs=rngs)
+        self.ln_mlp = layer_norm(dim, eps=eps, dtype=dtype, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
 
     def __call__(
@@ -229,15 +230,15 @@ class PostLNBlock(nnx.Module):
         rngs: nnx.Rngs,
     ):
         self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
-        self.ln_attn = layer_norm(dim, eps=eps, rngs=rngs)
+        self.ln_attn = layer_norm(dim, eps=eps, dtype=dtype, rngs=rngs)
         self.has_cross = context_dim is not None
         if self.has_cross:
             self.cross = MultiHeadAttention(
                 dim, num_heads, kv_dim=context_dim, dtype=dtype, attention=attention, rngs=rngs
             )
-            self.ln_cross = layer_norm(dim, eps=eps, rngs=rngs)
+            self.ln_cross = layer_norm(dim, eps=eps, dtype=dtype, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
-        self.ln_mlp = layer_norm(dim, eps=eps, rngs=rngs)
+        self.ln_mlp = layer_norm(dim, eps=eps, dtype=dtype, rngs=rngs)
 
     def __call__(
         self,
@@ -263,7 +264,7 @@ class MAPHead(nnx.Module):
             with_axes(nnx.initializers.xavier_uniform(), (None, None, "embed"))(rngs.params(), (1, 1, dim))
         )
         self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
-        self.ln = layer_norm(dim, rngs=rngs)
+        self.ln = layer_norm(dim, dtype=dtype, rngs=rngs)
         self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens: Array, mask: Array | None = None) -> Array:

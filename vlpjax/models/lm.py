@@ -123,7 +123,7 @@ class RMSNorm(nnx.Module):
 def norm_for(config: DecoderLMConfig, rngs: nnx.Rngs) -> nnx.Module:
     if config.arch == "llama":
         return RMSNorm(config.hidden_size, eps=config.norm_eps, rngs=rngs)
-    return layer_norm(config.hidden_size, eps=config.norm_eps, rngs=rngs)
+    return layer_norm(config.hidden_size, eps=config.norm_eps, dtype=jnp.dtype(config.dtype), rngs=rngs)
 
 
 def rotate_half(x: Array) -> Array:
