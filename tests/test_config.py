@@ -86,3 +86,39 @@ def test_missing_dataset_is_named(tmp_path, capsys):
     args = ["train", "--config", RECIPE + ":tiny", "--workdir", str(tmp_path / "w")]
     assert main([*args, f"--config.data.data_dir={tmp_path / 'nodata'}"]) == 2
     assert re.search("is not built.*vlpjax data build synthetic_shapes", capsys.readouterr().err)
+
+
+ALL_RECIPES = sorted(f[:-3] for f in __import__("os").listdir("configs") if f.endswith(".py"))
+SWITCHES = [
+    "--config.model.dtype=bfloat16",
+    "--config.model.attention=cudnn",
+    "--config.model.remat=dots_saveable",
+    "--config.model.scan_layers=True",
+    "--config.train.grad_accum=2",
+]
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES)
+def test_every_recipe_takes_the_scale_switches(recipe):
+    config = load_config(f"configs/{recipe}.py:tiny", SWITCHES)
+    assert (config.model.dtype, config.model.attention, config.model.remat) == ("bfloat16", "cudnn", "dots_saveable")
+    assert config.model.scan_layers is True and config.train.grad_accum == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["--config.model.remat=full"],
+            r"model.remat must be one of \('none', 'block', 'dots_saveable', 'nothing_saveable'\), got 'full'",
+        ),
+        (["--config.model.attention=flash"], r"model.attention must be one of \('xla', 'cudnn'\), got 'flash'"),
+        (["--config.model.dtype=fp8"], r"model.dtype must be one of \('float32', 'bfloat16', 'float16'\)"),
+        (["--config.model.attention=cudnn"], r"model.attention='cudnn' runs in bfloat16 or float16"),
+        (["--config.train.grad_accum=0"], r"train.grad_accum must be a whole number >= 1, got 0"),
+        (["--config.train.grad_accum=3"], r"train.grad_accum=3 does not divide the 4 rows each of the 8 batch shards"),
+    ],
+)
+def test_bad_scale_switches_name_the_key_and_its_choices(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(f"{RECIPE}:tiny", overrides)
