@@ -167,8 +167,9 @@ def batch_arrays(b: Bench):
     return images, ids, mask
 
 
-def model_spec(b: Bench) -> dict:
-    return {
+def model_spec(b: Bench, **switches) -> dict:
+    """The dual encoder of `b`; `switches`: the towers' scale switches (dtype, attention, ...)."""
+    spec = {
         "image": {
             "kind": "vit",
             "variant": f"x/{b.patch}",
@@ -192,14 +193,13 @@ def model_spec(b: Bench) -> dict:
         },
         "embed_dim": b.embed_dim,
     }
+    return {**spec, "image": {**spec["image"], **switches}, "text": {**spec["text"], **switches}}
 
 
 def vlpjax_step(b: Bench, steps: int, **switches):
     """(seconds per step, XLA's FLOP count, compiled step bytes) of AdamW on the softmax ITC loss.
     `switches`: the model's scale switches (dtype, attention, remat, scan_layers)."""
-    spec = model_spec(b)
-    spec = {**spec, "image": {**spec["image"], **switches}, "text": {**spec["text"], **switches}}
-    graphdef, params = nnx.split(build_dual_encoder(spec, rngs=nnx.Rngs(0)))
+    graphdef, params = nnx.split(build_dual_encoder(model_spec(b, **switches), rngs=nnx.Rngs(0)))
     tx = optax.adamw(1e-4)
     opt_state = tx.init(params)
     images, ids, mask = batch_arrays(b)
@@ -379,8 +379,7 @@ def planned_step_bytes(b: Bench, switches: dict, accum: int, batch: int) -> int:
     from vlpjax.parallel.sharded_objective import MeshShards
     from vlpjax.train.steps import make_gradient_fn
 
-    spec = model_spec(b)
-    spec = {**spec, "image": {**spec["image"], **switches}, "text": {**spec["text"], **switches}}
+    spec = model_spec(b, **switches)
     graphdef, params = nnx.split(nnx.eval_shape(lambda: build_dual_encoder(spec, rngs=nnx.Rngs(0))))
     tx = optax.adamw(1e-4)
     grads_of = make_gradient_fn(

@@ -10,14 +10,12 @@ import pytest
 from flax import nnx
 
 from tests.shapes_fixture import TINY_DATA
-from vlpjax.config import load_config
+from tests.train_helpers import ROOT, recipe_losses
 from vlpjax.data.builders import dataset_dir, load_builder
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from vlpjax.interop.hf_lm import save_decoder_lm
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig
-from vlpjax.train.loop import _close, open_run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 30
 RECIPES = (
     "clip_shapes", "siglip_shapes", "lit_shapes", "albef_shapes", "meter_shapes", "vilt_shapes", "uniter_regions",
@@ -52,25 +50,11 @@ def _overrides(recipe, data_dir, lm_dir):
     return out
 
 
-def _losses(recipe, overrides, dtype, workdir):
-    recipe_file = os.path.join(ROOT, "configs", f"{recipe}.py:tiny")
-    config = load_config(recipe_file, [*overrides, f"--config.model.dtype={dtype}"])
-    r = open_run(config, workdir)
-    try:
-        losses = []
-        for _ in range(STEPS):
-            r.state, metrics = r.stepper(r.state, r.stepper.batch(next(r.iterator)))
-            losses.append(float(np.asarray(metrics["loss"])))
-    finally:
-        _close(r)
-    return np.asarray(losses)
-
-
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_trains_in_bfloat16_like_float32(recipe, tiny_shapes_dir, tiny_lm_dir, tmp_path):
     overrides = _overrides(recipe, tiny_shapes_dir, tiny_lm_dir)
-    fp32 = _losses(recipe, overrides, "float32", str(tmp_path / "fp32"))
-    bf16 = _losses(recipe, overrides, "bfloat16", str(tmp_path / "bf16"))
+    fp32 = recipe_losses(recipe, [*overrides, "--config.model.dtype=float32"], str(tmp_path / "fp32"), STEPS)
+    bf16 = recipe_losses(recipe, [*overrides, "--config.model.dtype=bfloat16"], str(tmp_path / "bf16"), STEPS)
     assert np.isfinite(bf16).all(), bf16
     assert fp32[-1] < fp32[0]  # it trained: the comparison is of two learning runs
     # The final loss: the mean of the last three steps, as one step's batch is noisy.

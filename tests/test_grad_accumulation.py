@@ -11,6 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from tests.tiny_models import VOCAB, random_batch, tiny_dual_encoder
+from tests.train_helpers import assert_trees_close, recipe_losses
 from vlpjax.models.fusion_vlp import build_fusion_vlp
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig, LanguageModel
 from vlpjax.objectives.registry import make_objective
@@ -30,13 +31,6 @@ def _gradients(model, objective, batch, mesh, **accumulation):
     return jax.jit(fn)(params, frozen, batch, jax.random.key(0))
 
 
-def _assert_trees_close(actual, expected, rtol=1e-5):
-    scale = max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(expected))
-    assert scale > 0
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(actual), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale, err_msg=jax.tree_util.keystr(path))
-
-
 def test_micro_batches_interleave_rows_and_merge_back():
     x = jnp.arange(12).reshape(6, 2)
     micro = micro_batches(x, 3)
@@ -51,12 +45,12 @@ def test_gradcache_gives_the_full_batch_itc_gradient(devices, contrastive):
     model, batch, objective = tiny_dual_encoder(contrastive), random_batch(3, BATCH), make_objective({"itc": {}})
     full_metrics, full = _gradients(model, objective, batch, mesh)
     metrics, accumulated = _gradients(model, objective, batch, mesh, accum=2, exact_embeddings=True)
-    _assert_trees_close(accumulated, full)
+    assert_trees_close(accumulated, full)
     np.testing.assert_allclose(metrics["loss"], full_metrics["loss"], rtol=1e-6)
     # The exactness is GradCache's: averaging micro-batch losses changes the negatives, and the gradient.
     _, averaged = _gradients(model, objective, batch, mesh, accum=2, exact_embeddings=False)
     with pytest.raises(AssertionError):
-        _assert_trees_close(averaged, full, rtol=1e-3)
+        assert_trees_close(averaged, full, rtol=1e-3)
 
 
 def _temp_bytes(accum: int) -> int:
@@ -131,35 +125,18 @@ def test_micro_batch_averaging_equals_the_full_batch_for_row_means(case):
     objective = make_objective({case: {}})
     full_metrics, full = _gradients(model, objective, batch, mesh)
     metrics, accumulated = _gradients(model, objective, batch, mesh, accum=2)
-    _assert_trees_close(accumulated, full)
+    assert_trees_close(accumulated, full)
     np.testing.assert_allclose(metrics["loss"], full_metrics["loss"], rtol=1e-5)
-
-
-def _train_losses(data_dir, workdir, *overrides, steps=3):
-    import os
-
-    from vlpjax.config import load_config
-    from vlpjax.train.loop import _close, open_run
-
-    recipe = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "clip_shapes.py")
-    config = load_config(f"{recipe}:tiny", [f"--config.data.data_dir={data_dir}", *overrides])
-    r = open_run(config, workdir)
-    try:
-        losses = []
-        for _ in range(steps):
-            r.state, metrics = r.stepper(r.state, r.stepper.batch(next(r.iterator)))
-            losses.append(float(metrics["loss"]))
-    finally:
-        _close(r)
-    return np.asarray(losses)
 
 
 def test_the_trainer_with_grad_accum_follows_the_whole_batch_run(tiny_shapes_dir, tmp_path):
     """clip_shapes:tiny through the one trainer, on the pmap path (the mesh path's gradient
     function is tested above): with GradCache the losses of 3 steps are those of the run
     without accumulation."""
-    mode = "--config.train.parallelism=pmap"
-    whole = _train_losses(tiny_shapes_dir, str(tmp_path / "whole"), mode)
-    accumulated = _train_losses(tiny_shapes_dir, str(tmp_path / "accum"), mode, "--config.train.grad_accum=2")
+    overrides = [f"--config.data.data_dir={tiny_shapes_dir}", "--config.train.parallelism=pmap"]
+    whole = recipe_losses("clip_shapes", overrides, str(tmp_path / "whole"), steps=3)
+    accumulated = recipe_losses(
+        "clip_shapes", [*overrides, "--config.train.grad_accum=2"], str(tmp_path / "accum"), steps=3
+    )
     np.testing.assert_allclose(accumulated, whole, rtol=1e-4)
     assert len(set(whole.round(4))) > 1  # the parameters moved between steps

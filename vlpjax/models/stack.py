@@ -47,7 +47,7 @@ def _layer_fn(graphdef, call: Callable, remat: str) -> Callable:
     def run(state, carry):
         return call(nnx.merge(graphdef, state), carry)
 
-    if check_remat(remat) == "none":
+    if remat == "none":
         return run
     return jax.checkpoint(run, policy=REMAT_POLICIES[remat])
 
@@ -55,12 +55,14 @@ def _layer_fn(graphdef, call: Callable, remat: str) -> Callable:
 def run_stack(layers: Sequence[Any], carry, call: Callable, *, remat: str = "none", scan: bool = False):
     """carry -> call(layer, carry) for each layer in order; `layers` are modules (or tuples of
     modules that run together, as the two streams of a co-attention layer)."""
-    if not layers:
+    if (check_remat(remat) == "none" and not scan) or not layers:
+        for layer in layers:
+            carry = call(layer, carry)
         return carry
     splits = [nnx.split(layer) for layer in layers]
     graphdef = splits[0][0]
     fn = _layer_fn(graphdef, call, remat)
-    if not scan or len(layers) == 1:
+    if not scan or len(layers) < 2:
         for _, state in splits:
             carry = fn(state, carry)
         return carry
