@@ -9,7 +9,7 @@ from tests.tiny_models import random_text
 from vlpjax.models.layers import MAPHead, sincos_2d
 from vlpjax.models.regions import RegionConfig, RegionEncoder, box_geometry
 from vlpjax.models.resnet import ResNet, ResNetConfig
-from vlpjax.models.text import BertConfig, BertEncoder, CausalTextConfig, CausalTextTransformer
+from vlpjax.models.text import BertConfig, BertEncoder, TextTransformer, TextTransformerConfig
 from vlpjax.models.vit import VIT_WIDTHS, ViT, vit_config
 
 TINY_BERT = BertConfig(
@@ -20,11 +20,11 @@ TINY_BERT = BertConfig(
     intermediate_size=24,
     max_position_embeddings=16,
 )
-TINY_CAUSAL = CausalTextConfig(vocab_size=50, width=16, depth=2, num_heads=2, mlp_dim=24, max_len=16)
+TINY_CAUSAL = TextTransformerConfig(vocab_size=50, width=16, depth=2, num_heads=2, mlp_dim=24, max_len=16)
 
 
 def _text_towers():
-    return [BertEncoder(TINY_BERT, rngs=nnx.Rngs(0)), CausalTextTransformer(TINY_CAUSAL, rngs=nnx.Rngs(0))]
+    return [BertEncoder(TINY_BERT, rngs=nnx.Rngs(0)), TextTransformer(TINY_CAUSAL, rngs=nnx.Rngs(0))]
 
 
 @pytest.mark.parametrize("tower", _text_towers(), ids=["bert", "causal"])
@@ -54,7 +54,7 @@ def test_text_padding_changes_nothing(tower):
 
 
 def test_causal_tower_is_causal_and_pools_the_last_real_token():
-    tower = CausalTextTransformer(TINY_CAUSAL, rngs=nnx.Rngs(1))
+    tower = TextTransformer(TINY_CAUSAL, rngs=nnx.Rngs(1))
     ids = np.array([[5, 6, 7, 8, 9, 0]], np.int32)
     mask = np.array([[1, 1, 1, 1, 1, 0]], bool)
     base = tower.encode(ids, mask)

@@ -17,7 +17,7 @@ from tests.train_helpers import assert_trees_close
 from vlpjax.models.flamingo import Flamingo, FlamingoConfig
 from vlpjax.models.fusion import CoAttentionFusion, FusionConfig, MergedAttentionFusion
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig
-from vlpjax.models.text import BertConfig, BertEncoder, CausalTextConfig, CausalTextTransformer
+from vlpjax.models.text import BertConfig, BertEncoder, TextTransformer, TextTransformerConfig
 from vlpjax.models.vlp import build_image_encoder
 
 B, L, D = 2, 6, 16
@@ -56,9 +56,9 @@ def _bert(**switches):
 
 
 def _causal(**switches):
-    config = CausalTextConfig(vocab_size=50, width=D, depth=3, num_heads=2, mlp_dim=32, max_len=L, **switches)
+    config = TextTransformerConfig(vocab_size=50, width=D, depth=3, num_heads=2, mlp_dim=32, max_len=L, **switches)
     ids, mask, _, _ = _inputs()
-    return CausalTextTransformer(config, rngs=nnx.Rngs(0)), lambda m: m.encode(ids, mask).pooled
+    return TextTransformer(config, rngs=nnx.Rngs(0)), lambda m: m.encode(ids, mask).pooled
 
 
 def _fusion(cls):

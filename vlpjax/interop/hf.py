@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from vlpjax.errors import InvalidInput
+from vlpjax.interop.hf_clip import load_dual_encoder, save_dual_encoder  # noqa: F401 - the public import path
 from vlpjax.interop.hf_lm import load_decoder_lm, save_decoder_lm  # noqa: F401 - the public import path
 from vlpjax.interop.safetensors_io import assign_weights, read_config, read_safetensors, strip_prefix
 from vlpjax.interop.weight_tables import WeightEntry, dense_entries, norm_entries, weights_from_table

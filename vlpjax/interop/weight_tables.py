@@ -2,12 +2,14 @@
 layout), read in both directions.
 
 torch Linear stores its weight as [out, in] (ours is [in, out]: `transpose`); GPT-2's Conv1D is
-already [in, out] but fuses q, k and v into one tensor, which `part` splits into column blocks.
+already [in, out] but fuses q, k and v into one tensor, which `part` splits into blocks of the
+output dimension (torch's MultiheadAttention fuses them the same way, in [out, in]). Any other
+layout change (a convolution's axis order, a reshape) is a `Layout`: a pair of functions.
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from flax import nnx
@@ -16,11 +18,22 @@ from vlpjax.errors import InvalidInput
 from vlpjax.interop.safetensors_io import variable_at
 
 
+class Layout(NamedTuple):
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
 class WeightEntry(NamedTuple):
     hf_name: str
     path: tuple
     transpose: bool = False  # torch Linear [out, in] <-> ours [in, out]
-    part: tuple[int, int] | None = None  # (i, n): column block i of n (GPT-2's fused c_attn)
+    part: tuple[int, int] | None = None  # (i, n): output block i of n (GPT-2's fused c_attn)
+    layout: Layout | None = None
+
+
+def _output_axis(entry: WeightEntry) -> int:
+    """The output dimension of the HF tensor: axis 0 of torch's [out, in], else the last."""
+    return 0 if entry.transpose else -1
 
 
 def norm_entries(hf_name: str, path: tuple, bias: bool) -> Iterator[WeightEntry]:
@@ -47,20 +60,32 @@ def weights_from_table(
         value = tensors[entry.hf_name]
         if entry.part is not None:
             i, n = entry.part
-            value = np.split(value, n, axis=-1)[i]
+            value = np.split(value, n, axis=_output_axis(entry))[i]
+        if entry.layout is not None:
+            value = entry.layout.to_ours(value)
         pairs.append((entry.path, value.T if entry.transpose else value))
     return pairs
 
 
-def tensors_from_table(model: nnx.Module, table: Iterable[WeightEntry]) -> dict[str, np.ndarray]:
-    """The model's weights under their Hugging Face names and layouts (column blocks fused back)."""
+def tensors_from_table(
+    source: nnx.Module | Callable[[tuple], np.ndarray], table: Iterable[WeightEntry]
+) -> dict[str, np.ndarray]:
+    """The weights of a model (or the values a function gives for vlpjax paths) under their
+    Hugging Face names and layouts, output blocks fused back."""
+    if isinstance(source, nnx.Module):
+        lookup = lambda path: variable_at(source, path)[...]  # noqa: E731
+    else:
+        lookup = source
     grouped: dict[str, list[tuple[int, np.ndarray]]] = {}
+    axes: dict[str, int] = {}
     for entry in table:
-        value = np.asarray(variable_at(model, entry.path)[...], np.float32)
-        grouped.setdefault(entry.hf_name, []).append(
-            (entry.part[0] if entry.part else 0, value.T if entry.transpose else value)
-        )
+        value = np.asarray(lookup(entry.path), np.float32)
+        value = value.T if entry.transpose else value
+        if entry.layout is not None:
+            value = entry.layout.to_hf(value)
+        grouped.setdefault(entry.hf_name, []).append((entry.part[0] if entry.part else 0, value))
+        axes[entry.hf_name] = _output_axis(entry) if value.ndim > 1 else 0
     return {
-        name: np.ascontiguousarray(np.concatenate([v for _, v in sorted(parts, key=lambda p: p[0])], axis=-1))
+        name: np.ascontiguousarray(np.concatenate([v for _, v in sorted(parts, key=lambda p: p[0])], axis=axes[name]))
         for name, parts in grouped.items()
     }

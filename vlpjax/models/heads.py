@@ -8,15 +8,25 @@ from flax import nnx
 
 from vlpjax.models.layers import activation, dense, layer_norm
 
+# linear: a bias-free matrix (CLIP); linear_bias: with a bias (SigLIP's text head); none: the
+# tower's pooled feature is the embedding (SigLIP's image tower, whose MAP head is the last layer).
+PROJECTIONS = ("linear", "linear_bias", "none")
+
 
 class Projection(nnx.Module):
-    """A bias-free linear map into the joint embedding space, then L2 normalisation."""
+    """A map into the joint embedding space (one of PROJECTIONS), then L2 normalisation."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs):
-        self.linear = dense(in_dim, out_dim, ("embed", None), use_bias=False, rngs=rngs)
+    def __init__(self, in_dim: int, out_dim: int, *, kind: str = "linear", rngs: nnx.Rngs):
+        if kind not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {kind!r}")
+        if kind == "none" and in_dim != out_dim:
+            raise ValueError(f"projection 'none' needs the tower width {in_dim} to equal embed_dim {out_dim}")
+        self.kind = kind
+        use_bias = kind == "linear_bias"
+        self.linear = None if kind == "none" else dense(in_dim, out_dim, ("embed", None), use_bias=use_bias, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.linear(x).astype(jnp.float32)
+        y = (x if self.linear is None else self.linear(x)).astype(jnp.float32)
         return y / jnp.linalg.norm(y, axis=-1, keepdims=True).clip(1e-12)
 
 

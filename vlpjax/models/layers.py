@@ -258,14 +258,23 @@ class MAPHead(nnx.Module):
     """Multi-head attention pooling: one learned probe attends over the tokens, then an MLP."""
 
     def __init__(
-        self, dim: int, num_heads: int, mlp_dim: int, *, dtype=jnp.float32, attention: str = "xla", rngs: nnx.Rngs
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        *,
+        act: str = "gelu",
+        eps: float = 1e-6,
+        dtype=jnp.float32,
+        attention: str = "xla",
+        rngs: nnx.Rngs,
     ):
         self.probe = nnx.Param(
             with_axes(nnx.initializers.xavier_uniform(), (None, None, "embed"))(rngs.params(), (1, 1, dim))
         )
         self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
-        self.ln = layer_norm(dim, dtype=dtype, rngs=rngs)
-        self.mlp = MLP(dim, mlp_dim, dtype=dtype, rngs=rngs)
+        self.ln = layer_norm(dim, eps=eps, dtype=dtype, rngs=rngs)
+        self.mlp = MLP(dim, mlp_dim, act=act, dtype=dtype, rngs=rngs)
 
     def __call__(self, tokens: Array, mask: Array | None = None) -> Array:
         probe = jnp.broadcast_to(self.probe[...], (tokens.shape[0], 1, tokens.shape[-1])).astype(tokens.dtype)
@@ -293,10 +302,3 @@ def masked_mean(tokens: Array, mask: Array) -> Array:
     weights = mask.astype(jnp.float32)[..., None]
     total = jnp.sum(tokens.astype(jnp.float32) * weights, axis=1)
     return (total / jnp.maximum(jnp.sum(weights, axis=1), 1.0)).astype(tokens.dtype)
-
-
-def last_real_token(tokens: Array, mask: Array) -> Array:
-    """The feature at each row's last True position (CLIP's EOS pooling for right-padded text)."""
-    positions = jnp.arange(mask.shape[1])[None, :]
-    last = jnp.max(jnp.where(mask, positions, 0), axis=1)
-    return jnp.take_along_axis(tokens, last[:, None, None], axis=1)[:, 0]

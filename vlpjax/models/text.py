@@ -1,7 +1,8 @@
-"""Text towers: a BERT-style bidirectional encoder and a CLIP-style causal transformer.
+"""Text towers: a BERT-style bidirectional encoder and a pre-LN text transformer (CLIP, SigLIP).
 
 `BertEncoder` mirrors Hugging Face BERT's post-LN layout exactly so its weights map one to one
-(see `vlpjax.interop.hf`). `CausalTextTransformer` is pre-LN and pools the last real token.
+(see `vlpjax.interop.hf`). `TextTransformer` is pre-LN, causal (CLIP) or bidirectional
+(SigLIP), and pools one position (TEXT_POOLS).
 Both take right-padded ids with a boolean/int mask and ignore padded positions entirely.
 """
 
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.attention import Mask, key_padding
-from vlpjax.models.layers import Encoded, PostLNBlock, PreLNBlock, last_real_token, layer_norm, with_axes
+from vlpjax.models.layers import Encoded, PostLNBlock, PreLNBlock, layer_norm, with_axes
 from vlpjax.models.stack import run_stack
 
 
@@ -140,8 +141,17 @@ class BertEncoder(nnx.Module):
         return self._run(self.layers[self.first_cross_layer :], hidden, attention_mask, context, context_mask)
 
 
+# Which position's feature is the text embedding (`pool`):
+#   last_real: each row's last real token (right-padded text from the vlpjax tokenizer ends in [SEP])
+#   eos:       the first position holding `eos_id` (CLIP)
+#   argmax:    the position of the largest id (CLIP configs with the old eos_token_id=2)
+#   first:     position 0 ([CLS])
+#   last:      the final position, padded or not (SigLIP)
+TEXT_POOLS = ("last_real", "eos", "argmax", "first", "last")
+
+
 @dataclasses.dataclass(frozen=True)
-class CausalTextConfig:
+class TextTransformerConfig:
     vocab_size: int = 49408
     width: int = 512
     depth: int = 12
@@ -149,14 +159,37 @@ class CausalTextConfig:
     mlp_dim: int = 2048
     max_len: int = 77
     act: str = "gelu"
+    causal: bool = True  # CLIP's text tower; SigLIP's is bidirectional
+    pool: str = "last_real"
+    eos_id: int | None = None  # pool='eos'
+    eps: float = 1e-5
     dtype: str = "float32"
     attention: str = "xla"
     remat: str = "none"
     scan_layers: bool = False
 
+    def __post_init__(self):
+        if self.pool not in TEXT_POOLS:
+            raise ValueError(f"text pool must be one of {TEXT_POOLS}, got {self.pool!r}")
+        if self.pool == "eos" and self.eos_id is None:
+            raise ValueError("text pool='eos' needs eos_id")
 
-class CausalTextTransformer(nnx.Module):
-    def __init__(self, config: CausalTextConfig, *, rngs: nnx.Rngs):
+
+def pooled_position(pool: str, ids: jax.Array, mask: jax.Array, eos_id: int | None) -> jax.Array:
+    """[B] the position whose feature is each row's text embedding (see TEXT_POOLS)."""
+    if pool == "last_real":
+        return jnp.max(jnp.where(mask, jnp.arange(mask.shape[1])[None], 0), axis=1)
+    if pool == "eos":
+        return jnp.argmax(ids == eos_id, axis=1)
+    if pool == "argmax":
+        return jnp.argmax(ids, axis=1)
+    return jnp.full(ids.shape[:1], 0 if pool == "first" else ids.shape[1] - 1)
+
+
+class TextTransformer(nnx.Module):
+    """A pre-LN text transformer: CLIP's causal tower or SigLIP's bidirectional one."""
+
+    def __init__(self, config: TextTransformerConfig, *, rngs: nnx.Rngs):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
         self.out_dim = c.width
@@ -167,27 +200,29 @@ class CausalTextTransformer(nnx.Module):
         self.blocks = nnx.List(
             [
                 PreLNBlock(
-                    c.width, c.num_heads, c.mlp_dim, act=c.act, eps=1e-5, dtype=dtype, attention=c.attention, rngs=rngs
+                    c.width, c.num_heads, c.mlp_dim, act=c.act, eps=c.eps, dtype=dtype, attention=c.attention, rngs=rngs
                 )
                 for _ in range(c.depth)
             ]
         )
-        self.ln_final = layer_norm(c.width, eps=1e-5, rngs=rngs)
+        self.ln_final = layer_norm(c.width, eps=c.eps, rngs=rngs)
 
     def __call__(self, text_ids: jax.Array, text_mask: jax.Array | None = None) -> jax.Array:
-        """[B, L] ids -> [B, L, D] features; position i sees positions <= i that are real."""
+        """[B, L] ids -> [B, L] features; position i sees the real positions (<= i when causal)."""
         length = text_ids.shape[1]
         if length > self.config.max_len:
-            raise ValueError(f"text length {length} exceeds the causal tower's max_len={self.config.max_len}")
+            raise ValueError(f"text length {length} exceeds the text tower's max_len={self.config.max_len}")
         if text_mask is None:
             text_mask = jnp.ones_like(text_ids)
         x = (self.token_embed(text_ids) + self.pos_embed[:length][None]).astype(jnp.dtype(self.config.dtype))
-        mask = Mask(keys=text_mask.astype(bool), causal=True)
         c = self.config
+        mask = Mask(keys=text_mask.astype(bool), causal=c.causal)
         x = run_stack(self.blocks, x, lambda block, x: block(x, mask=mask), remat=c.remat, scan=c.scan_layers)
         return self.ln_final(x)
 
     def encode(self, text_ids: jax.Array, text_mask: jax.Array) -> Encoded:
         mask = text_mask.astype(bool)
         tokens = self(text_ids, mask)
-        return Encoded(tokens=tokens, pooled=last_real_token(tokens, mask), mask=mask)
+        position = pooled_position(self.config.pool, text_ids, mask, self.config.eos_id)
+        pooled = jnp.take_along_axis(tokens, position[:, None, None], axis=1)[:, 0]
+        return Encoded(tokens=tokens, pooled=pooled, mask=mask)

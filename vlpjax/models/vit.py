@@ -39,6 +39,10 @@ class ViTConfig:
     posemb: str = "learn"
     pool: str = "cls"
     act: str = "gelu"
+    eps: float = 1e-6  # every LayerNorm of the tower
+    ln_pre: bool = False  # CLIP: a LayerNorm on the embedded tokens, before the first block
+    patch_bias: bool = True  # CLIP's patch embedding has no bias
+    cls_posemb: bool = False  # CLIP: the class token has a position embedding of its own
     dtype: str = "float32"
     attention: str = "xla"  # the scale switches: see vlpjax.models.attention and .stack
     remat: str = "none"
@@ -51,6 +55,8 @@ class ViTConfig:
             raise ValueError(f"ViT posemb must be one of {POSEMBS}, got {self.posemb!r}")
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {self.patch}")
+        if self.cls_posemb and (self.pool != "cls" or self.posemb != "learn"):
+            raise ValueError("ViT cls_posemb=True needs pool='cls' and posemb='learn'")
 
     @property
     def grid(self) -> int:
@@ -84,11 +90,12 @@ class PatchEmbed(nnx.Module):
     on CPU, where XLA's strided-convolution gradients are slow.
     """
 
-    def __init__(self, patch: int, width: int, *, dtype, rngs: nnx.Rngs):
-        self.patch, self.dtype = patch, dtype
+    def __init__(self, patch: int, width: int, *, use_bias: bool = True, dtype, rngs: nnx.Rngs):
+        self.patch, self.dtype, self.use_bias = patch, dtype, use_bias
         init = with_axes(nnx.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3), (None, None, None, "embed"))
         self.kernel = nnx.Param(init(rngs.params(), (patch, patch, 3, width)))
-        self.bias = nnx.Param(with_axes(nnx.initializers.zeros_init(), ("embed",))(rngs.params(), (width,)))
+        bias_init = with_axes(nnx.initializers.zeros_init(), ("embed",))
+        self.bias = nnx.Param(bias_init(rngs.params(), (width,))) if use_bias else None
 
     def __call__(self, image: jax.Array) -> jax.Array:
         b, h, w, ch = image.shape
@@ -101,7 +108,8 @@ class PatchEmbed(nnx.Module):
             .reshape(b, h // p, w // p, p * p * ch)
         )
         kernel = self.kernel[...].reshape(p * p * ch, -1).astype(self.dtype)
-        return patches.astype(self.dtype) @ kernel + self.bias[...].astype(self.dtype)
+        out = patches.astype(self.dtype) @ kernel
+        return out + self.bias[...].astype(self.dtype) if self.use_bias else out
 
 
 class ViT(nnx.Module):
@@ -111,29 +119,35 @@ class ViT(nnx.Module):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
         self.out_dim = c.width
-        self.patch_embed = PatchEmbed(c.patch, c.width, dtype=dtype, rngs=rngs)
+        self.patch_embed = PatchEmbed(c.patch, c.width, use_bias=c.patch_bias, dtype=dtype, rngs=rngs)
         if c.posemb == "learn":
             init = with_axes(nnx.initializers.normal(0.02), (None, None, "embed"))
-            self.pos_embed = nnx.Param(init(rngs.params(), (1, c.grid * c.grid, c.width)))
+            self.pos_embed = nnx.Param(init(rngs.params(), (1, c.grid * c.grid + c.cls_posemb, c.width)))
         if c.pool == "cls":
             self.cls_token = nnx.Param(
                 with_axes(nnx.initializers.zeros_init(), (None, None, "embed"))(rngs.params(), (1, 1, c.width))
             )
+        if c.ln_pre:
+            self.ln_pre = layer_norm(c.width, eps=c.eps, dtype=dtype, rngs=rngs)
         self.blocks = nnx.List(
             [
-                PreLNBlock(c.width, c.num_heads, c.mlp_dim, act=c.act, dtype=dtype, attention=c.attention, rngs=rngs)
+                PreLNBlock(
+                    c.width, c.num_heads, c.mlp_dim, act=c.act, eps=c.eps, dtype=dtype, attention=c.attention, rngs=rngs
+                )
                 for _ in range(c.depth)
             ]
         )
-        self.ln_final = layer_norm(c.width, rngs=rngs)
+        self.ln_final = layer_norm(c.width, eps=c.eps, rngs=rngs)
         if c.pool == "map":
-            self.map_head = MAPHead(c.width, c.num_heads, c.mlp_dim, dtype=dtype, attention=c.attention, rngs=rngs)
+            self.map_head = MAPHead(
+                c.width, c.num_heads, c.mlp_dim, act=c.act, eps=c.eps, dtype=dtype, attention=c.attention, rngs=rngs
+            )
 
     def _position_embedding(self, grid_h: int, grid_w: int):
         c = self.config
         if c.posemb == "sincos2d":
             return jnp.asarray(sincos_2d(grid_h, grid_w, c.width))[None]
-        if grid_h * grid_w != self.pos_embed.shape[1]:
+        if grid_h * grid_w + c.cls_posemb != self.pos_embed.shape[1]:
             raise ValueError(
                 f"ViT was built for {c.image_size}px images ({c.grid}x{c.grid} patches) "
                 f"but got a {grid_h}x{grid_w} patch grid"
@@ -145,9 +159,17 @@ class ViT(nnx.Module):
         c = self.config
         x = self.patch_embed(image.astype(jnp.dtype(c.dtype)))
         b, gh, gw, d = x.shape
-        x = x.reshape(b, gh * gw, d) + self._position_embedding(gh, gw).astype(x.dtype)
-        if c.pool == "cls":
+        x = x.reshape(b, gh * gw, d)
+        if c.pool == "cls":  # CLIP embeds the class token's position too (cls_posemb)
+            if not c.cls_posemb:
+                x = x + self._position_embedding(gh, gw).astype(x.dtype)
             x = jnp.concatenate([jnp.broadcast_to(self.cls_token[...].astype(x.dtype), (b, 1, d)), x], axis=1)
+            if c.cls_posemb:
+                x = x + self._position_embedding(gh, gw).astype(x.dtype)
+        else:
+            x = x + self._position_embedding(gh, gw).astype(x.dtype)
+        if c.ln_pre:
+            x = self.ln_pre(x)
         x = run_stack(self.blocks, x, lambda block, x: block(x), remat=c.remat, scan=c.scan_layers)
         x = self.ln_final(x)
         mask = jnp.ones(x.shape[:2], dtype=bool)

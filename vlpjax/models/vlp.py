@@ -12,7 +12,7 @@ from flax import nnx
 from vlpjax.models.heads import Projection
 from vlpjax.models.regions import RegionConfig, RegionEncoder
 from vlpjax.models.resnet import ResNet, ResNetConfig
-from vlpjax.models.text import BertConfig, BertEncoder, CausalTextConfig, CausalTextTransformer
+from vlpjax.models.text import BertConfig, BertEncoder, TextTransformer, TextTransformerConfig
 from vlpjax.models.vit import ViT, vit_config
 
 CONTRASTIVE_KINDS = ("softmax", "sigmoid")
@@ -41,19 +41,21 @@ def build_image_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Modul
 
 
 def build_text_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
-    """{'kind': 'bert', ...BertConfig fields} | {'kind': 'causal', ...CausalTextConfig fields}."""
+    """{'kind': 'bert', ...BertConfig fields} | {'kind': 'causal' | 'bidirectional',
+    ...TextTransformerConfig fields}: CLIP's causal tower or SigLIP's bidirectional one."""
     kind, fields = _fields(spec, "text encoder")
     if kind == "bert":
         return BertEncoder(BertConfig(**fields), rngs=rngs)
-    if kind == "causal":
-        return CausalTextTransformer(CausalTextConfig(**fields), rngs=rngs)
-    raise ValueError(f"unknown text encoder kind {kind!r}; choose bert or causal")
+    if kind in ("causal", "bidirectional"):
+        return TextTransformer(TextTransformerConfig(causal=kind == "causal", **fields), rngs=rngs)
+    raise ValueError(f"unknown text encoder kind {kind!r}; choose bert, causal or bidirectional")
 
 
 class DualEncoder(nnx.Module):
     """CLIP / SigLIP / LiT: two towers, two projections, a learned temperature (and bias for sigmoid).
 
-    Softmax recipes start the temperature at log(1/0.07) and clamp the scale at 100 (CLIP);
+    Each projection is one of PROJECTIONS (SigLIP: none for the image, linear_bias for the
+    text). Softmax recipes start the temperature at log(1/0.07) and clamp the scale at 100 (CLIP);
     sigmoid recipes start at t' = log 10, b = -10 (SigLIP).
     """
 
@@ -64,6 +66,8 @@ class DualEncoder(nnx.Module):
         *,
         embed_dim: int,
         contrastive: str = "softmax",
+        image_proj: str = "linear",
+        text_proj: str = "linear",
         rngs: nnx.Rngs,
     ):
         if contrastive not in CONTRASTIVE_KINDS:
@@ -71,8 +75,8 @@ class DualEncoder(nnx.Module):
         self.contrastive = contrastive
         self.img = image_encoder
         self.txt = text_encoder
-        self.img_proj = Projection(image_encoder.out_dim, embed_dim, rngs=rngs)
-        self.txt_proj = Projection(text_encoder.out_dim, embed_dim, rngs=rngs)
+        self.img_proj = Projection(image_encoder.out_dim, embed_dim, kind=image_proj, rngs=rngs)
+        self.txt_proj = Projection(text_encoder.out_dim, embed_dim, kind=text_proj, rngs=rngs)
         if contrastive == "softmax":
             self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
         else:
@@ -104,11 +108,14 @@ class DualEncoder(nnx.Module):
 
 
 def build_dual_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> DualEncoder:
-    """{'image': {...}, 'text': {...}, 'embed_dim': 512, 'contrastive': 'softmax'}."""
+    """{'image': {...}, 'text': {...}, 'embed_dim': 512, 'contrastive': 'softmax',
+    'image_proj': 'linear', 'text_proj': 'linear'}."""
     return DualEncoder(
         build_image_encoder(spec["image"], rngs=rngs),
         build_text_encoder(spec["text"], rngs=rngs),
         embed_dim=spec.get("embed_dim", 512),
         contrastive=spec.get("contrastive", "softmax"),
+        image_proj=spec.get("image_proj", "linear"),
+        text_proj=spec.get("text_proj", "linear"),
         rngs=rngs,
     )
