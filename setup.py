@@ -24,6 +24,7 @@ setup(
         "importlib_resources>=6",  # tensorflow-datasets needs it for package builders, without declaring it
         "pillow>=10,<13",  # image decoding in the input pipeline
         "tensorboardX>=2.6,<3",  # TensorBoard event files without TensorFlow
+        "flatbuffers>=24.3",  # jax.export (de)serialisation: vlpjax export --format stablehlo
     ],
     extras_require={
         # torch is pinned: 2.13.0 is the CPU build; an open range pulls a CUDA build.

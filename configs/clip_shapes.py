@@ -31,8 +31,20 @@ def get_config(arg=None):
 
     c.model = dict(
         family="dual_encoder",
-        image=dict(kind="vit", variant="x/16", width=128, depth=4, mlp_dim=512, num_heads=2, image_size=64, pool="gap"),
-        text=dict(kind="causal", width=128, depth=2, num_heads=2, mlp_dim=512, max_len=32),
+        # CLIP's layout (class token, a LayerNorm before the blocks, text pooled at [SEP]), so a run
+        # exports to a transformers CLIPModel: vlpjax export --format hf (README, Import and export).
+        image=dict(
+            kind="vit",
+            variant="x/16",
+            width=128,
+            depth=4,
+            mlp_dim=512,
+            num_heads=2,
+            image_size=64,
+            pool="cls",
+            ln_pre=True,
+        ),
+        text=dict(kind="causal", width=128, depth=2, num_heads=2, mlp_dim=512, max_len=32, pool="last_real"),
         embed_dim=128,
         contrastive="softmax",
         **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
@@ -46,7 +58,9 @@ def get_config(arg=None):
         lr_mult=(),
         no_decay=(r".*bias$", r".*(ln|norm)[^/]*/scale$", r".*logit_(scale|bias)$", r".*(pos_embed|cls_token)$"),
     )
-    c.init = dict(checkpoint="", load=(), strict=True)
+    # checkpoint: parameters matching `load` from another run; hf: Hugging Face directories for
+    # the whole model or one tower (README, Import and export). Both are loaded before step 1.
+    c.init = dict(checkpoint="", load=(), strict=True, hf=dict(model="", image="", text=""))
 
     c.train = dict(
         batch_size=256,  # global

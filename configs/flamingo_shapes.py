@@ -29,7 +29,9 @@ def get_config(arg=None):
         **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
     )
     c.objectives = dict(lm=dict(weight=1.0))
-    c.init = dict(checkpoint="workdirs/clip_shapes", load=(r"img/.*",), strict=True)
+    c.init = dict(
+        checkpoint="workdirs/clip_shapes", load=(r"img/.*",), strict=True, hf=dict(model="", image="", text="")
+    )
     c.rules.frozen = (r"img/.*", r"lm/.*")
     c.rules.no_decay = c.rules.no_decay + (r".*_gate$", r".*latents$", r"new_token_.*")
     c.train.update(batch_size=64, steps=1000, checkpoint_every=250)

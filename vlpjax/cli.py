@@ -5,7 +5,7 @@ vlpjax data build image_text_folder --folder my_images --data_dir data
 vlpjax data build interleaved_folder --folder my_docs --data_dir data
 vlpjax train --config configs/clip_shapes.py[:arg] --workdir DIR [--config.key=value ...]
 vlpjax eval  --config configs/clip_shapes.py --workdir DIR
-vlpjax export --config configs/lm_shapes.py --workdir DIR --out HF_DIR
+vlpjax export --config configs/clip_shapes.py --workdir DIR --out OUT [--format hf|stablehlo]
 vlpjax generate --config configs/flamingo_shapes.py --workdir DIR --image a.png --prompt "..."
 """
 
@@ -43,10 +43,14 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text)
         _config_args(command)
         _cluster_args(command)
-    export = commands.add_parser("export", help="write a decoder_lm run's LM as a Hugging Face directory")
+    export = commands.add_parser("export", help="write a run as a Hugging Face directory or StableHLO functions")
     _config_args(export)
+    export.add_argument("--out", required=True, help="the directory to write (README, Import and export)")
     export.add_argument(
-        "--out", required=True, help="the directory to write (config.json, model.safetensors, tokenizer.json)"
+        "--format",
+        default="hf",
+        choices=["hf", "stablehlo"],
+        help="hf: a Hugging Face directory; stablehlo: jax.export serving functions",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same kind in --out")
     generate = commands.add_parser("generate", help="continue a prompt about images with a Flamingo run")
@@ -206,9 +210,9 @@ def _run(args, extra) -> None:
 
         train(config, args.workdir)
     elif args.command == "export":
-        from vlpjax.train.export import export_decoder_lm
+        from vlpjax.train.export import export_run
 
-        print(f"wrote {export_decoder_lm(config, args.workdir, args.out, overwrite=args.overwrite)}")
+        print(f"wrote {export_run(config, args.workdir, args.out, args.format, overwrite=args.overwrite)}")
     elif args.command == "generate":
         _generate(config, args)
     else:

@@ -14,21 +14,19 @@ Three things per model type, each written once:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Iterable, Iterator
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import save_file
 
 from vlpjax.errors import InvalidInput
 from vlpjax.interop.safetensors_io import (
-    WEIGHTS_FILE,
     assign_weights,
     read_config,
     read_safetensors,
+    save_hf_directory,
     variable_at,
 )
 from vlpjax.interop.weight_tables import (
@@ -477,9 +475,6 @@ def dual_encoder_tensors(model: DualEncoder, special: dict) -> tuple[dict, dict[
 
 
 def save_dual_encoder(model: DualEncoder, path: str, *, special: dict | None = None) -> None:
-    """config.json + model.safetensors of the equivalent HF model in `path`."""
-    hf_config, tensors = dual_encoder_tensors(model, special or {})
-    os.makedirs(path, exist_ok=True)
-    save_file(tensors, os.path.join(path, WEIGHTS_FILE), metadata={"format": "pt"})
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf_config, f, indent=2)
+    """config.json + model.safetensors of the equivalent HF model in `path`; `special`: the
+    tokenizer's bos/eos/pad ids (needed where the causal tower pools the last real token)."""
+    save_hf_directory(path, *dual_encoder_tensors(model, special or {}))

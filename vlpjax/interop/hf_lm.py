@@ -13,16 +13,14 @@ into three column blocks.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Iterator
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import save_file
 
 from vlpjax.errors import InvalidInput
-from vlpjax.interop.safetensors_io import WEIGHTS_FILE, assign_weights, read_config, read_safetensors
+from vlpjax.interop.safetensors_io import assign_weights, read_config, read_safetensors, save_hf_directory
 from vlpjax.interop.weight_tables import (
     WeightEntry,
     dense_entries,
@@ -186,12 +184,5 @@ def decoder_lm_tensors(model: DecoderLM) -> dict[str, np.ndarray]:
 
 def save_decoder_lm(model: DecoderLM, path: str, *, extra_config: dict | None = None) -> None:
     """config.json + model.safetensors in `path`, each written to a temporary name first."""
-    os.makedirs(path, exist_ok=True)
     hf_config = {**decoder_config_to_hf(model.config), **(extra_config or {})}
-    weights_tmp = os.path.join(path, WEIGHTS_FILE + ".tmp")
-    save_file(decoder_lm_tensors(model), weights_tmp, metadata={"format": "pt"})
-    config_tmp = os.path.join(path, "config.json.tmp")
-    with open(config_tmp, "w") as f:
-        json.dump(hf_config, f, indent=2)
-    os.replace(weights_tmp, os.path.join(path, WEIGHTS_FILE))
-    os.replace(config_tmp, os.path.join(path, "config.json"))
+    save_hf_directory(path, hf_config, decoder_lm_tensors(model))

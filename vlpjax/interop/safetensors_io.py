@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from vlpjax.errors import InvalidInput, UserError
 
@@ -81,3 +81,20 @@ def assign_weights(model: nnx.Module, pairs: list[tuple[tuple, np.ndarray]], sou
             )
     for path, value in pairs:
         variable_at(model, path)[...] = np.asarray(value, dtype=np.float32)
+
+
+def save_hf_directory(path: str, config: dict, tensors: dict[str, np.ndarray]) -> None:
+    """config.json + model.safetensors in `path`, each written to a temporary name first."""
+    os.makedirs(path, exist_ok=True)
+    weights_tmp = os.path.join(path, WEIGHTS_FILE + ".tmp")
+    save_file(tensors, weights_tmp, metadata={"format": "pt"})
+    config_tmp = os.path.join(path, "config.json.tmp")
+    with open(config_tmp, "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(weights_tmp, os.path.join(path, WEIGHTS_FILE))
+    os.replace(config_tmp, os.path.join(path, "config.json"))
+
+
+def flat_params(model: nnx.Module) -> dict[tuple, np.ndarray]:
+    """Every parameter of `model` by its path, e.g. ('txt', 'layers', 0, 'attn', 'query', 'kernel')."""
+    return {path: np.asarray(v[...], np.float32) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}

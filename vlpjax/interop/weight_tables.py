@@ -85,7 +85,11 @@ def tensors_from_table(
             value = entry.layout.to_hf(value)
         grouped.setdefault(entry.hf_name, []).append((entry.part[0] if entry.part else 0, value))
         axes[entry.hf_name] = _output_axis(entry) if value.ndim > 1 else 0
-    return {
-        name: np.ascontiguousarray(np.concatenate([v for _, v in sorted(parts, key=lambda p: p[0])], axis=axes[name]))
-        for name, parts in grouped.items()
-    }
+    # np.array, not np.ascontiguousarray: that one turns a scalar (CLIP's logit_scale) into shape [1].
+    return {name: np.array(_fused(parts, axes[name]), order="C") for name, parts in grouped.items()}
+
+
+def _fused(parts: list[tuple[int, np.ndarray]], axis: int) -> np.ndarray:
+    if len(parts) == 1:
+        return parts[0][1]
+    return np.concatenate([v for _, v in sorted(parts, key=lambda p: p[0])], axis=axis)

@@ -1,4 +1,5 @@
-"""From a trained run to an artifact other tools read: a decoder LM as a Hugging Face directory.
+"""From a trained run to an artifact other tools read: a Hugging Face directory (decoder LMs,
+CLIP / SigLIP dual encoders, a fusion model's BERT) or StableHLO serving functions.
 
 An export never destroys anything it did not write: `--out` must be a new or empty directory,
 or a previous export of the same kind when `overwrite` is set; it may not be the run's workdir,
@@ -15,10 +16,16 @@ import shutil
 import tempfile
 
 import ml_collections
+from safetensors.numpy import save_file
 
 from vlpjax.data.tokenizer import TOKENIZER_FILE
 from vlpjax.errors import UserError
+from vlpjax.interop import stablehlo
+from vlpjax.interop.hf_clip import dual_encoder_tensors
+from vlpjax.interop.hf_fusion import NAME_MAP_FILE, REST_FILE, fusion_tensors
 from vlpjax.interop.hf_lm import save_decoder_lm
+from vlpjax.interop.preprocessing import PREPROCESSOR_FILE, image_processor_config, serving_preprocessing
+from vlpjax.interop.safetensors_io import save_hf_directory
 from vlpjax.train.restore import trained_model
 
 EXPORT_MARKER = "vlpjax_export.json"  # names what wrote the directory, so --overwrite knows it is ours
@@ -94,19 +101,116 @@ def _swap_in(staging: str, target: str) -> None:
     shutil.rmtree(old)
 
 
+# --- what each (format, family) writes ------------------------------------------------------
+# A writer takes (model, data, config) and returns the function that writes the files into the
+# staging directory. Everything that can refuse (a choice HF cannot represent) runs before that
+# function is returned, so a refused export writes nothing.
+
+
+def _special_ids(tokenizer) -> dict:
+    ids = {"bos_token_id": tokenizer.cls_id, "eos_token_id": tokenizer.sep_id, "pad_token_id": tokenizer.pad_id}
+    return {k: v for k, v in ids.items() if v is not None}
+
+
+def _hf_decoder_lm(model, data, config):
+    special = _special_ids(data.tokenizer)
+
+    def write(staging: str) -> None:
+        save_decoder_lm(model.lm, staging, extra_config=special)
+        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+
+    return write
+
+
+def _hf_dual_encoder(model, data, config):
+    hf_config, tensors = dual_encoder_tensors(model, _special_ids(data.tokenizer))
+
+    def write(staging: str) -> None:
+        save_hf_directory(staging, hf_config, tensors)
+        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+        _write_json(staging, PREPROCESSOR_FILE, image_processor_config(config.data.image_size, hf_config))
+
+    return write
+
+
+def _hf_fusion(model, data, config):
+    bert_config, bert_tensors, rest, name_map = fusion_tensors(model)
+
+    def write(staging: str) -> None:
+        save_hf_directory(staging, bert_config, bert_tensors)
+        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+        save_file(rest, os.path.join(staging, REST_FILE))
+        _write_json(staging, NAME_MAP_FILE, name_map)
+
+    return write
+
+
+def _stablehlo_dual_encoder(model, data, config):
+    preprocessing = serving_preprocessing(config, data.tokenizer)
+
+    def write(staging: str) -> None:
+        stablehlo.export_dual_encoder(
+            model,
+            staging,
+            image_size=config.data.image_size,
+            text_len=config.data.text_len,
+            preprocessing=preprocessing,
+        )
+        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+
+    return write
+
+
+def _stablehlo_decoder_lm(model, data, config):
+    preprocessing = serving_preprocessing(config, data.tokenizer)
+    max_len = model.lm.config.max_positions
+
+    def write(staging: str) -> None:
+        stablehlo.export_decoder_lm(
+            model.lm, staging, prompt_len=config.data.text_len, max_len=max_len, preprocessing=preprocessing
+        )
+        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+
+    return write
+
+
+EXPORTERS = {
+    ("hf", "decoder_lm"): _hf_decoder_lm,
+    ("hf", "dual_encoder"): _hf_dual_encoder,
+    ("hf", "fusion"): _hf_fusion,
+    ("stablehlo", "dual_encoder"): _stablehlo_dual_encoder,
+    ("stablehlo", "decoder_lm"): _stablehlo_decoder_lm,
+}
+EXPORT_FORMATS = ("hf", "stablehlo")
+
+
+def _write_json(directory: str, name: str, value: dict) -> None:
+    with open(os.path.join(directory, name), "w") as f:
+        json.dump(value, f, indent=2)
+
+
+def export_run(
+    config: ml_collections.ConfigDict, workdir: str, out: str, fmt: str = "hf", overwrite: bool = False
+) -> str:
+    """`vlpjax export`: the latest checkpoint of `workdir` as `fmt` in `out` (README, Import and export)."""
+    family = config.model.family
+    if fmt not in EXPORT_FORMATS:
+        raise UserError(f"--format must be one of {EXPORT_FORMATS}, got {fmt!r}")
+    if (fmt, family) not in EXPORTERS:
+        families = sorted(f for f_fmt, f in EXPORTERS if f_fmt == fmt)
+        raise UserError(f"--format {fmt} exports the model families {families}; this recipe is {family!r}")
+    kind = f"{fmt}_{family}"
+    check_out_dir(out, workdir, kind, overwrite)
+    model, data = trained_model(config, workdir)
+    write = EXPORTERS[(fmt, family)](model, data, config)
+    with staged_directory(out, kind) as staging:
+        write(staging)
+    return out
+
+
 def export_decoder_lm(config: ml_collections.ConfigDict, workdir: str, out: str, overwrite: bool = False) -> str:
     """The LM of a decoder_lm run, with its tokenizer, as config.json + model.safetensors +
     tokenizer.json in `out`."""
     if config.model.family != "decoder_lm":
-        raise UserError(
-            f"vlpjax export writes decoder LMs (model.family='decoder_lm'); this recipe is {config.model.family!r}"
-        )
-    kind = "hf_decoder_lm"
-    check_out_dir(out, workdir, kind, overwrite)
-    model, data = trained_model(config, workdir)
-    t = data.tokenizer
-    special = {"bos_token_id": t.cls_id, "eos_token_id": t.sep_id, "pad_token_id": t.pad_id}
-    with staged_directory(out, kind) as staging:
-        save_decoder_lm(model.lm, staging, extra_config={k: v for k, v in special.items() if v is not None})
-        t.save(os.path.join(staging, TOKENIZER_FILE))
-    return out
+        raise UserError(f"this writes decoder LMs (model.family='decoder_lm'); this recipe is {config.model.family!r}")
+    return export_run(config, workdir, out, "hf", overwrite)

@@ -1,0 +1,47 @@
+"""What a user outside vlpjax must do to an image or a text before the exported model sees it.
+
+vlpjax feeds its towers RGB pixels scaled to [-1, 1] (`vlpjax.data.images`: x / 127.5 - 1),
+that is (x / 255 - 0.5) / 0.5, at the recipe's square image size; texts are tokenized with the
+run's tokenizer.json, truncated to `data.text_len` (keeping the closing [SEP]) and right-padded.
+"""
+
+from __future__ import annotations
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+PIXEL_MEAN = (0.5, 0.5, 0.5)  # of pixels / 255
+PIXEL_STD = (0.5, 0.5, 0.5)
+
+
+def image_processor_config(image_size: int, hf_config: dict) -> dict:
+    """preprocessor_config.json for transformers' CLIP / SigLIP image processor: resize to the
+    square size, rescale by 1/255, normalise with mean = std = 0.5 (what vlpjax does)."""
+    processor = "CLIPImageProcessor" if hf_config["model_type"] == "clip" else "SiglipImageProcessor"
+    return dict(
+        image_processor_type=processor,
+        do_resize=True,
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(PIXEL_MEAN),
+        image_std=list(PIXEL_STD),
+        do_convert_rgb=True,
+    )
+
+
+def serving_preprocessing(config, tokenizer) -> dict:
+    """The preprocessing constants a serving signature records."""
+    return dict(
+        image_size=int(config.data.image_size),
+        image_layout="NHWC, RGB",
+        pixel_transform="float(pixels) / 127.5 - 1 (= (pixels / 255 - mean) / std)",
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+        text_len=int(config.data.text_len),
+        tokenizer="tokenizer.json",
+        text_padding="right; the mask is True on real tokens",
+        pad_id=int(tokenizer.fill_id),
+        bos_id=tokenizer.cls_id,
+        eos_id=tokenizer.sep_id,
+    )
