@@ -31,8 +31,9 @@ def get_config(arg=None):
 
     c.model = dict(
         family="dual_encoder",
-        # CLIP's layout (class token, a LayerNorm before the blocks, text pooled at [SEP]), so a run
-        # exports to a transformers CLIPModel: vlpjax export --format hf (README, Import and export).
+        # CLIP's layout (class token with its own position, a LayerNorm before the blocks, no patch
+        # bias, text pooled at [SEP]), so a run exports to a transformers CLIPModel and a CLIP
+        # vision tower loads into it (README, Import and export).
         image=dict(
             kind="vit",
             variant="x/16",
@@ -43,6 +44,8 @@ def get_config(arg=None):
             image_size=64,
             pool="cls",
             ln_pre=True,
+            cls_posemb=True,
+            patch_bias=False,
         ),
         text=dict(kind="causal", width=128, depth=2, num_heads=2, mlp_dim=512, max_len=32, pool="last_real"),
         embed_dim=128,

@@ -11,7 +11,7 @@ from vlpjax.config import base_recipe
 def get_config(arg=None):
     c = base_recipe(__file__, "clip_shapes").get_config(arg)
     c.model.contrastive = "sigmoid"
-    c.model.image.update(pool="map", ln_pre=False)
+    c.model.image.update(pool="map", ln_pre=False, cls_posemb=False, patch_bias=True)
     c.model.text.update(kind="bidirectional", pool="last")
     c.model.update(image_proj="none", text_proj="linear_bias")  # embed_dim = the image width
     c.objectives.itc.chunked = True  # ppermute ring: memory per device independent of device count

@@ -126,12 +126,22 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if config.train.parallelism not in PARALLELISMS:
         raise ConfigError(f"train.parallelism must be one of {PARALLELISMS}, got {config.train.parallelism!r}")
     _validate_train(config)
+    _resolve_hf_towers(config)
     _validate_scale_switches(config)
     if not config.objectives:
         raise ConfigError("objectives is empty: name at least one objective with a weight")
     _validate_objectives(config)
     _validate_devices(config)
     return config
+
+
+def _resolve_hf_towers(config: ml_collections.ConfigDict) -> None:
+    """Towers of kind 'hf' take their shape from their init.hf directory (README, Import and export)."""
+    towers = [config.model.get(slot) for slot in ("image", "text")]
+    if any(isinstance(t, ml_collections.ConfigDict) and t.get("kind") == "hf" for t in towers):
+        from vlpjax.train.hf_init import resolve_hf_towers  # reads config.json files: only when asked
+
+        resolve_hf_towers(config)
 
 
 def _validate_objectives(config: ml_collections.ConfigDict) -> None:

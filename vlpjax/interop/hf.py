@@ -76,14 +76,19 @@ def _legacy_layer_norm_names(tensors: dict[str, np.ndarray]) -> dict[str, np.nda
     return renamed
 
 
+def bert_weights(path: str, dtype: str = "float32") -> tuple[BertConfig, list[tuple[tuple, np.ndarray]]]:
+    """The config of the HF BERT directory `path` and its weights as (BertEncoder path, value)."""
+    config = bert_config_from_hf(read_config(path), dtype=dtype)
+    tensors = _legacy_layer_norm_names(strip_prefix(read_safetensors(path), "bert."))
+    return config, weights_from_table(tensors, bert_weight_map(config.num_hidden_layers), source=path)
+
+
 def load_text_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> BertEncoder:
     """A BertEncoder with the weights of the local Hugging Face BERT directory `path`.
 
     Call it as `model(input_ids, attention_mask, token_type_ids=None)` -> last hidden state.
     """
-    config = bert_config_from_hf(read_config(path), dtype=dtype)
-    tensors = _legacy_layer_norm_names(strip_prefix(read_safetensors(path), "bert."))
-    pairs = weights_from_table(tensors, bert_weight_map(config.num_hidden_layers), source=path)
+    config, pairs = bert_weights(path, dtype=dtype)
     model = BertEncoder(config, rngs=nnx.Rngs(seed))
     assign_weights(model, pairs, source=path)
     return model

@@ -311,7 +311,7 @@ def dual_encoder_table(family: str, spec: dict) -> list[WeightEntry]:
 # --- import ----------------------------------------------------------------------------------
 
 
-def _check_logit_scale(tensors: dict, family: str, path: str) -> None:
+def check_logit_scale(tensors: dict, family: str, path: str) -> None:
     """vlpjax caps CLIP's scale at 100 (transformers does not): a larger one is not representable."""
     if family == "clip" and "logit_scale" in tensors:
         value = float(np.asarray(tensors["logit_scale"]).reshape(()))
@@ -334,7 +334,7 @@ def load_dual_encoder(path: str, *, dtype: str = "float32", seed: int = 0, **swi
         {**spec, "image": {**spec["image"], **towers}, "text": {**spec["text"], **towers}}, rngs=nnx.Rngs(seed)
     )
     tensors = read_safetensors(path)
-    _check_logit_scale(tensors, family, path)
+    check_logit_scale(tensors, family, path)
     assign_weights(model, weights_from_table(tensors, dual_encoder_table(family, spec), source=path), source=path)
     return model
 

@@ -31,6 +31,7 @@ from vlpjax.parallel import make_mesh, state_shardings
 from vlpjax.taxonomy import check_choice
 from vlpjax.train import checkpoints
 from vlpjax.train import rules as rule_lib
+from vlpjax.train.hf_init import check_hf_towers, load_hf_towers
 from vlpjax.train.optimizer import make_optimizer
 from vlpjax.train.state import TrainState, split_model
 
@@ -261,12 +262,14 @@ def init_sharded(config: ml_collections.ConfigDict, vocab_size: int, num_answers
 
 
 def create_run(config: ml_collections.ConfigDict, vocab_size: int, num_answers: int = 0) -> Run:
+    hf_towers = check_hf_towers(config, vocab_size)  # shapes checked before anything is built
     mesh = make_mesh(**config.mesh)
     graphdef, params, frozen, (param_spec, frozen_spec) = init_sharded(config, vocab_size, num_answers, mesh)
     params, frozen = load_pretrained(params, frozen, config.init)
+    params, frozen = load_hf_towers(params, frozen, hf_towers)
     tx = make_optimizer(config.optim, config.rules, params, config.train.steps)
     replicated = NamedSharding(mesh, P())
-    params = jax.device_put(params, param_spec)  # loaded (init.checkpoint) leaves come in whole
+    params = jax.device_put(params, param_spec)  # loaded (init.checkpoint, init.hf) leaves come in whole
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     frozen = jax.device_put(frozen, frozen_spec)
     # Adam moments live where their parameters live; counters are replicated. Explicit
