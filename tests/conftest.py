@@ -21,4 +21,20 @@ import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+import pytest  # noqa: E402
+
 from tests.shapes_fixture import tiny_shapes_dir  # noqa: E402,F401  (session fixture)
+
+
+@pytest.fixture(scope="session")
+def hf_recipe_args(tmp_path_factory):
+    """The --config.init.hf.* overrides the *_hf recipes need: tiny Hugging Face directories."""
+    from tests import hf_tiny
+
+    root = tmp_path_factory.mktemp("hf")
+    hf_tiny.tiny_clip_vision(root / "clip")
+    hf_tiny.tiny_bert(root / "bert", 40)
+    return {
+        "lit_hf": [f"--config.init.hf.image={root / 'clip'}"],
+        "albef_hf": [f"--config.init.hf.text={root / 'bert'}"],
+    }

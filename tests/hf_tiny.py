@@ -74,3 +74,21 @@ def vlpjax_outputs(model, images, ids, mask):
     if model.bias() is not None:
         logits = logits + float(model.bias())
     return img, txt, logits
+
+
+def tiny_bert(path, vocab_size, **overrides):
+    """albef_shapes:tiny's text tower as a transformers BertModel."""
+    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = transformers.BertConfig(vocab_size=vocab_size, max_position_embeddings=32, **{**fields, **overrides})
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+
+
+def tiny_clip_vision(path):
+    """lit_shapes:tiny's image tower in CLIP's layout, with its activation and LayerNorm epsilon."""
+    tower = {**TOWER, "num_hidden_layers": 1}
+    config = transformers.CLIPVisionConfig(
+        image_size=32, patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6, **tower
+    )
+    torch.manual_seed(0)
+    transformers.CLIPVisionModel(config).save_pretrained(path)

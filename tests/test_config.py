@@ -98,23 +98,9 @@ SWITCHES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hf_dirs(tmp_path_factory):
-    """The Hugging Face directories the *_hf recipes take their towers from."""
-    from tests.test_hf_init import _tiny_bert, _tiny_clip_vision
-
-    root = tmp_path_factory.mktemp("hf")
-    _tiny_clip_vision(root / "clip")
-    _tiny_bert(root / "bert", 40)
-    return {
-        "lit_hf": [f"--config.init.hf.image={root / 'clip'}"],
-        "albef_hf": [f"--config.init.hf.text={root / 'bert'}"],
-    }
-
-
 @pytest.mark.parametrize("recipe", ALL_RECIPES)
-def test_every_recipe_takes_the_scale_switches(recipe, hf_dirs):
-    config = load_config(f"configs/{recipe}.py:tiny", [*SWITCHES, *hf_dirs.get(recipe, [])])
+def test_every_recipe_takes_the_scale_switches(recipe, hf_recipe_args):
+    config = load_config(f"configs/{recipe}.py:tiny", [*SWITCHES, *hf_recipe_args.get(recipe, [])])
     assert (config.model.dtype, config.model.attention, config.model.remat) == ("bfloat16", "cudnn", "dots_saveable")
     assert config.model.scan_layers is True and config.train.grad_accum == 2
 

@@ -5,8 +5,6 @@ and towers of kind 'hf' take the checkpoint's shape."""
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from tests import hf_tiny
 from tests.test_recipes import _config
@@ -17,26 +15,6 @@ from vlpjax.interop.safetensors_io import read_safetensors
 from vlpjax.interop.weight_tables import weights_from_table
 from vlpjax.train import rules as rule_lib
 from vlpjax.train.build import create_run, load_data
-
-
-def _tiny_bert(path, vocab_size, **overrides):
-    fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    config = transformers.BertConfig(vocab_size=vocab_size, max_position_embeddings=32, **{**fields, **overrides})
-    torch.manual_seed(0)
-    transformers.BertModel(config).save_pretrained(path)
-
-
-def _tiny_clip_vision(path):
-    """lit_shapes:tiny's image tower in CLIP's layout, with its activation and LayerNorm epsilon."""
-    config = transformers.CLIPVisionConfig(
-        image_size=32,
-        patch_size=16,
-        hidden_act="gelu",
-        layer_norm_eps=1e-6,
-        **{**hf_tiny.TOWER, "num_hidden_layers": 1},
-    )
-    torch.manual_seed(0)
-    transformers.CLIPVisionModel(config).save_pretrained(path)
 
 
 def _parameters(run) -> dict:
@@ -56,7 +34,7 @@ def _assert_loaded(run, pairs, prefix):
 def test_init_hf_text_puts_a_bert_into_albef(tiny_shapes_dir, tmp_path):
     config = _config("albef_shapes", tiny_shapes_dir, f"--config.init.hf.text={tmp_path}")
     data = load_data(config)
-    _tiny_bert(tmp_path, data.tokenizer.vocab_size)
+    hf_tiny.tiny_bert(tmp_path, data.tokenizer.vocab_size)
     run = create_run(config, data.tokenizer.vocab_size)
     _, pairs = bert_weights(str(tmp_path))
     assert len(pairs) == 5 + 2 * 16  # embeddings and their LayerNorm, then 16 tensors per layer
@@ -66,7 +44,7 @@ def test_init_hf_text_puts_a_bert_into_albef(tiny_shapes_dir, tmp_path):
 
 
 def test_init_hf_image_puts_a_clip_vision_tower_into_lit_and_it_stays_frozen(tiny_shapes_dir, tmp_path):
-    _tiny_clip_vision(tmp_path)
+    hf_tiny.tiny_clip_vision(tmp_path)
     config = _config("lit_shapes", tiny_shapes_dir, "--config.init.checkpoint=", f"--config.init.hf.image={tmp_path}")
     data = load_data(config)
     run = create_run(config, data.tokenizer.vocab_size)
@@ -78,20 +56,20 @@ def test_init_hf_image_puts_a_clip_vision_tower_into_lit_and_it_stays_frozen(tin
 def test_a_shape_mismatch_names_the_file_and_the_field(tiny_shapes_dir, tmp_path):
     config = _config("albef_shapes", tiny_shapes_dir, f"--config.init.hf.text={tmp_path}")
     data = load_data(config)
-    _tiny_bert(tmp_path, data.tokenizer.vocab_size, intermediate_size=48)
+    hf_tiny.tiny_bert(tmp_path, data.tokenizer.vocab_size, intermediate_size=48)
     with pytest.raises(InvalidInput, match=r"config.json gives intermediate_size=48, the recipe's tower has .*64"):
         create_run(config, data.tokenizer.vocab_size)
-    _tiny_bert(tmp_path, 99)
+    hf_tiny.tiny_bert(tmp_path, 99)
     with pytest.raises(InvalidInput, match="gives vocab_size=99"):
         create_run(config, data.tokenizer.vocab_size)
 
 
 def test_towers_of_kind_hf_take_the_checkpoint_shape(tiny_shapes_dir, tmp_path):
-    _tiny_clip_vision(tmp_path / "clip")
+    hf_tiny.tiny_clip_vision(tmp_path / "clip")
     lit = _config("lit_hf", tiny_shapes_dir, f"--config.init.hf.image={tmp_path / 'clip'}")
     assert (lit.model.image.width, lit.model.image.pool, lit.model.image.ln_pre) == (32, "cls", True)
     assert lit.data.image_size == 32
-    _tiny_bert(tmp_path / "bert", 40, num_hidden_layers=2)
+    hf_tiny.tiny_bert(tmp_path / "bert", 40, num_hidden_layers=2)
     albef = _config("albef_hf", tiny_shapes_dir, f"--config.init.hf.text={tmp_path / 'bert'}")
     assert (albef.model.text.num_hidden_layers, albef.model.text.cross_attention_from) == (2, 1)
     assert albef.model.text.vocab_size == 40 and albef.data.tokenizer == str(tmp_path / "bert")

@@ -27,8 +27,8 @@ def test_tables_refer_to_known_names():
 
 
 @pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))))
-def test_every_recipe_validates(recipe):
-    config = load_config(recipe + ":tiny")
+def test_every_recipe_validates(recipe, hf_recipe_args):
+    config = load_config(recipe + ":tiny", hf_recipe_args.get(os.path.basename(recipe)[:-3], []))
     assert config.model.family in taxonomy.FAMILIES
     assert set(config.objectives) <= set(taxonomy.FAMILIES[config.model.family].objectives)
 
