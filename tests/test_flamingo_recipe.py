@@ -186,3 +186,25 @@ def test_bad_documents_are_named(tmp_path):
     assert len(report.rows) == 24 and [b.line for b in report.bad] == [25, 26]
     assert "no image" in report.bad[0].reason and "missing" in report.bad[1].reason
     assert report.rows[0].texts == ["a scene", "a small red circle", "two objects"]
+
+
+def test_flamingo_run_exports_prefill_and_decode_step(flamingo_run):
+    """`vlpjax export --format stablehlo` of the run: prefill equals the trained model's logits."""
+    from vlpjax.interop import stablehlo
+    from vlpjax.train.restore import trained_model
+
+    root, overrides = flamingo_run["root"], flamingo_run["overrides"]
+    out = str(root / "serving")
+    lengths = ["--prompt_len", "8", "--max_len", "12", "--num_media", "1"]
+    args = ["export", "--config", _recipe("flamingo_shapes"), "--workdir", str(root / "run"), "--out", out]
+    assert cli.main([*args, "--format", "stablehlo", *lengths, *overrides]) == 0
+    served = stablehlo.load(out)
+    assert (served.signature["kind"], served.signature["num_media"], served.signature["max_len"]) == ("flamingo", 1, 12)
+    model, _ = trained_model(load_config(_recipe("flamingo_shapes"), overrides), str(root / "run"))
+    rng = np.random.default_rng(0)
+    media = rng.uniform(-1, 1, (2, 1, 32, 32, 3)).astype(np.float32)
+    ids = np.concatenate([np.full((2, 1), model.image_id), rng.integers(5, 40, (2, 7))], axis=1).astype(np.int32)
+    mask = np.ones_like(ids, bool)
+    logits, _ = served.prefill(media, ids, mask)
+    want, _ = model.decode(ids, mask, model.empty_cache(2, 12), model.encode_media(media))
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(want[:, -1]), atol=1e-5, rtol=0)

@@ -234,3 +234,39 @@ def test_missing_file_is_named(exported, tmp_path, missing):
 def test_missing_directory_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         stablehlo.load(str(tmp_path / "nowhere"))
+
+
+@nnx.jit(static_argnames="max_len")
+def _flamingo_reference(model, media, ids, mask, tokens, max_len):
+    """[B, 1 + steps, V + 2] as Flamingo generates: media encoded once, then the cached steps."""
+    latents = model.encode_media(media)
+    logits, cache = model.decode(ids, mask, model.empty_cache(ids.shape[0], max_len), latents)
+    steps = [logits[:, -1]]
+    for t in range(tokens.shape[1]):
+        logits, cache = model.decode(tokens[:, t : t + 1], jnp.ones((ids.shape[0], 1), bool), cache, latents)
+        steps.append(logits[:, -1])
+    return jnp.stack(steps, axis=1)
+
+
+def test_flamingo_prefill_and_decode_steps_match_the_model(tmp_path):
+    from tests.test_flamingo import IMAGE_SIZE as FLAMINGO_IMAGE
+    from tests.test_flamingo import interleaved_batch, open_gates, tiny_flamingo
+
+    model = tiny_flamingo()
+    open_gates(model)  # closed gates would hide the images
+    stablehlo.export_flamingo(
+        model, str(tmp_path), num_media=2, image_size=FLAMINGO_IMAGE, prompt_len=11, max_len=16, preprocessing={}
+    )
+    served = stablehlo.load(str(tmp_path))
+    assert served.signature["cache"][-1]["name"] == "latents"
+    for b in BATCHES:
+        x = interleaved_batch(model, seed=b, batch=b)
+        ids, mask = np.asarray(x["text_ids"]), np.asarray(x["text_mask"])
+        tokens = np.random.default_rng(b).integers(3, 40, size=(b, DECODE_STEPS)).astype(np.int32)
+        want = _flamingo_reference(model, x["media"], ids, mask, tokens, max_len=16)
+        logits, cache = served.prefill(np.asarray(x["media"]), ids, mask)
+        got = [np.asarray(logits)]
+        for t in range(DECODE_STEPS):
+            logits, cache = served.decode_step(tokens[:, t], cache)
+            got.append(np.asarray(logits))
+        np.testing.assert_allclose(np.stack(got, axis=1), want, atol=1e-5, rtol=0)

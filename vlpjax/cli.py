@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
         help="hf: a Hugging Face directory; stablehlo: jax.export serving functions",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an earlier export of the same kind in --out")
+    export.add_argument("--prompt_len", type=int, help="stablehlo decoders: prompt tokens (default data.text_len)")
+    export.add_argument("--max_len", type=int, help="stablehlo decoders: KV cache slots (default the LM's positions)")
+    export.add_argument("--num_media", type=int, help="stablehlo Flamingo: images per prompt (default data.chunks)")
     generate = commands.add_parser("generate", help="continue a prompt about images with a Flamingo run")
     _config_args(generate)
     generate.add_argument(
@@ -212,7 +215,8 @@ def _run(args, extra) -> None:
     elif args.command == "export":
         from vlpjax.train.export import export_run
 
-        print(f"wrote {export_run(config, args.workdir, args.out, args.format, overwrite=args.overwrite)}")
+        lengths = dict(prompt_len=args.prompt_len, max_len=args.max_len, num_media=args.num_media)
+        print(f"wrote {export_run(config, args.workdir, args.out, args.format, args.overwrite, **lengths)}")
     elif args.command == "generate":
         _generate(config, args)
     else:

@@ -30,8 +30,8 @@ def image_processor_config(image_size: int, hf_config: dict) -> dict:
     )
 
 
-def serving_preprocessing(config, tokenizer) -> dict:
-    """The preprocessing constants a serving signature records."""
+def serving_preprocessing(config, tokenizer, padding: str = "right") -> dict:
+    """The preprocessing constants a serving signature records (decoder prompts: left-padded)."""
     return dict(
         image_size=int(config.data.image_size),
         image_layout="NHWC, RGB",
@@ -40,7 +40,7 @@ def serving_preprocessing(config, tokenizer) -> dict:
         pixel_std=list(PIXEL_STD),
         text_len=int(config.data.text_len),
         tokenizer="tokenizer.json",
-        text_padding="right; the mask is True on real tokens",
+        text_padding=f"{padding}; the mask is True on real tokens",
         pad_id=int(tokenizer.fill_id),
         bos_id=tokenizer.cls_id,
         eos_id=tokenizer.sep_id,

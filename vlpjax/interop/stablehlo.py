@@ -255,10 +255,7 @@ def export_decoder_lm(
 
     preprocessing = _checked_preprocessing(preprocessing)
     config = lm.config
-    if not 0 < prompt_len < max_len:
-        raise InvalidInput(f"need 0 < prompt_len < max_len, got prompt_len={prompt_len}, max_len={max_len}")
-    if config.arch == "gpt2" and max_len > config.max_positions:
-        raise InvalidInput(f"max_len={max_len} exceeds the model's {config.max_positions} learned positions")
+    _lm_limits(config, prompt_len, max_len)
     split = split_module(lm)
     cache = _cache_spec(config, max_len)
     prompt = (TensorSpec("ids", (BATCH, prompt_len), "int32"), TensorSpec("mask", (BATCH, prompt_len), "bool"))
@@ -285,6 +282,78 @@ def export_decoder_lm(
         "prompt_len": prompt_len,
         "max_len": max_len,
         "vocab_size": config.vocab_size,
+        "cache": cache.to_json()["fields"],
+    }
+    write_artefacts(out_dir, functions, split, preprocessing, extra)
+
+
+def _lm_limits(config, prompt_len: int, max_len: int) -> None:
+    if not 0 < prompt_len < max_len:
+        raise InvalidInput(f"need 0 < prompt_len < max_len, got prompt_len={prompt_len}, max_len={max_len}")
+    if config.arch == "gpt2" and max_len > config.max_positions:
+        raise InvalidInput(f"max_len={max_len} exceeds the model's {config.max_positions} learned positions")
+
+
+def export_flamingo(
+    model,
+    out_dir: str,
+    *,
+    num_media: int,
+    image_size: int,
+    prompt_len: int,
+    max_len: int,
+    preprocessing: dict,
+    platforms: Sequence[str] | None = None,
+) -> None:
+    """prefill(media [b, num_media, S, S, 3], ids, mask [b, prompt_len]) -> (logits [b, V + 2],
+    cache), then decode_step(token [b], cache) -> (logits, cache). The media are encoded once, in
+    prefill: their latents travel in the cache beside the LM's keys and values, with the count of
+    `<image>` tokens seen so far (which image each new token may attend to)."""
+    from vlpjax.models.flamingo import FlamingoCache
+
+    preprocessing = _checked_preprocessing(preprocessing)
+    config = model.lm.config
+    _lm_limits(config, prompt_len, max_len)
+    split = split_module(model)
+    media = TensorSpec("media", (BATCH, num_media, image_size, image_size, 3), "float32")
+    latents = jax.eval_shape(model.encode_media, jax.ShapeDtypeStruct((1, *media.shape[1:]), jnp.float32))
+    extra_state = (
+        TensorSpec("media_seen", (BATCH,), "int32"),
+        TensorSpec("latents", (BATCH, *latents.shape[1:]), str(latents.dtype)),
+    )
+    cache = GroupSpec("cache", _cache_spec(config, max_len).fields + extra_state)
+    prompt = (TensorSpec("ids", (BATCH, prompt_len), "int32"), TensorSpec("mask", (BATCH, prompt_len), "bool"))
+
+    def with_latents(flamingo_cache, latents):
+        return {**_cache_arrays(flamingo_cache.lm), "media_seen": flamingo_cache.media_seen, "latents": latents}
+
+    def prefill(weights, media, ids, mask):
+        flamingo = split.module(weights)
+        latents = flamingo.encode_media(media)
+        logits, filled = flamingo.decode(ids, mask, flamingo.empty_cache(ids.shape[0], max_len), latents)
+        return logits[:, -1], with_latents(filled, latents)
+
+    def decode_step(weights, token, arrays):
+        one = jnp.ones((token.shape[0], 1), bool)
+        before = FlamingoCache(_kv_cache(arrays, config.num_layers), arrays["media_seen"])
+        logits, after = split.module(weights).decode(token[:, None], one, before, arrays["latents"])
+        return logits[:, -1], with_latents(after, arrays["latents"])
+
+    outputs = ["logits", "cache"]
+    functions = {
+        "prefill": export_function(prefill, split, (media, *prompt), outputs, platforms),
+        "decode_step": export_function(
+            decode_step, split, [TensorSpec("token", (BATCH,), "int32"), cache], outputs, platforms
+        ),
+    }
+    extra = {
+        "kind": "flamingo",
+        "num_media": num_media,
+        "prompt_len": prompt_len,
+        "max_len": max_len,
+        "vocab_size": model.vocab_size,
+        "image_token_id": model.image_id,
+        "chunk_end_token_id": model.chunk_end_id,
         "cache": cache.to_json()["fields"],
     }
     write_artefacts(out_dir, functions, split, preprocessing, extra)

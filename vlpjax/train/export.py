@@ -112,7 +112,7 @@ def _special_ids(tokenizer) -> dict:
     return {k: v for k, v in ids.items() if v is not None}
 
 
-def _hf_decoder_lm(model, data, config):
+def _hf_decoder_lm(model, data, config, options):
     special = _special_ids(data.tokenizer)
 
     def write(staging: str) -> None:
@@ -122,7 +122,7 @@ def _hf_decoder_lm(model, data, config):
     return write
 
 
-def _hf_dual_encoder(model, data, config):
+def _hf_dual_encoder(model, data, config, options):
     hf_config, tensors = dual_encoder_tensors(model, _special_ids(data.tokenizer))
 
     def write(staging: str) -> None:
@@ -133,7 +133,7 @@ def _hf_dual_encoder(model, data, config):
     return write
 
 
-def _hf_fusion(model, data, config):
+def _hf_fusion(model, data, config, options):
     bert_config, bert_tensors, rest, name_map = fusion_tensors(model)
 
     def write(staging: str) -> None:
@@ -145,7 +145,7 @@ def _hf_fusion(model, data, config):
     return write
 
 
-def _stablehlo_dual_encoder(model, data, config):
+def _stablehlo_dual_encoder(model, data, config, options):
     preprocessing = serving_preprocessing(config, data.tokenizer)
 
     def write(staging: str) -> None:
@@ -161,13 +161,38 @@ def _stablehlo_dual_encoder(model, data, config):
     return write
 
 
-def _stablehlo_decoder_lm(model, data, config):
-    preprocessing = serving_preprocessing(config, data.tokenizer)
-    max_len = model.lm.config.max_positions
+def _decoding_lengths(config, lm_config, options: dict) -> dict:
+    """The prompt length (default data.text_len) and cache length (default the LM's positions)."""
+    return dict(
+        prompt_len=options.get("prompt_len") or int(config.data.text_len),
+        max_len=options.get("max_len") or int(lm_config.max_positions),
+    )
+
+
+def _stablehlo_decoder_lm(model, data, config, options):
+    preprocessing = serving_preprocessing(config, data.tokenizer, padding="left")
+    lengths = _decoding_lengths(config, model.lm.config, options)
 
     def write(staging: str) -> None:
-        stablehlo.export_decoder_lm(
-            model.lm, staging, prompt_len=config.data.text_len, max_len=max_len, preprocessing=preprocessing
+        stablehlo.export_decoder_lm(model.lm, staging, preprocessing=preprocessing, **lengths)
+        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+
+    return write
+
+
+def _stablehlo_flamingo(model, data, config, options):
+    preprocessing = serving_preprocessing(config, data.tokenizer, padding="left")
+    lengths = _decoding_lengths(config, model.lm.config, options)
+    num_media = options.get("num_media") or int(config.data.get("chunks", 2))
+
+    def write(staging: str) -> None:
+        stablehlo.export_flamingo(
+            model,
+            staging,
+            num_media=num_media,
+            image_size=config.data.image_size,
+            preprocessing=preprocessing,
+            **lengths,
         )
         data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
 
@@ -180,6 +205,7 @@ EXPORTERS = {
     ("hf", "fusion"): _hf_fusion,
     ("stablehlo", "dual_encoder"): _stablehlo_dual_encoder,
     ("stablehlo", "decoder_lm"): _stablehlo_decoder_lm,
+    ("stablehlo", "flamingo"): _stablehlo_flamingo,
 }
 EXPORT_FORMATS = ("hf", "stablehlo")
 
@@ -190,9 +216,15 @@ def _write_json(directory: str, name: str, value: dict) -> None:
 
 
 def export_run(
-    config: ml_collections.ConfigDict, workdir: str, out: str, fmt: str = "hf", overwrite: bool = False
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    out: str,
+    fmt: str = "hf",
+    overwrite: bool = False,
+    **options,
 ) -> str:
-    """`vlpjax export`: the latest checkpoint of `workdir` as `fmt` in `out` (README, Import and export)."""
+    """`vlpjax export`: the latest checkpoint of `workdir` as `fmt` in `out` (README, Import and
+    export). `options` (stablehlo, decoders): prompt_len, max_len, num_media; None = the default."""
     family = config.model.family
     if fmt not in EXPORT_FORMATS:
         raise UserError(f"--format must be one of {EXPORT_FORMATS}, got {fmt!r}")
@@ -202,7 +234,7 @@ def export_run(
     kind = f"{fmt}_{family}"
     check_out_dir(out, workdir, kind, overwrite)
     model, data = trained_model(config, workdir)
-    write = EXPORTERS[(fmt, family)](model, data, config)
+    write = EXPORTERS[(fmt, family)](model, data, config, options)
     with staged_directory(out, kind) as staging:
         write(staging)
     return out
