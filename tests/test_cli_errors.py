@@ -66,10 +66,13 @@ def test_export_replaces_only_its_own_earlier_export_and_only_when_asked(scratch
         (open(os.path.join(directory, "model.safetensors"), "w")).write("weights")
 
     class FakeTokenizer:
-        cls_id, sep_id, pad_id = 1, 2, None
+        cls_id, sep_id, pad_id, unk_id, mask_id = 1, 2, None, None, None
 
         def save(self, path):
             open(path, "w").write("{}")
+
+        def token(self, token_id):
+            return f"[{token_id}]"
 
     class FakeModel:
         lm = None
@@ -82,7 +85,12 @@ def test_export_replaces_only_its_own_earlier_export_and_only_when_asked(scratch
 
     config = load_config(LM)
     export.export_decoder_lm(config, "run", out)
-    assert sorted(os.listdir(out)) == ["model.safetensors", "tokenizer.json", export.EXPORT_MARKER]
+    assert sorted(os.listdir(out)) == [
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        export.EXPORT_MARKER,
+    ]
     with pytest.raises(export.ExportRefused, match="pass --overwrite"):
         export.export_decoder_lm(config, "run", out)
     export.export_decoder_lm(config, "run", out, overwrite=True)

@@ -41,7 +41,14 @@ def test_exported_run_loads_in_transformers_with_the_same_embeddings(tiny_shapes
     workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
     train(config, workdir)
     export_run(config, workdir, out, "hf")
-    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= set(os.listdir(out))
+    written = {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    }
+    assert written <= set(os.listdir(out))
 
     model, data = trained_model(config, workdir)
     images, ids, mask = _batch(data, config)
@@ -50,6 +57,15 @@ def test_exported_run_loads_in_transformers_with_the_same_embeddings(tiny_shapes
     got = hf_tiny.vlpjax_outputs(model, images, ids, mask)
     for name, w, g in zip(("image embeddings", "text embeddings", "logits"), want, got, strict=True):
         assert np.max(np.abs(w - g)) <= 1e-4, (name, np.max(np.abs(w - g)))
+
+    # AutoTokenizer reads the run's tokenizer (not CLIP's own), with the run's ids and padding.
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    long_caption = " ".join(["a red circle at the top left"] * 10)  # truncated: keeps its [SEP]
+    texts = ["a red circle at the top left.", long_caption]
+    hf_ids = tokenizer(texts, padding="max_length", max_length=config.data.text_len, truncation=True)
+    ours = data.tokenizer(texts, config.data.text_len)
+    np.testing.assert_array_equal(np.asarray(hf_ids["input_ids"]), ours[0])
+    np.testing.assert_array_equal(np.asarray(hf_ids["attention_mask"]).astype(bool), ours[1])
 
     # Import, then export again: the same tensors, bit for bit.
     again = str(tmp_path / "again")

@@ -111,6 +111,9 @@ class TextTokenizer:
         """The tokenizer as one tokenizer.json (what an exported Hugging Face directory holds)."""
         self._fast.save(path)
 
+    def token(self, token_id: int) -> str:
+        return self._fast.id_to_token(token_id)
+
     def encode_plain(self, text: str) -> list[int]:
         """Token ids of `text` without the [CLS] ... [SEP] template (a chunk inside a sequence)."""
         return self._fast.encode(text, add_special_tokens=False).ids

@@ -7,7 +7,13 @@ run's tokenizer.json, truncated to `data.text_len` (keeping the closing [SEP]) a
 
 from __future__ import annotations
 
+import json
+import os
+
+from vlpjax.data.tokenizer import TOKENIZER_FILE
+
 PREPROCESSOR_FILE = "preprocessor_config.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 PIXEL_MEAN = (0.5, 0.5, 0.5)  # of pixels / 255
 PIXEL_STD = (0.5, 0.5, 0.5)
 
@@ -45,3 +51,25 @@ def serving_preprocessing(config, tokenizer, padding: str = "right") -> dict:
         bos_id=tokenizer.cls_id,
         eos_id=tokenizer.sep_id,
     )
+
+
+def tokenizer_config(tokenizer, text_len: int) -> dict:
+    """tokenizer_config.json: without it transformers' AutoTokenizer would pick the model type's
+    own tokenizer class (CLIPTokenizer for a CLIPModel) and produce other ids than the run's."""
+    ids = dict(
+        pad_token=tokenizer.pad_id,
+        unk_token=tokenizer.unk_id,
+        cls_token=tokenizer.cls_id,
+        sep_token=tokenizer.sep_id,
+        mask_token=tokenizer.mask_id,
+    )
+    tokens = {name: tokenizer.token(i) for name, i in ids.items() if i is not None}
+    return {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": int(text_len), **tokens}
+
+
+def save_tokenizer(directory: str, tokenizer, text_len: int) -> None:
+    """tokenizer.json and tokenizer_config.json: AutoTokenizer.from_pretrained(directory) then
+    gives the run's ids (padding='max_length', max_length=text_len, truncation=True)."""
+    tokenizer.save(os.path.join(directory, TOKENIZER_FILE))
+    with open(os.path.join(directory, TOKENIZER_CONFIG_FILE), "w") as f:
+        json.dump(tokenizer_config(tokenizer, text_len), f, indent=2)

@@ -24,7 +24,12 @@ from vlpjax.interop import stablehlo
 from vlpjax.interop.hf_clip import dual_encoder_tensors
 from vlpjax.interop.hf_fusion import NAME_MAP_FILE, REST_FILE, fusion_tensors
 from vlpjax.interop.hf_lm import save_decoder_lm
-from vlpjax.interop.preprocessing import PREPROCESSOR_FILE, image_processor_config, serving_preprocessing
+from vlpjax.interop.preprocessing import (
+    PREPROCESSOR_FILE,
+    image_processor_config,
+    save_tokenizer,
+    serving_preprocessing,
+)
 from vlpjax.interop.safetensors_io import save_hf_directory
 from vlpjax.train.restore import trained_model
 
@@ -117,7 +122,7 @@ def _hf_decoder_lm(model, data, config, options):
 
     def write(staging: str) -> None:
         save_decoder_lm(model.lm, staging, extra_config=special)
-        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+        save_tokenizer(staging, data.tokenizer, config.data.text_len)
 
     return write
 
@@ -127,7 +132,7 @@ def _hf_dual_encoder(model, data, config, options):
 
     def write(staging: str) -> None:
         save_hf_directory(staging, hf_config, tensors)
-        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+        save_tokenizer(staging, data.tokenizer, config.data.text_len)
         _write_json(staging, PREPROCESSOR_FILE, image_processor_config(config.data.image_size, hf_config))
 
     return write
@@ -138,7 +143,7 @@ def _hf_fusion(model, data, config, options):
 
     def write(staging: str) -> None:
         save_hf_directory(staging, bert_config, bert_tensors)
-        data.tokenizer.save(os.path.join(staging, TOKENIZER_FILE))
+        save_tokenizer(staging, data.tokenizer, config.data.text_len)
         save_file(rest, os.path.join(staging, REST_FILE))
         _write_json(staging, NAME_MAP_FILE, name_map)
 
