@@ -47,7 +47,9 @@ def get_config(arg=None):
             cls_posemb=True,
             patch_bias=False,
         ),
-        text=dict(kind="causal", width=128, depth=2, num_heads=2, mlp_dim=512, max_len=32, pool="last_real"),
+        text=dict(
+            kind="causal", width=128, depth=2, num_heads=2, mlp_dim=512, max_len=32, pool="last_real", eos_id=None
+        ),
         embed_dim=128,
         contrastive="softmax",
         **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"

@@ -5,6 +5,8 @@ and towers of kind 'hf' take the checkpoint's shape."""
 import jax
 import numpy as np
 import pytest
+import torch
+import transformers
 
 from tests import hf_tiny
 from tests.test_recipes import _config
@@ -75,3 +77,52 @@ def test_towers_of_kind_hf_take_the_checkpoint_shape(tiny_shapes_dir, tmp_path):
     assert albef.model.text.vocab_size == 40 and albef.data.tokenizer == str(tmp_path / "bert")
     with pytest.raises(ValueError, match="init.hf.image, which is empty"):
         _config("lit_hf", tiny_shapes_dir)
+
+
+def test_a_vit_model_loads_as_an_image_tower_with_transformers_outputs(tmp_path):
+    from flax import nnx
+
+    from vlpjax.models.vlp import build_image_encoder
+    from vlpjax.train.hf_init import read_tower
+
+    config = transformers.ViTConfig(image_size=32, patch_size=16, **hf_tiny.TOWER)
+    torch.manual_seed(0)
+    reference = transformers.ViTModel(config, add_pooling_layer=False).eval()
+    reference.save_pretrained(tmp_path)
+    tower = read_tower("image", str(tmp_path))
+    vit = build_image_encoder(tower.spec, rngs=nnx.Rngs(0))
+    for name, value in tower.weights.items():
+        node = vit
+        for part in name.split("/")[1:]:
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        node[...] = value
+    images, _, _ = hf_tiny.inputs()
+    with torch.no_grad():
+        want = reference(pixel_values=torch.tensor(images.transpose(0, 3, 1, 2))).last_hidden_state.numpy()
+    got = vit(images)
+    assert np.max(np.abs(np.asarray(got.tokens) - want)) <= 1e-4
+    assert np.max(np.abs(np.asarray(got.pooled) - want[:, 0])) <= 1e-4
+
+
+def test_init_hf_model_loads_a_whole_clip_into_clip_shapes(tiny_shapes_dir, tmp_path):
+    from vlpjax.interop.hf_clip import dual_encoder_spec, dual_encoder_table, read_hf
+
+    overrides = [f"--config.init.hf.model={tmp_path}", "--config.model.text.pool=eos"]
+    config = _config("clip_shapes", tiny_shapes_dir, *overrides)
+    data = load_data(config)
+    sep = data.tokenizer.sep_id
+    config = _config("clip_shapes", tiny_shapes_dir, *overrides, f"--config.model.text.eos_id={sep}")
+    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, hidden_act="gelu")
+    clip = transformers.CLIPConfig(
+        text_config=dict(vocab_size=data.tokenizer.vocab_size, max_position_embeddings=32, eos_token_id=sep, **tower),
+        vision_config=dict(image_size=32, patch_size=16, layer_norm_eps=1e-6, **tower),
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    transformers.CLIPModel(clip).save_pretrained(tmp_path)
+    run = create_run(config, data.tokenizer.vocab_size)
+    hf, family, _, where = read_hf(str(tmp_path))
+    table = dual_encoder_table(family, dual_encoder_spec(hf, family, where))
+    pairs = weights_from_table(read_safetensors(str(tmp_path)), table, str(tmp_path))
+    assert len(pairs) == len(_parameters(run))  # every parameter of the model came from the checkpoint
+    _assert_loaded(run, pairs, ())
