@@ -132,10 +132,10 @@ def _embeddings(dual, x: dict):
     return dual.embed_image({"image": x["image"]}), dual.embed_text(x)
 
 
-@nnx.jit
-def _lm_reference(lm: DecoderLM, ids, mask, tokens):
+@nnx.jit(static_argnames="max_len")
+def lm_reference(lm: DecoderLM, ids, mask, tokens, max_len=MAX_LEN):
     """[B, 1 + steps, V]: the prompt's last logits, then one row per fed token, as decoding.py runs it."""
-    cache = KVCache.empty(lm.config, ids.shape[0], MAX_LEN)
+    cache = KVCache.empty(lm.config, ids.shape[0], max_len)
     logits, cache = lm(ids, mask, cache)
     steps = [logits[:, -1]]
     for t in range(tokens.shape[1]):
@@ -150,7 +150,7 @@ def test_loaded_functions_match_the_models_at_two_batch_sizes(exported, tmp_path
     dual, lm = exported["dual"], exported["lm"]
     for b, x in inputs.items():
         image, text = _embeddings(dual, {k: x[k] for k in DUAL_KEYS})
-        logits = _lm_reference(lm, x["ids"], x["mask"], x["tokens"])
+        logits = lm_reference(lm, x["ids"], x["mask"], x["tokens"])
         assert served[f"image_{b}"].shape == image.shape == (b, 32)
         assert served[f"lm_{b}"].shape == logits.shape == (b, 1 + DECODE_STEPS, LM_VOCAB)
         np.testing.assert_allclose(served[f"image_{b}"], image, atol=1e-5, rtol=0)

@@ -2,14 +2,11 @@
 loaded in a fresh process that imports no model code, give the trained models' outputs at two
 batch sizes."""
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from tests.test_recipes import _config
-from tests.test_stablehlo import BATCHES, DECODE_STEPS, _serve_in_fresh_process
+from tests.test_stablehlo import BATCHES, DECODE_STEPS, _serve_in_fresh_process, lm_reference
 from vlpjax.models.decoding import left_pad
-from vlpjax.models.lm import KVCache
 from vlpjax.train.export import export_run
 from vlpjax.train.loop import train
 from vlpjax.train.restore import trained_model
@@ -41,17 +38,6 @@ def _inputs(batch, seed, config, lm_config, data):
     }
 
 
-@nnx.jit(static_argnames="max_len")
-def _lm_reference(lm, ids, mask, tokens, max_len):
-    cache = KVCache.empty(lm.config, ids.shape[0], max_len)
-    logits, cache = lm(ids, mask, cache)
-    steps = [logits[:, -1]]
-    for t in range(tokens.shape[1]):
-        logits, cache = lm(tokens[:, t : t + 1], jnp.ones((ids.shape[0], 1), bool), cache)
-        steps.append(logits[:, -1])
-    return jnp.stack(steps, axis=1)
-
-
 def test_run_artefacts_reload_without_model_code_at_two_batch_sizes(tiny_shapes_dir, tmp_path):
     clip_config, dual, data, dual_dir = _trained_export("clip_shapes", tiny_shapes_dir, tmp_path)
     _, language_model, _, lm_dir = _trained_export("lm_shapes", tiny_shapes_dir, tmp_path)
@@ -61,6 +47,6 @@ def test_run_artefacts_reload_without_model_code_at_two_batch_sizes(tiny_shapes_
     for b, x in inputs.items():
         np.testing.assert_allclose(served[f"image_{b}"], dual.embed_image(x), atol=1e-5, rtol=0)
         np.testing.assert_allclose(served[f"text_{b}"], dual.embed_text(x), atol=1e-5, rtol=0)
-        logits = _lm_reference(lm, x["ids"], x["mask"], x["tokens"], lm.config.max_positions)
+        logits = lm_reference(lm, x["ids"], x["mask"], x["tokens"], max_len=lm.config.max_positions)
         assert served[f"lm_{b}"].shape == logits.shape == (b, 1 + DECODE_STEPS, lm.config.vocab_size)
         np.testing.assert_allclose(served[f"lm_{b}"], logits, atol=1e-5, rtol=0)

@@ -270,13 +270,7 @@ def export_decoder_lm(
         logits, updated = split.module(weights)(token[:, None], one, _kv_cache(arrays, config.num_layers))
         return logits[:, -1], _cache_arrays(updated)
 
-    outputs = ["logits", "cache"]
-    functions = {
-        "prefill": export_function(prefill, split, prompt, outputs, platforms),
-        "decode_step": export_function(
-            decode_step, split, [TensorSpec("token", (BATCH,), "int32"), cache], outputs, platforms
-        ),
-    }
+    functions = _decoding_functions(prefill, decode_step, split, prompt, cache, platforms)
     extra = {
         "kind": "decoder_lm",
         "prompt_len": prompt_len,
@@ -285,6 +279,16 @@ def export_decoder_lm(
         "cache": cache.to_json()["fields"],
     }
     write_artefacts(out_dir, functions, split, preprocessing, extra)
+
+
+def _decoding_functions(prefill, decode_step, split, prompt_inputs, cache: GroupSpec, platforms) -> dict:
+    """prefill(weights, *prompt_inputs) and decode_step(weights, token, cache), each -> (logits, cache)."""
+    outputs = ["logits", "cache"]
+    token = TensorSpec("token", (BATCH,), "int32")
+    return {
+        "prefill": export_function(prefill, split, prompt_inputs, outputs, platforms),
+        "decode_step": export_function(decode_step, split, [token, cache], outputs, platforms),
+    }
 
 
 def _lm_limits(config, prompt_len: int, max_len: int) -> None:
@@ -339,13 +343,7 @@ def export_flamingo(
         logits, after = split.module(weights).decode(token[:, None], one, before, arrays["latents"])
         return logits[:, -1], with_latents(after, arrays["latents"])
 
-    outputs = ["logits", "cache"]
-    functions = {
-        "prefill": export_function(prefill, split, (media, *prompt), outputs, platforms),
-        "decode_step": export_function(
-            decode_step, split, [TensorSpec("token", (BATCH,), "int32"), cache], outputs, platforms
-        ),
-    }
+    functions = _decoding_functions(prefill, decode_step, split, (media, *prompt), cache, platforms)
     extra = {
         "kind": "flamingo",
         "num_media": num_media,
