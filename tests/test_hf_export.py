@@ -3,6 +3,7 @@ SiglipModel directories that compute what vlpjax computes; a fusion run's text e
 BertModel. What HF cannot represent is refused before anything is written."""
 
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -133,3 +134,20 @@ def test_fusion_text_encoder_exports_as_a_bert_model(tmp_path):
     # Everything else is in the rest file, named by path; nothing is in both.
     assert "txt/layers/2/cross/query/kernel" in rest and "itm_head/linear/kernel" in rest
     assert not set(name_map["model.safetensors"].values()) & set(rest)
+
+
+def test_a_refused_export_writes_nothing(tmp_path, monkeypatch):
+    """The refusal comes before the staging directory: neither --out nor a staging dir appears."""
+    from tests.test_recipes import ROOT
+    from vlpjax.config import load_config
+    from vlpjax.train import export
+
+    class Data:
+        tokenizer = SimpleNamespace(cls_id=0, sep_id=3, pad_id=1)
+
+    monkeypatch.setattr(export, "trained_model", lambda config, workdir: (_dual_encoder(pool="gap"), Data()))
+    config = load_config(os.path.join(ROOT, "configs", "clip_shapes.py:tiny"))
+    out = tmp_path / "out"
+    with pytest.raises(InvalidInput, match="model.image.pool"):
+        export.export_run(config, str(tmp_path / "run"), str(out), "hf")
+    assert os.listdir(tmp_path) == []
