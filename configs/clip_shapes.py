@@ -52,6 +52,8 @@ def get_config(arg=None):
         ),
         embed_dim=128,
         contrastive="softmax",
+        image_proj="linear",  # linear | linear_bias | none (SigLIP's image tower)
+        text_proj="linear",
         **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
     )
     c.objectives = dict(itc=dict(weight=1.0, chunked=False))

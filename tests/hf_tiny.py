@@ -1,5 +1,7 @@
 """Tiny random transformers CLIP / SigLIP models and inputs for them (CPU, seconds)."""
 
+import os
+
 import numpy as np
 import torch
 import transformers
@@ -43,26 +45,35 @@ def _save(cls, config, path, max_shard_size, seed):
     return model
 
 
-def inputs(batch=3, length=10, seed=0, eos=EOS, pad=1):
-    """Images in [-1, 1] (NHWC) and right-padded texts ending in `eos`, rows of different lengths."""
+def inputs(batch=3, length=10, seed=0, eos=EOS, pad=1, token_after_eos=True):
+    """Images in [-1, 1] (NHWC) and right-padded texts ending in `eos`, rows of different lengths.
+    With `token_after_eos`, row 1 has a real token after its EOS, so pooling at the EOS (or the
+    largest id) and pooling the last real token give different features."""
     rng = np.random.default_rng(seed)
     images = rng.uniform(-1, 1, size=(batch, 32, 32, 3)).astype(np.float32)
     ids = np.full((batch, length), pad, np.int64)
     mask = np.zeros((batch, length), np.int64)
     for row in range(batch):
         n = length - 3 * row  # the first row fills the length, the others are padded
-        ids[row, :n] = np.concatenate([[0], rng.integers(4, eos if eos > 4 else VOCAB - 1, n - 2), [eos]])
+        words = rng.integers(4, eos if eos > 4 else VOCAB - 1, n - 2)
+        tokens = np.concatenate([[0], words, [eos]])
+        if token_after_eos and row == 1:
+            tokens = np.concatenate([[0], words[:-1], [eos], words[-1:]])
+        ids[row, :n] = tokens
         mask[row, :n] = 1
     return images, ids, mask
 
 
-def hf_outputs(model, images, ids, mask):
-    """(image embeddings, text embeddings, logits_per_text) of a transformers CLIP / SigLIP."""
+def hf_outputs(model, images, ids, mask, pixels=((0.5,) * 3, (0.5,) * 3), use_mask=True):
+    """(image embeddings, text embeddings, logits_per_text) of a transformers CLIP / SigLIP given
+    vlpjax's [-1, 1] images, normalised as the HF model expects (`pixels`: its mean and std)."""
+    mean, std = (np.asarray(v, np.float32) for v in pixels)
+    pixel_values = ((images + 1) / 2 - mean) / std
     with torch.no_grad():
         out = model(
             input_ids=torch.tensor(ids),
-            attention_mask=torch.tensor(mask),
-            pixel_values=torch.tensor(images.transpose(0, 3, 1, 2)),
+            attention_mask=torch.tensor(mask) if use_mask else None,
+            pixel_values=torch.tensor(pixel_values.transpose(0, 3, 1, 2)),
         )
     return out.image_embeds.numpy(), out.text_embeds.numpy(), out.logits_per_text.numpy()
 
@@ -77,11 +88,26 @@ def vlpjax_outputs(model, images, ids, mask):
 
 
 def tiny_bert(path, vocab_size, **overrides):
-    """albef_shapes:tiny's text tower as a transformers BertModel."""
+    """albef_shapes:tiny's text tower as a transformers BertModel, with a WordPiece tokenizer of
+    `vocab_size` ids."""
     fields = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
     config = transformers.BertConfig(vocab_size=vocab_size, max_position_embeddings=32, **{**fields, **overrides})
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(path)
+    _word_piece(path, vocab_size)
+
+
+def _word_piece(path, vocab_size):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate(specials + [f"w{i}" for i in range(vocab_size - len(specials))])}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer.save(os.path.join(str(path), "tokenizer.json"))
 
 
 def tiny_clip_vision(path):

@@ -16,7 +16,9 @@ TOL = 1e-4
 
 def _assert_same_outputs(reference, model, **input_args):
     images, ids, mask = hf_tiny.inputs(**input_args)
-    want = hf_tiny.hf_outputs(reference, images, ids, mask)
+    pixels = (model.img.config.pixel_mean, model.img.config.pixel_std)
+    use_mask = model.txt.config.mask_padding
+    want = hf_tiny.hf_outputs(reference, images, ids, mask, pixels, use_mask)
     got = hf_tiny.vlpjax_outputs(model, images, ids, mask)
     for name, w, g in zip(("image embeddings", "text embeddings", "logits"), want, got, strict=True):
         assert np.max(np.abs(w - g)) <= TOL, (name, np.max(np.abs(w - g)))
@@ -71,4 +73,17 @@ def test_a_clip_scale_above_the_cap_is_refused(tmp_path):
         reference.logit_scale.fill_(math.log(200.0))
     reference.save_pretrained(tmp_path)
     with pytest.raises(InvalidInput, match="logit_scale=5.2983 exceeds log"):
+        load_dual_encoder(str(tmp_path))
+
+
+def test_odd_sizes_and_broken_files_are_named(tmp_path):
+    hf_tiny.tiny_clip(tmp_path)
+    config_file = tmp_path / "config.json"
+    config = json.loads(config_file.read_text())
+    config["vision_config"]["image_size"] = 40  # 40 px do not tile into 16 px patches
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(InvalidInput, match=r"image_size=40: not a multiple of patch_size=16"):
+        load_dual_encoder(str(tmp_path))
+    config_file.write_text("{not json")
+    with pytest.raises(InvalidInput, match="config.json is not valid JSON"):
         load_dual_encoder(str(tmp_path))

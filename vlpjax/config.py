@@ -136,9 +136,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def _resolve_hf_towers(config: ml_collections.ConfigDict) -> None:
-    """Towers of kind 'hf' take their shape from their init.hf directory (README, Import and export)."""
+    """init.hf directories fix their towers' shape (kind 'hf') and pixel normalisation (README,
+    Import and export)."""
+    hf = config.get("init", {}).get("hf") or {}
     towers = [config.model.get(slot) for slot in ("image", "text")]
-    if any(isinstance(t, ml_collections.ConfigDict) and t.get("kind") == "hf" for t in towers):
+    if any(hf.values()) or any(isinstance(t, ml_collections.ConfigDict) and t.get("kind") == "hf" for t in towers):
         from vlpjax.train.hf_init import resolve_hf_towers  # reads config.json files: only when asked
 
         resolve_hf_towers(config)

@@ -14,6 +14,7 @@ Three things per model type, each written once:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Iterable, Iterator
@@ -77,8 +78,42 @@ _DEFAULTS = {
     ),
 }  # fmt: skip
 
+# In an exported SigLIP text_config: whether the tower masks padded keys (transformers then needs
+# the attention_mask); SigLIP's own checkpoints do not (pad to max_position_embeddings, no mask).
+MASK_FIELD = "vlpjax_mask_padding"
+
 # Our activation names -> the name transformers' ACT2FN gives the same function.
 _HF_ACTIVATION = {"gelu_tanh": "gelu_pytorch_tanh"}
+
+
+# transformers' image processors' defaults: OpenAI's statistics for CLIP, 0.5 for SigLIP and ViT.
+_PIXEL_STATS = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "siglip": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "vit": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+PREPROCESSOR_FILE = "preprocessor_config.json"
+
+
+def pixel_stats(path: str, family: str) -> tuple[tuple, tuple]:
+    """(mean, std) the vision tower of `path` was trained with: its preprocessor_config.json,
+    else the family's transformers default. vlpjax converts its own inputs to them (ViT's
+    pixel_mean / pixel_std), so the tower sees what it was trained on."""
+    file = os.path.join(path, PREPROCESSOR_FILE)
+    if not os.path.isfile(file):
+        return _PIXEL_STATS[family]
+    try:
+        with open(file) as f:
+            processor = json.load(f)
+    except ValueError as err:
+        raise InvalidInput(f"{file} is not valid JSON: {err}") from None
+    if not processor.get("do_normalize", True) or abs(processor.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+        raise InvalidInput(f"{file}: only rescale_factor=1/255 with do_normalize=true is supported")
+    default_mean, default_std = _PIXEL_STATS[family]
+    mean, std = processor.get("image_mean", default_mean), processor.get("image_std", default_std)
+    if len(mean) != 3 or len(std) != 3:
+        raise InvalidInput(f"{file}: image_mean and image_std need 3 values, got {mean} and {std}")
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 class HFConfig:
@@ -95,6 +130,11 @@ class HFConfig:
         if not ok:
             raise InvalidInput(f"{self.where}: {field}={self[field]!r}: {message}")
 
+    def integer(self, field: str) -> int:
+        value = self[field]
+        self.require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field, "not a size")
+        return value
+
 
 def read_hf(path: str) -> tuple[dict, str, str, str]:
     """(config.json, family, what it holds, where) of a local HF directory of a known type."""
@@ -110,8 +150,11 @@ def tower_config(config: dict, family: str, holds: str, tower: str, where: str) 
     """The vision or text part of a config.json (a whole model nests them)."""
     if holds not in ("both", tower):
         raise InvalidInput(f"{where}: a {config.get('model_type')} directory has no {tower} tower")
-    values = config.get(f"{tower}_config") or {} if holds == "both" else config
-    return HFConfig(values, family, tower, f"{where} ({tower}_config)" if holds == "both" else where)
+    if holds != "both":
+        return HFConfig(config, family, tower, where)
+    # transformers lets an old-style `<tower>_config_dict` override `<tower>_config`.
+    values = {**(config.get(f"{tower}_config") or {}), **(config.get(f"{tower}_config_dict") or {})}
+    return HFConfig(values, family, tower, f"{where} ({tower}_config)")
 
 
 # --- specs: HF config -> vlpjax config ----------------------------------------------------
@@ -123,14 +166,34 @@ def _activation(cfg: HFConfig) -> str:
     return ours
 
 
-def vision_spec(cfg: HFConfig, family: str) -> dict:
+def _widths(cfg: HFConfig) -> dict:
+    """The sizes every tower has, checked: whole numbers, heads that divide the width."""
+    sizes = {f: cfg.integer(f) for f in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
+    cfg.require(
+        sizes["hidden_size"] % sizes["num_attention_heads"] == 0,
+        "hidden_size",
+        f"not divisible by num_attention_heads={sizes['num_attention_heads']}",
+    )
+    return dict(
+        width=sizes["hidden_size"],
+        depth=sizes["num_hidden_layers"],
+        num_heads=sizes["num_attention_heads"],
+        mlp_dim=cfg.integer("intermediate_size"),
+        act=_activation(cfg),
+        eps=float(cfg["layer_norm_eps"]),
+    )
+
+
+def vision_spec(cfg: HFConfig, family: str, pixels: tuple = _PIXEL_STATS["siglip"]) -> dict:
     """The `model.image` spec of the HF vision tower: CLIP (class token, pre-LN, no patch bias),
-    SigLIP (MAP head) or ViTModel (class token, patch bias)."""
+    SigLIP (MAP head) or ViTModel (class token, patch bias). `pixels`: its (mean, std)."""
     cfg.require(cfg["num_channels"] == 3, "num_channels", "only RGB images are supported")
     if family == "siglip":
         cfg.require(cfg["vision_use_head"], "vision_use_head", "without its MAP head SigLIP has no pooled output")
     if family == "vit":
         cfg.require(cfg["qkv_bias"], "qkv_bias", "attention projections without bias are not supported")
+    image_size, patch = cfg.integer("image_size"), cfg.integer("patch_size")
+    cfg.require(image_size % patch == 0, "image_size", f"not a multiple of patch_size={patch}")
     layout = {
         "clip": dict(pool="cls", ln_pre=True, patch_bias=False, cls_posemb=True),
         "siglip": dict(pool="map", ln_pre=False, patch_bias=True, cls_posemb=False),
@@ -138,15 +201,12 @@ def vision_spec(cfg: HFConfig, family: str) -> dict:
     }[family]
     return dict(
         kind="vit",
-        variant=f"x/{cfg['patch_size']}",
-        width=cfg["hidden_size"],
-        depth=cfg["num_hidden_layers"],
-        mlp_dim=cfg["intermediate_size"],
-        num_heads=cfg["num_attention_heads"],
-        image_size=cfg["image_size"],
+        variant=f"x/{patch}",
+        image_size=image_size,
         posemb="learn",
-        act=_activation(cfg),
-        eps=float(cfg["layer_norm_eps"]),
+        pixel_mean=pixels[0],
+        pixel_std=pixels[1],
+        **_widths(cfg),
         **layout,
     )
 
@@ -158,28 +218,26 @@ def text_spec(cfg: HFConfig, family: str) -> dict:
         eos = cfg["eos_token_id"]
         # transformers keeps CLIP's old rule (the largest id is the EOS) for eos_token_id=2.
         pooling = dict(kind="causal", pool="argmax") if eos == 2 else dict(kind="causal", pool="eos", eos_id=eos)
-    else:
-        pooling = dict(kind="bidirectional", pool="last")
+    else:  # SigLIP was trained on texts padded to max_position_embeddings, with no mask; vlpjax
+        # exports of towers trained with masks say so in a field transformers ignores.
+        pooling = dict(kind="bidirectional", pool="last", mask_padding=bool(cfg.values.get(MASK_FIELD, False)))
     return dict(
-        vocab_size=cfg["vocab_size"],
-        width=cfg["hidden_size"],
-        depth=cfg["num_hidden_layers"],
-        num_heads=cfg["num_attention_heads"],
-        mlp_dim=cfg["intermediate_size"],
-        max_len=cfg["max_position_embeddings"],
-        act=_activation(cfg),
-        eps=float(cfg["layer_norm_eps"]),
+        vocab_size=cfg.integer("vocab_size"),
+        max_len=cfg.integer("max_position_embeddings"),
+        **_widths(cfg),
         **pooling,
     )
 
 
-def dual_encoder_spec(config: dict, family: str, where: str) -> dict:
+def dual_encoder_spec(config: dict, family: str, where: str, pixels: tuple = _PIXEL_STATS["siglip"]) -> dict:
     """The `model` spec (without the family) of a whole CLIPModel or SiglipModel."""
     vision = tower_config(config, family, "both", "vision", where)
     text = tower_config(config, family, "both", "text", where)
-    image_spec, txt_spec = vision_spec(vision, family), text_spec(text, family)
+    image_spec, txt_spec = vision_spec(vision, family, pixels), text_spec(text, family)
     if family == "clip":
-        embed_dim = config.get("projection_dim", 512)
+        embed_dim = config.get("projection_dim") or 512
+        if not isinstance(embed_dim, int):
+            raise InvalidInput(f"{where}: projection_dim={embed_dim!r} is not a size")
         return dict(image=image_spec, text=txt_spec, embed_dim=embed_dim, contrastive="softmax")
     embed_dim = image_spec["width"]  # SigLIP: the MAP head's output is the image embedding
     text.require(
@@ -328,7 +386,7 @@ def load_dual_encoder(path: str, *, dtype: str = "float32", seed: int = 0, **swi
     config, family, holds, where = read_hf(path)
     if holds != "both" or family == "vit":
         raise InvalidInput(f"{where}: model_type={config['model_type']!r} is not a whole CLIPModel or SiglipModel")
-    spec = dual_encoder_spec(config, family, where)
+    spec = dual_encoder_spec(config, family, where, pixel_stats(path, family))
     towers = {"dtype": dtype, **switches}
     model = build_dual_encoder(
         {**spec, "image": {**spec["image"], **towers}, "text": {**spec["text"], **towers}}, rngs=nnx.Rngs(seed)
@@ -368,15 +426,17 @@ def _clip_eos(pool: str, eos_id: int | None, sep_id: int | None) -> int:
     """The eos_token_id that makes transformers pool where the vlpjax tower pools."""
     if pool == "argmax":
         return 2  # transformers' switch to the largest-id rule
-    target = eos_id if pool == "eos" else sep_id
     _refuse(
         pool in ("eos", "last_real"),
         "model.text.pool",
         f"CLIP pools at an EOS token; {pool!r} is not representable",
     )
-    _refuse(target is not None, "model.text.pool", "'last_real' exports with the tokenizer's [SEP] as EOS: none given")
-    _refuse(target != 2, "model.text.eos_id", "transformers reads eos_token_id=2 as the old largest-id rule")
-    return int(target)
+    if pool == "eos":
+        _refuse(eos_id != 2, "model.text.eos_id", "transformers reads eos_token_id=2 as the old largest-id rule")
+        return int(eos_id)
+    _refuse(sep_id is not None, "model.text.pool", "'last_real' exports with the tokenizer's [SEP] as EOS: none given")
+    _refuse(sep_id != 2, "data.tokenizer", "its [SEP] has id 2, which transformers reads as the old largest-id rule")
+    return int(sep_id)
 
 
 def _text_config_to_hf(txt: TextTransformer, family: str, special: dict) -> dict:
@@ -393,7 +453,7 @@ def _text_config_to_hf(txt: TextTransformer, family: str, special: dict) -> dict
         return {"model_type": "clip_text_model", **values, "eos_token_id": eos}
     _refuse(not c.causal, "model.text.kind", "SigLIP's text tower is bidirectional ('bidirectional')")
     _refuse(c.pool == "last", "model.text.pool", f"SigLIP pools the last position ('last'), not {c.pool!r}")
-    return {"model_type": "siglip_text_model", **values}
+    return {"model_type": "siglip_text_model", **values, MASK_FIELD: c.mask_padding}
 
 
 def dual_encoder_config_to_hf(model: DualEncoder, special: dict) -> tuple[str, dict]:
@@ -465,7 +525,8 @@ def folded_values(model: DualEncoder, family: str) -> dict[tuple, np.ndarray]:
 def dual_encoder_tensors(model: DualEncoder, special: dict) -> tuple[dict, dict[str, np.ndarray]]:
     """(config.json, tensors) of the HF CLIPModel / SiglipModel equal to `model`."""
     family, hf_config = dual_encoder_config_to_hf(model, special)
-    spec = dual_encoder_spec(hf_config, family, "exported config")
+    pixels = (model.img.config.pixel_mean, model.img.config.pixel_std)
+    spec = dual_encoder_spec(hf_config, family, "exported config", pixels)
     folded = folded_values(model, family)
 
     def value(path: tuple) -> np.ndarray:

@@ -18,9 +18,10 @@ PIXEL_MEAN = (0.5, 0.5, 0.5)  # of pixels / 255
 PIXEL_STD = (0.5, 0.5, 0.5)
 
 
-def image_processor_config(image_size: int, hf_config: dict) -> dict:
+def image_processor_config(image_size: int, hf_config: dict, mean=PIXEL_MEAN, std=PIXEL_STD) -> dict:
     """preprocessor_config.json for transformers' CLIP / SigLIP image processor: resize to the
-    square size, rescale by 1/255, normalise with mean = std = 0.5 (what vlpjax does)."""
+    square size, rescale by 1/255, normalise with the tower's mean and std (vlpjax's 0.5, or
+    those of the checkpoint it was imported from: its ViT converts [-1, 1] pixels to them)."""
     processor = "CLIPImageProcessor" if hf_config["model_type"] == "clip" else "SiglipImageProcessor"
     return dict(
         image_processor_type=processor,
@@ -30,8 +31,8 @@ def image_processor_config(image_size: int, hf_config: dict) -> dict:
         do_rescale=True,
         rescale_factor=1 / 255,
         do_normalize=True,
-        image_mean=list(PIXEL_MEAN),
-        image_std=list(PIXEL_STD),
+        image_mean=list(mean),
+        image_std=list(std),
         do_convert_rgb=True,
     )
 

@@ -23,8 +23,14 @@ def read_config(path: str) -> dict:
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"no config.json in {path!r}: expected a Hugging Face model directory")
-    with open(config_path) as f:
-        return json.load(f)
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except ValueError as err:
+        raise InvalidInput(f"{config_path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise InvalidInput(f"{config_path} does not hold a JSON object")
+    return config
 
 
 class UnsafeShardPath(UserError, ValueError):
@@ -47,8 +53,11 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     if os.path.isfile(single):
         return load_file(single)
     if os.path.isfile(index):
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise InvalidInput(f"{index} is not a safetensors index: it needs a 'weight_map' object") from None
         tensors: dict[str, np.ndarray] = {}
         for shard in shards:
             tensors.update(load_file(shard_path(path, shard, index)))

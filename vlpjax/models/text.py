@@ -162,6 +162,9 @@ class TextTransformerConfig:
     causal: bool = True  # CLIP's text tower; SigLIP's is bidirectional
     pool: str = "last_real"
     eos_id: int | None = None  # pool='eos'
+    # False: padded positions are attended to like tokens (SigLIP was trained on texts padded to
+    # its full length, without a mask); the embedding then depends on the pad id and the length.
+    mask_padding: bool = True
     eps: float = 1e-5
     dtype: str = "float32"
     attention: str = "xla"
@@ -216,7 +219,8 @@ class TextTransformer(nnx.Module):
             text_mask = jnp.ones_like(text_ids)
         x = (self.token_embed(text_ids) + self.pos_embed[:length][None]).astype(jnp.dtype(self.config.dtype))
         c = self.config
-        mask = Mask(keys=text_mask.astype(bool), causal=c.causal)
+        keys = text_mask.astype(bool) if c.mask_padding else jnp.ones(text_ids.shape, bool)
+        mask = Mask(keys=keys, causal=c.causal)
         x = run_stack(self.blocks, x, lambda block, x: block(x, mask=mask), remat=c.remat, scan=c.scan_layers)
         return self.ln_final(x)
 

@@ -25,6 +25,7 @@ VIT_WIDTHS = {
     "H": (1280, 32, 5120, 16),
 }
 POOLINGS = ("cls", "gap", "map")
+PIXEL_STATS = (0.5, 0.5, 0.5)  # vlpjax's input: pixels / 127.5 - 1
 POSEMBS = ("learn", "sincos2d")
 
 
@@ -43,6 +44,10 @@ class ViTConfig:
     ln_pre: bool = False  # CLIP: a LayerNorm on the embedded tokens, before the first block
     patch_bias: bool = True  # CLIP's patch embedding has no bias
     cls_posemb: bool = False  # CLIP: the class token has a position embedding of its own
+    # The pixel normalisation the weights were trained with, (pixels / 255 - mean) / std. vlpjax
+    # feeds mean = std = 0.5 (pixels / 127.5 - 1); other values (CLIP's) are converted to first.
+    pixel_mean: tuple = PIXEL_STATS
+    pixel_std: tuple = PIXEL_STATS
     dtype: str = "float32"
     attention: str = "xla"  # the scale switches: see vlpjax.models.attention and .stack
     remat: str = "none"
@@ -57,6 +62,11 @@ class ViTConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the patch size {self.patch}")
         if self.cls_posemb and (self.pool != "cls" or self.posemb != "learn"):
             raise ValueError("ViT cls_posemb=True needs pool='cls' and posemb='learn'")
+        for name in ("pixel_mean", "pixel_std"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 3:
+                raise ValueError(f"ViT {name} needs 3 values (R, G, B), got {value}")
+            object.__setattr__(self, name, value)  # a tuple whatever the config gave
 
     @property
     def grid(self) -> int:
@@ -154,10 +164,18 @@ class ViT(nnx.Module):
             )
         return self.pos_embed[...]
 
+    def _renormalised(self, image: jax.Array) -> jax.Array:
+        """vlpjax's [-1, 1] pixels in the normalisation the weights expect (CLIP's mean and std)."""
+        c = self.config
+        if c.pixel_mean == PIXEL_STATS and c.pixel_std == PIXEL_STATS:
+            return image
+        mean, std = jnp.asarray(c.pixel_mean, jnp.float32), jnp.asarray(c.pixel_std, jnp.float32)
+        return ((image.astype(jnp.float32) + 1.0) / 2.0 - mean) / std
+
     def __call__(self, image: jax.Array) -> Encoded:
         """image [B,H,W,3] float -> Encoded(tokens [B,T,D], pooled [B,D], mask [B,T])."""
         c = self.config
-        x = self.patch_embed(image.astype(jnp.dtype(c.dtype)))
+        x = self.patch_embed(self._renormalised(image).astype(jnp.dtype(c.dtype)))
         b, gh, gw, d = x.shape
         x = x.reshape(b, gh * gw, d)
         if c.pool == "cls":  # CLIP embeds the class token's position too (cls_posemb)

@@ -253,20 +253,33 @@ def init_sharded(config: ml_collections.ConfigDict, vocab_size: int, num_answers
     def build():
         return split_model(build_model(config.model, vocab_size, config.seed, num_answers), frozen_rules)
 
-    graphdef, abstract_params, abstract_frozen = split_model(
-        nnx.eval_shape(lambda: build_model(config.model, vocab_size, config.seed, num_answers)), frozen_rules
-    )
+    try:  # the first build: a field the model's config classes reject is the user's to fix
+        abstract = nnx.eval_shape(lambda: build_model(config.model, vocab_size, config.seed, num_answers))
+    except (ValueError, TypeError) as err:
+        raise InvalidInput(f"the model config is invalid: {err}") from err
+    graphdef, abstract_params, abstract_frozen = split_model(abstract, frozen_rules)
     shardings = (state_shardings(abstract_params, mesh), state_shardings(abstract_frozen, mesh))
     params, frozen = jax.jit(lambda: build()[1:], out_shardings=shardings)()
     return graphdef, params, frozen, shardings
 
 
-def create_run(config: ml_collections.ConfigDict, vocab_size: int, num_answers: int = 0) -> Run:
-    hf_towers = check_hf_towers(config, vocab_size)  # shapes checked before anything is built
+def create_run(
+    config: ml_collections.ConfigDict,
+    vocab_size: int,
+    num_answers: int = 0,
+    *,
+    sep_id: int | None = None,
+    load_init: bool = True,
+) -> Run:
+    """The run's model, optimizer and state. `load_init`: load init.checkpoint and init.hf (a
+    restored run skips them: its checkpoint holds every weight). `sep_id`: the tokenizer's [SEP],
+    where a causal text tower pools (init.hf compares it with a checkpoint's EOS)."""
+    hf_sources = check_hf_towers(config, vocab_size, sep_id) if load_init else []  # before anything is built
     mesh = make_mesh(**config.mesh)
     graphdef, params, frozen, (param_spec, frozen_spec) = init_sharded(config, vocab_size, num_answers, mesh)
-    params, frozen = load_pretrained(params, frozen, config.init)
-    params, frozen = load_hf_towers(params, frozen, hf_towers)
+    if load_init:
+        params, frozen = load_pretrained(params, frozen, config.init)
+        params, frozen = load_hf_towers(params, frozen, hf_sources)
     tx = make_optimizer(config.optim, config.rules, params, config.train.steps)
     replicated = NamedSharding(mesh, P())
     params = jax.device_put(params, param_spec)  # loaded (init.checkpoint, init.hf) leaves come in whole

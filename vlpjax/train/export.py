@@ -133,7 +133,9 @@ def _hf_dual_encoder(model, data, config, options):
     def write(staging: str) -> None:
         save_hf_directory(staging, hf_config, tensors)
         save_tokenizer(staging, data.tokenizer, config.data.text_len)
-        _write_json(staging, PREPROCESSOR_FILE, image_processor_config(config.data.image_size, hf_config))
+        vit = model.img.config
+        processor = image_processor_config(config.data.image_size, hf_config, vit.pixel_mean, vit.pixel_std)
+        _write_json(staging, PREPROCESSOR_FILE, processor)
 
     return write
 
