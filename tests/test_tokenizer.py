@@ -77,3 +77,17 @@ def test_flamingo_sequences_and_prompts_keep_a_token_whose_id_is_zero(tmp_path):
     vqa_eval(generate, tests, shots, image_size=8, batch_size=1, max_new_tokens=3)
     question = [7, 5, 6, 8]  # "question how many answer"
     assert generate.prompts == [[image, *question, 9, 0, end, image, *question]]
+
+
+def test_a_tokenizer_directory_names_its_pad_token(tmp_path):
+    """SigLIP's vocabulary has a "<pad>", but its tokenizer_config.json pads with "</s>"."""
+    import json
+
+    word_tokenizer(tmp_path, WORDS + ["<pad>", "</s>"])
+    assert TextTokenizer(str(tmp_path)).fill_id == 11  # no tokenizer_config.json: the vocabulary's <pad>
+    for pad in ("</s>", {"content": "</s>", "special": True}):
+        (tmp_path / "tokenizer_config.json").write_text(json.dumps({"pad_token": pad}))
+        tokenizer = TextTokenizer(str(tmp_path))
+        assert tokenizer.fill_id == tokenizer.pad_id == 12
+        ids, mask = tokenizer(["a red"], 4)
+        assert ids[0].tolist() == [2, 3, 12, 12] and mask[0].tolist() == [True, True, False, False]

@@ -6,6 +6,7 @@ of a fixed length with [CLS] ... [SEP] around the text (so the causal tower pool
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Iterable, Sequence
 
@@ -59,6 +60,21 @@ def _hf_fast_tokenizer(path: str):
     return hf.backend_tokenizer
 
 
+def _configured_pad(path: str) -> tuple[str, ...]:
+    """The pad token a tokenizer directory's tokenizer_config.json names, if any."""
+    file = os.path.join(path, "tokenizer_config.json")
+    if not os.path.isfile(file):
+        return ()
+    try:
+        with open(file) as f:
+            pad = json.load(f).get("pad_token")
+    except (ValueError, AttributeError):
+        raise InvalidInput(f"{file} is not a JSON object") from None
+    if isinstance(pad, dict):
+        pad = pad.get("content")
+    return (pad,) if isinstance(pad, str) else ()
+
+
 class TextTokenizer:
     """Strings -> (ids [N, L] int32, mask [N, L] bool), truncated and right-padded; the mask
     is True on the tokens the tokenizer produced."""
@@ -75,7 +91,9 @@ class TextTokenizer:
             raise FileNotFoundError(
                 f"no tokenizer at {path!r}: expected a tokenizer.json or a Hugging Face tokenizer directory"
             )
-        self.pad_id = self._id("[PAD]", "<pad>", default=None)  # None: the tokenizer has no pad token
+        # None: the tokenizer has no pad token. A directory's tokenizer_config.json names it where
+        # the vocabulary's own "<pad>" is not what the model was trained with (SigLIP pads with "</s>").
+        self.pad_id = self._id(*_configured_pad(path), "[PAD]", "<pad>", default=None)
         # The id written into padded slots. Any id would do: masks, never ids, say which slots
         # are real (GPT-2 has no pad token and its id 0 is "!").
         self.fill_id = 0 if self.pad_id is None else self.pad_id
