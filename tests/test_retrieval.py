@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from vlpjax.evaluate.report import top_k_order, top_k_png
-from vlpjax.evaluate.retrieval import recall_at_k, reranked_retrieval_metrics, reranked_similarity, retrieval_metrics
+from vlpjax.evaluate.retrieval import (
+    recall_at_k,
+    recall_at_k_sets,
+    reranked_retrieval_metrics,
+    reranked_similarity,
+    retrieval_metrics,
+)
 from vlpjax.evaluate.zero_shot import zero_shot_accuracy
 
 N = 20
@@ -108,3 +114,35 @@ def test_top_k_png_does_not_show_a_tied_target_first(tmp_path):
     images = np.zeros((7, 8, 8, 3), np.float32)
     top_k_png(str(tmp_path / "top.png"), ["a caption"], scores[None], images, [0], k=5)
     assert (tmp_path / "top.png").stat().st_size > 0
+
+
+def test_several_captions_per_image_by_hand():
+    """3 images x 2 captions (0, 1 -> image 0; 2, 3 -> 1; 4, 5 -> 2). With identity image
+    embeddings the similarity is the caption rows below."""
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.0],  # image 0 first: hit
+            [0.2, 0.8, 0.1],  # image 0 second
+            [0.1, 0.7, 0.3],  # image 1 first: hit
+            [0.6, 0.5, 0.0],  # image 1 second
+            [0.0, 0.2, 0.25],  # image 2 first: hit
+            [0.3, 0.1, 0.35],  # image 2 first: hit
+        ]
+    )
+    metrics = retrieval_metrics(np.eye(3), sim, caption_image=np.array([0, 0, 1, 1, 2, 2]))
+    # t2i: every caption ranks the 3 images; 4 of 6 find theirs first, all within 5.
+    assert metrics["retrieval/t2i_r1"] == pytest.approx(4 / 6) and metrics["retrieval/t2i_r5"] == 1.0
+    # i2t: image 0's column is led by its t0 (0.9); image 1's by t1 (0.8, image 0's) with its own
+    # t2 second; image 2's by its *second* caption t5 (0.35; its first, t4, is third): a hit.
+    assert metrics["retrieval/i2t_r1"] == pytest.approx(2 / 3) and metrics["retrieval/i2t_r5"] == 1.0
+    assert recall_at_k_sets(sim.T, np.eye(3)[[0, 0, 1, 1, 2, 2]].T.astype(bool), ks=(2,)) == {2: 1.0}
+
+
+def test_tied_captions_give_chance_level():
+    """Constant scores: each image's 2 captions lie at random among 6, so R@1 = 1 - C(5,2)/C(6,2)."""
+    relevant = np.eye(3, dtype=bool)[[0, 0, 1, 1, 2, 2]].T  # [images, captions]
+    result = recall_at_k_sets(np.zeros((3, 6)), relevant, ks=(1, 2, 5))
+    assert result[1] == pytest.approx(1 - 10 / 15) and result[2] == pytest.approx(1 - 6 / 15)
+    assert result[5] == pytest.approx(1.0)
+    relevant_nan = np.where(relevant, np.nan, 0.0)  # the relevant captions score NaN: never a hit
+    assert recall_at_k_sets(relevant_nan, relevant, ks=(1, 5)) == {1: 0.0, 5: 0.0}

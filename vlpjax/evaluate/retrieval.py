@@ -8,40 +8,66 @@ KS = (1, 5, 10)
 
 
 def recall_at_k(similarity: np.ndarray, targets: np.ndarray, ks=KS) -> dict[int, float]:
-    """similarity [Q, N], targets [Q]: fraction of queries whose target ranks within the top k.
+    """similarity [Q, N], targets [Q]: fraction of queries whose target ranks within the top k
+    (`recall_at_k_sets` with one relevant candidate per query)."""
+    sim = np.asarray(similarity)
+    relevant = np.zeros(sim.shape, bool)
+    relevant[np.arange(len(targets)), targets] = True
+    return recall_at_k_sets(sim, relevant, ks)
 
-    A broken model must not score well, so nothing about the scores may favour the target:
-    - a tie is broken at random, and the query counts the expected hit: with `g` candidates
-      strictly above the target and `t` tied with it, the target lies at each of ranks g .. g+t
-      with equal chance (constant scores give exactly k/N);
-    - a non-finite score (NaN, +-inf) ranks last: a query whose target scores so is a miss at
-      every k, and a non-finite candidate neither beats nor ties a finite target.
+
+def recall_at_k_sets(similarity: np.ndarray, relevant: np.ndarray, ks=KS) -> dict[int, float]:
+    """similarity [Q, N], relevant [Q, N] bool: the fraction of queries with at least one
+    relevant candidate in the top k (COCO / Flickr image->text: any of the image's captions).
+
+    A broken model must not score well, so nothing about the scores may favour a relevant one:
+    - ties are broken at random and the query counts the expected hit: with `g` irrelevant
+      candidates strictly above its best relevant score, `t` tied with it and `m` relevant ones
+      at it, the `m` lie at random among ranks g .. g+t+m-1 (constant scores give chance level);
+    - a non-finite score (NaN, +-inf) ranks last: a relevant candidate scored so never counts,
+      and a non-finite candidate neither beats nor ties a finite relevant one.
     """
     sim = np.asarray(similarity)
-    rows = np.arange(len(targets))
-    target_scores = sim[rows, targets]
-    others = np.isfinite(sim)
-    others[rows, targets] = False
+    relevant = np.asarray(relevant, bool)
+    finite = np.isfinite(sim)
+    scored = relevant & finite
+    best = np.max(np.where(scored, sim, -np.inf), axis=1)
+    has_best = scored.any(axis=1)
     with np.errstate(invalid="ignore"):
-        above = np.sum(others & (sim > target_scores[:, None]), axis=1)
-        tied = np.sum(others & (sim == target_scores[:, None]), axis=1)
-    finite_target = np.isfinite(target_scores)
+        above = np.sum(finite & ~relevant & (sim > best[:, None]), axis=1)
+        tied = np.sum(finite & ~relevant & (sim == best[:, None]), axis=1)
+        at_best = np.sum(scored & (sim == best[:, None]), axis=1)
+    slots = tied + at_best  # the ranks the tied group shares, from `above` on
     out = {}
     for k in ks:
-        hit = np.clip((k - above) / (tied + 1), 0.0, 1.0)
-        out[k] = float(np.mean(np.where(finite_target, hit, 0.0)))
+        within = np.clip(k - above, 0, slots)  # how many of the group's ranks fall in the top k
+        out[k] = float(np.mean(np.where(has_best, 1.0 - _all_outside(slots, within, at_best), 0.0)))
     return out
 
 
-def retrieval_metrics(img_emb: np.ndarray, txt_emb: np.ndarray, prefix: str = "retrieval") -> dict[str, float]:
-    """Paired embeddings (caption i describes image i) -> R@1/5/10 for i2t and t2i."""
+def _all_outside(slots: np.ndarray, within: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+    """P(none of `chosen` random ranks among `slots` falls in the first `within`):
+    C(slots - within, chosen) / C(slots, chosen), as a product over the chosen ranks."""
+    chance = np.ones(slots.shape)
+    for i in range(int(chosen.max(initial=0))):
+        step = np.clip(slots - within - i, 0, None) / np.maximum(slots - i, 1)
+        chance = np.where(i < chosen, chance * step, chance)
+    return chance
+
+
+def retrieval_metrics(
+    img_emb: np.ndarray, txt_emb: np.ndarray, prefix: str = "retrieval", caption_image: np.ndarray | None = None
+) -> dict[str, float]:
+    """R@1/5/10 for i2t and t2i. `caption_image[t]`: the image caption t describes (COCO and
+    Flickr have 5 per image); None: caption i describes image i. t2i ranks the images for every
+    caption; i2t counts a hit when any of the image's captions is in the top k."""
     sim = np.asarray(txt_emb, np.float32) @ np.asarray(img_emb, np.float32).T  # [texts, images]
-    targets = np.arange(sim.shape[0])
-    out = {}
-    for k, v in recall_at_k(sim, targets).items():
-        out[f"{prefix}/t2i_r{k}"] = v
-    for k, v in recall_at_k(sim.T, targets).items():
-        out[f"{prefix}/i2t_r{k}"] = v
+    owner = np.arange(sim.shape[0]) if caption_image is None else np.asarray(caption_image)
+    if owner.shape != (sim.shape[0],) or owner.min(initial=0) < 0 or owner.max(initial=0) >= sim.shape[1]:
+        raise ValueError(f"caption_image must name one of {sim.shape[1]} images for each of {sim.shape[0]} captions")
+    relevant = owner[:, None] == np.arange(sim.shape[1])[None, :]  # [texts, images]
+    out = {f"{prefix}/t2i_r{k}": v for k, v in recall_at_k_sets(sim, relevant).items()}
+    out.update({f"{prefix}/i2t_r{k}": v for k, v in recall_at_k_sets(sim.T, relevant.T).items()})
     return out
 
 
