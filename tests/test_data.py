@@ -287,3 +287,65 @@ def test_a_moved_folder_still_loads_its_newest_build(tmp_path, caplog):
     loaded = builders.load_builder("image_text_folder", data, path=str(folder))
     assert builders.dataset_dir(loaded) == builders.dataset_dir(built)
     assert "cannot read the manifest" in caplog.text
+
+
+def _split_folder(root, rows):
+    os.makedirs(root, exist_ok=True)
+    for i in range(6):
+        Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(root / f"a{i}.png")
+    with open(root / "manifest.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _split_images(builder) -> dict:
+    sources = builder.as_data_source()
+    return {name: sorted(s[i]["image_path"].decode() for i in range(len(s))) for name, s in sources.items()}
+
+
+def test_rows_that_name_a_split_keep_it_and_only_the_others_are_held_out(tmp_path):
+    rows = [
+        {"image": "a0.png", "captions": ["zero"], "split": "train"},
+        {"image": "a1.png", "captions": ["one"], "split": "train"},
+        {"image": "a2.png", "captions": ["two"], "split": "val"},
+        {"image": "a3.png", "captions": ["three"], "split": "test"},
+        {"image": "a3.png", "question": "which?", "answers": ["three"], "split": "test"},
+        {"image": "a4.png", "captions": ["four"]},
+        {"image": "a5.png", "captions": ["five"]},
+        {"image": "a5.png", "captions": ["five"], "split": "dev"},  # not a split: a bad row
+    ]
+    _split_folder(tmp_path / "f", rows)
+    builder = builders.build_image_text_folder(
+        str(tmp_path / "d"), str(tmp_path / "f"), test_fraction=0.5, max_bad_fraction=0.2
+    )
+    splits = _split_images(builder)
+    assert splits["val"] == ["a2.png"]
+    # Of the two images that name no split, one (round(2 * 0.5)) is held out at random.
+    held_out = [image for image in ("a4.png", "a5.png") if image in splits["test"]]
+    assert len(held_out) == 1 and "a3.png" in splits["test"] and len(splits["test"]) == 2
+    assert splits["train"] == sorted(["a0.png", "a1.png", *({"a4.png", "a5.png"} - set(held_out))])
+    with open(os.path.join(builders.dataset_dir(builder), "bad_rows.jsonl")) as f:
+        assert "'split' must be one of" in [json.loads(line) for line in f][1]["reason"]
+
+
+def test_rows_of_one_image_naming_different_splits_are_refused(tmp_path):
+    rows = [{"image": "a0.png", "captions": ["x"], "split": "train"}, {"image": "a0.png", "captions": ["y"]}]
+    _split_folder(tmp_path / "f", rows)
+    with pytest.raises(ValueError, match=r"image 'a0.png' is in split 'train' on manifest line 1 and None on line 2"):
+        builders.build_image_text_folder(str(tmp_path / "d"), str(tmp_path / "f"))
+
+
+def test_documents_keep_their_named_split(tmp_path):
+    root = tmp_path / "docs"
+    _split_folder(root, [])
+    docs = [
+        {"chunks": ["one", {"image": "a0.png"}, "a"], "split": "test"},
+        {"chunks": [{"image": "a1.png"}, "b"], "split": "train"},
+        {"chunks": [{"image": "a2.png"}, "c"], "split": "val"},
+    ]
+    with open(root / "documents.jsonl", "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    builder = builders.build_image_text_folder(str(tmp_path / "d"), str(root), kind="interleaved_folder")
+    sources = builder.as_data_source()
+    texts = {name: [list(map(bytes.decode, s[i]["texts"])) for i in range(len(s))] for name, s in sources.items()}
+    assert texts == {"train": [["", "b"]], "test": [["one", "a"]], "val": [["", "c"]]}

@@ -44,12 +44,19 @@ def _held_out(keys: list, fraction: float, seed: int) -> set:
     return {keys[i] for i in picked}
 
 
-def _train_test_splits(generate: Callable[[list], Iterator], items: list, in_test: Callable[[Any], bool]) -> dict:
-    test = [item for item in items if in_test(item)]
-    splits = {"train": generate([item for item in items if not in_test(item)])}
-    if test:  # TFDS rejects an empty split
-        splits["test"] = generate(test)
-    return splits
+def _named_splits(generate: Callable[[list], Iterator], items: list, split_of: Callable[[Any], str]) -> dict:
+    """train (always), val and test (where they have items: TFDS rejects an empty split)."""
+    by_split = {"train": []}
+    for item in items:
+        by_split.setdefault(split_of(item), []).append(item)
+    return {name: generate(members) for name, members in by_split.items() if members or name == "train"}
+
+
+def _official_or_held_out(keys: list, official: dict, fraction: float, seed: int) -> Callable[[Any], str]:
+    """split_of(key): the official split where one is named, else the seeded random hold-out
+    over the keys that name none."""
+    held_out = _held_out([k for k in keys if official.get(k) is None], fraction, seed)
+    return lambda key: official.get(key) or ("test" if key in held_out else "train")
 
 
 def _read_file(folder_path: str, relative: str) -> bytes:
@@ -187,9 +194,10 @@ class ImageTextFolder(tfds.core.GeneratorBasedBuilder):
             raise InvalidInput("image_text_folder needs a folder: use folder_config(path)")
         scan = self.scan_report = folder.scan_manifest(c.folder, c.manifest)
         folder.check_bad_fraction(scan, c.max_bad_fraction)
-        test_images = _held_out(sorted({row.image for row in scan.rows}), c.test_fraction, c.seed)
         grouped = folder.group_by_image(scan.rows)
-        return _train_test_splits(self._generate_examples, grouped, lambda group: group.image in test_images)
+        official = {group.image: group.split for group in grouped}
+        split_of = _official_or_held_out(sorted(official), official, c.test_fraction, c.seed)
+        return _named_splits(self._generate_examples, grouped, lambda group: split_of(group.image))
 
     def _generate_examples(self, groups: list[folder.ImageEntry]) -> Iterator[tuple[str, dict]]:
         for group in groups:
@@ -226,8 +234,9 @@ class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
         c = self.builder_config
         scan = self.scan_report = documents.scan_documents(c.folder, c.manifest)
         folder.check_bad_fraction(scan, c.max_bad_fraction)
-        test = _held_out(list(range(len(scan.rows))), c.test_fraction, c.seed)
-        return _train_test_splits(self._generate_examples, list(enumerate(scan.rows)), lambda doc: doc[0] in test)
+        official = {index: doc.split for index, doc in enumerate(scan.rows)}
+        split_of = _official_or_held_out(list(official), official, c.test_fraction, c.seed)
+        return _named_splits(self._generate_examples, list(enumerate(scan.rows)), lambda doc: split_of(doc[0]))
 
     def _generate_examples(self, docs) -> Iterator[tuple[int, dict]]:
         for index, doc in docs:

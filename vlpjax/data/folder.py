@@ -4,6 +4,11 @@ Manifest rows (one JSON object a line, paths relative to the folder):
 
     {"image": "cats/1.jpg", "captions": ["a cat on a mat", "a sleeping cat"]}
     {"image": "cats/1.jpg", "question": "what animal is this?", "answers": ["cat", "cat", "kitten"]}
+    {"image": "dogs/7.jpg", "captions": ["a dog"], "split": "test"}
+
+A row may name its split (train, val or test: an official split such as Karpathy's); all rows of
+an image must agree. Images whose rows name none are split at random (data build's test
+fraction).
 
 A row is bad when its JSON does not parse, its image is missing, cannot be decoded or lies
 outside the folder, or a caption / question / answer list is empty. Bad rows are skipped,
@@ -29,6 +34,9 @@ class TooManyBadRows(UserError, ValueError):
     """More rows are bad than data.max_bad_fraction allows."""
 
 
+SPLITS = ("train", "val", "test")
+
+
 @dataclasses.dataclass
 class Row:
     line: int
@@ -36,6 +44,7 @@ class Row:
     captions: list[str]
     question: str | None = None
     answers: list[str] | None = None
+    split: str | None = None  # an official split; None: the random hold-out decides
 
 
 @dataclasses.dataclass
@@ -66,6 +75,7 @@ class ImageEntry:
     captions: list[str]
     questions: list[str]
     answers: list[list[str]]
+    split: str | None = None
 
 
 def _inside(root: str, relative: str) -> bool:
@@ -101,18 +111,27 @@ def check_image(root: str, image: str, decodable: dict[str, bool]) -> None:
         raise ValueError("image cannot be decoded")
 
 
+def row_split(record: dict) -> str | None:
+    """The row's official split, if it names one."""
+    split = record.get("split")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"'split' must be one of {SPLITS}, got {split!r}")
+    return split
+
+
 def _parse(line_no: int, text: str, root: str, decodable: dict[str, bool]) -> Row:
     record = json.loads(text)
     if not isinstance(record, dict) or not isinstance(record.get("image"), str):
         raise ValueError("row needs an 'image' path")
     image = record["image"]
+    split = row_split(record)
     check_image(root, image, decodable)
     if "question" in record:
         question = record["question"]
         if not isinstance(question, str) or not question.strip():
             raise ValueError("empty question")
-        return Row(line_no, image, [], question.strip(), _strings(record.get("answers"), "answers"))
-    return Row(line_no, image, _strings(record.get("captions"), "captions"))
+        return Row(line_no, image, [], question.strip(), _strings(record.get("answers"), "answers"), split)
+    return Row(line_no, image, _strings(record.get("captions"), "captions"), split=split)
 
 
 def _image_field(text: str) -> str | None:
@@ -211,11 +230,22 @@ def check_bad_fraction(report: ScanReport, limit: float) -> None:
         )
 
 
+class SplitConflict(UserError, ValueError):
+    """The rows of one image name different splits."""
+
+
 def group_by_image(rows: list[Row]) -> list[ImageEntry]:
     """One entry per image, holding all its captions and questions, in first-seen order."""
     entries: dict[str, ImageEntry] = {}
+    first_line: dict[str, int] = {}
     for row in rows:
-        entry = entries.setdefault(row.image, ImageEntry(len(entries), row.image, [], [], []))
+        entry = entries.setdefault(row.image, ImageEntry(len(entries), row.image, [], [], [], row.split))
+        first = first_line.setdefault(row.image, row.line)
+        if row.split != entry.split:
+            raise SplitConflict(
+                f"image {row.image!r} is in split {entry.split!r} on manifest line {first} "
+                f"and {row.split!r} on line {row.line}: all rows of an image must name the same split"
+            )
         entry.captions.extend(row.captions)
         if row.question is not None:
             entry.questions.append(row.question)
