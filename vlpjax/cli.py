@@ -3,6 +3,7 @@
 vlpjax data build synthetic_shapes --data_dir data
 vlpjax data build image_text_folder --folder my_images --data_dir data
 vlpjax data build interleaved_folder --folder my_docs --data_dir data
+vlpjax data import coco-captions --captions captions_val2014.json --images coco --out my_coco [--karpathy K.json]
 vlpjax train --config configs/clip_shapes.py[:arg] --workdir DIR [--config.key=value ...]
 vlpjax eval  --config configs/clip_shapes.py --workdir DIR
 vlpjax export --config configs/clip_shapes.py --workdir DIR --out OUT [--format hf|stablehlo]
@@ -16,6 +17,7 @@ import errno
 import logging
 import os
 import sys
+from collections import Counter
 
 from vlpjax.errors import UserError
 
@@ -81,7 +83,47 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--max_bad_fraction", type=float, default=0.05, help="image_text_folder: stop when more rows are bad"
     )
+    _import_args(data)
     return parser
+
+
+def _import_args(data) -> None:
+    """`vlpjax data import FORMAT`: a published dataset's files -> an image_text_folder."""
+    from vlpjax.data.importers import IMPORTERS
+
+    imports = data.add_parser("import", help="write a published dataset as an image_text_folder (README, Your data)")
+    imports.add_argument("format", choices=sorted(IMPORTERS))
+    imports.add_argument("--images", required=True, help="the directory the dataset's image paths are relative to")
+    imports.add_argument("--out", required=True, help="the folder to write: images/ and manifest.jsonl")
+    imports.add_argument("--captions", action="append", help="coco-captions: a captions_*.json (repeat for several)")
+    imports.add_argument("--karpathy", help="coco-captions (optional) and flickr30k: Karpathy's dataset_*.json")
+    imports.add_argument("--questions", help="vqav2: the questions file")
+    imports.add_argument("--annotations", help="vqav2: the annotations file")
+    imports.add_argument("--split", choices=["train", "val", "test"], help="vqav2: the split every row belongs to")
+    imports.add_argument("--copy", action="store_true", help="copy the images (default: hard links where possible)")
+
+
+def _import_data(args) -> None:
+    import inspect
+
+    from vlpjax.data.importers import IMPORTERS, write_folder
+
+    importer = IMPORTERS[args.format]
+    kwargs = {}
+    for name, parameter in inspect.signature(importer).parameters.items():
+        if name == "images_dir":
+            continue
+        value = getattr(args, name)
+        if value is None and parameter.default is inspect.Parameter.empty:
+            raise UserError(f"vlpjax data import {args.format} needs --{name}")
+        kwargs[name] = value
+    imported = importer(args.images, **kwargs)
+    manifest = write_folder(imported, args.images, args.out, copy=args.copy)
+    splits = Counter(row.get("split", "(random hold-out)") for row in imported.rows)
+    print(f"{len(imported.rows)} rows ({dict(splits)}) in {manifest}")
+    if imported.missing:
+        print(f"{len(imported.missing)} images named but not under --images, left out; first: {imported.missing[:3]}")
+    print(f"next: vlpjax data build image_text_folder --folder {args.out} --data_dir data")
 
 
 def _build_data(args) -> None:
@@ -201,7 +243,7 @@ def _join_cluster(args, extra) -> None:
 
 def _run(args, extra) -> None:
     if args.command == "data":
-        _build_data(args)
+        _import_data(args) if args.data_command == "import" else _build_data(args)
         return
     if args.command in ("train", "eval"):
         _join_cluster(args, extra)
