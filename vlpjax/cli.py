@@ -4,6 +4,7 @@ vlpjax data build synthetic_shapes --data_dir data
 vlpjax data build image_text_folder --folder my_images --data_dir data
 vlpjax data build interleaved_folder --folder my_docs --data_dir data
 vlpjax data import coco-captions --captions captions_val2014.json --images coco --out my_coco [--karpathy K.json]
+vlpjax data build webdataset --shards 'laion/{00000..00099}.tar' --data_dir data
 vlpjax train --config configs/clip_shapes.py[:arg] --workdir DIR [--config.key=value ...]
 vlpjax eval  --config configs/clip_shapes.py --workdir DIR
 vlpjax export --config configs/clip_shapes.py --workdir DIR --out OUT [--format hf|stablehlo]
@@ -68,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--beams", type=int, default=1, help="1: greedy; more: beam search")
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     build = data.add_parser("build", help="build a dataset into --data_dir")
-    build.add_argument("name", choices=["synthetic_shapes", "image_text_folder", "interleaved_folder"])
+    build.add_argument("name", choices=["synthetic_shapes", "image_text_folder", "interleaved_folder", "webdataset"])
     build.add_argument("--data_dir", default="data")
     build.add_argument("--image_size", type=int, default=64, help="synthetic_shapes")
     build.add_argument("--train_size", type=int, default=50_000, help="synthetic_shapes")
@@ -81,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
         help="folders: manifest path relative to the folder (manifest.jsonl; documents.jsonl for interleaved_folder)",
     )
     build.add_argument(
-        "--max_bad_fraction", type=float, default=0.05, help="image_text_folder: stop when more rows are bad"
+        "--max_bad_fraction", type=float, default=0.05, help="folders, webdataset: stop when more rows are bad"
     )
+    build.add_argument("--shards", help="webdataset: tar shards, brace ranges expanded: 'dir/{00000..00099}.tar'")
     _import_args(data)
     return parser
 
@@ -129,7 +131,13 @@ def _import_data(args) -> None:
 def _build_data(args) -> None:
     from vlpjax.data import builders
 
-    if args.name == "synthetic_shapes":
+    if args.name == "webdataset":
+        if not args.shards:
+            raise SystemExit("vlpjax data build webdataset: --shards is required")
+        builder = builders.build_webdataset(
+            args.data_dir, args.shards, max_bad_fraction=args.max_bad_fraction, seed=args.seed
+        )
+    elif args.name == "synthetic_shapes":
         builder = builders.build_synthetic_shapes(
             args.data_dir,
             image_size=args.image_size,
@@ -149,12 +157,12 @@ def _build_data(args) -> None:
             seed=args.seed,
             **manifest,
         )
-        report = getattr(builder, "scan_report", None)
-        if report is not None:
-            print(
-                f"{len(report.rows)} good rows, {len(report.bad)} bad rows skipped "
-                f"(listed in {builders.dataset_dir(builder)}/bad_rows.jsonl)"
-            )
+    report = getattr(builder, "scan_report", None)  # folders and webdataset: what was skipped
+    if report is not None:
+        print(
+            f"{len(report.rows)} good rows, {len(report.bad)} bad rows skipped "
+            f"(listed in {builders.dataset_dir(builder)}/bad_rows.jsonl)"
+        )
     splits = {name: info.num_examples for name, info in builder.info.splits.items()}
     print(f"{args.name}: {splits} in {builders.dataset_dir(builder)}")
 

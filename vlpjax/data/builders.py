@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import os
+import tarfile
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vlpjax.data import documents, folder, shapes
-from vlpjax.data.images import encode_png
+from vlpjax.data import documents, folder, shapes, webdataset
+from vlpjax.data.images import decode_image, encode_png
 from vlpjax.data.tokenizer import TOKENIZER_FILE, as_text, train_wordpiece
 from vlpjax.errors import InvalidInput
 
@@ -244,6 +245,109 @@ class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
             yield index, {"id": index, "images": images, "texts": doc.texts}
 
 
+@dataclasses.dataclass
+class WebDatasetConfig(tfds.core.BuilderConfig):
+    shards: tuple = ()
+    max_bad_fraction: float = 0.05
+    test_fraction: float = 0.01
+    seed: int = 0
+
+
+def webdataset_config(
+    shards: str, max_bad_fraction: float = 0.05, test_fraction: float = 0.01, seed: int = 0
+) -> WebDatasetConfig:
+    """The shards `shards` names (brace ranges expanded), checked to exist. Each version of the
+    shards (paths, sizes, modification times) and settings is its own dataset."""
+    paths = tuple(os.path.abspath(p) for p in webdataset.expand_braces(shards))
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(
+            f"--shards {shards!r}: {len(missing)} of {len(paths)} shards do not exist, e.g. {missing[0]}"
+        )
+    stamp = hashlib.sha1(f"{test_fraction}|{seed}".encode())  # the limit on bad samples changes no row
+    for path in paths:
+        stat = os.stat(path)
+        stamp.update(f"|{path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return WebDatasetConfig(
+        name=f"wds_{stamp.hexdigest()[:12]}",
+        shards=paths,
+        max_bad_fraction=max_bad_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+    )
+
+
+class WebDataset(tfds.core.GeneratorBasedBuilder):
+    """webdataset tar shards of (image, caption) samples, streamed (data/webdataset.py): a first
+    pass checks every sample and holds out the test split, then each split streams them again."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [WebDatasetConfig(name="default")]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return ImageTextFolder._info(self)  # the same features: the pipeline reads both alike
+
+    def _samples(self) -> Iterator[tuple[int, webdataset.Sample]]:
+        """(ordinal, sample) over every shard; a shard that stops reading is one bad entry."""
+        ordinal = 0
+        for shard in self.builder_config.shards:
+            try:
+                for sample in webdataset.shard_samples(shard):
+                    ordinal += 1
+                    yield ordinal, sample
+            except (tarfile.TarError, OSError) as err:
+                ordinal += 1
+                yield ordinal, webdataset.Sample(shard, f"(unreadable after sample {ordinal - 1}: {err})", {})
+
+    def _scan(self) -> folder.ScanReport:
+        good, bad = [], []
+        for ordinal, sample in self._samples():
+            try:
+                caption = webdataset.caption_of(sample)
+                decode_image(webdataset.image_of(sample))
+            except Exception as err:  # noqa: BLE001 - any failure makes the sample bad
+                bad.append(folder.BadRow(ordinal, str(err) or type(err).__name__, f"{sample.shard}:{sample.key}"))
+                continue
+            good.append((ordinal, caption))
+        return folder.ScanReport(good, bad)
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        scan = self.scan_report = self._scan()
+        folder.check_bad_fraction(scan, c.max_bad_fraction, unit="samples")
+        captions = dict(scan.rows)
+        held_out = _held_out(sorted(captions), c.test_fraction, c.seed)
+        split_of = {o: "test" if o in held_out else "train" for o in captions}
+        return _named_splits(
+            lambda members: self._generate_examples(set(members), captions), list(captions), split_of.get
+        )
+
+    def _generate_examples(self, ordinals: set, captions: dict) -> Iterator[tuple[int, dict]]:
+        for ordinal, sample in self._samples():
+            if ordinal in ordinals:
+                yield (
+                    ordinal,
+                    {
+                        "id": ordinal,
+                        "image": webdataset.image_of(sample),
+                        "image_path": f"{os.path.basename(sample.shard)}:{sample.key}",
+                        "captions": [captions[ordinal]],
+                        "questions": [],
+                        "answer_lists": [],
+                    },
+                )
+
+
+def build_webdataset(data_dir: str, shards: str, **kwargs) -> tfds.core.DatasetBuilder:
+    """Check and write the shards' samples; `bad_rows.jsonl` beside the dataset lists the bad ones."""
+    builder = _array_record(WebDataset, webdataset_config)(data_dir, shards=shards, **kwargs)
+    builder.download_and_prepare()
+    report = getattr(builder, "scan_report", None)
+    if report is not None:
+        folder.write_report(report, os.path.join(dataset_dir(builder), folder.REPORT_FILE))
+    return builder
+
+
 # --- entry points used by `vlpjax data build` ---------------------------------------------
 
 
@@ -253,7 +357,7 @@ def dataset_dir(builder: tfds.core.DatasetBuilder) -> str:
 
 def build_synthetic_shapes(data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
     """Build (or reuse) the shapes dataset and its WordPiece tokenizer; returns the builder."""
-    builder = SyntheticShapes(data_dir=data_dir, config=shapes_config(**kwargs), file_format="array_record")
+    builder = _array_record(SyntheticShapes, shapes_config)(data_dir, **kwargs)
     builder.download_and_prepare()
     tokenizer_path = os.path.join(dataset_dir(builder), TOKENIZER_FILE)
     if not os.path.exists(tokenizer_path):
@@ -329,17 +433,80 @@ def build_image_text_folder(
 
 def load_builder(name: str, data_dir: str, **kwargs) -> tfds.core.DatasetBuilder:
     """An already-built dataset, with a clear message when it is not there."""
-    if name == "synthetic_shapes":
-        builder = SyntheticShapes(data_dir=data_dir, config=shapes_config(**kwargs), file_format="array_record")
-    elif name in FOLDER_BUILDERS:
-        builder = _built_folder(name, data_dir, **kwargs)
-    else:
-        raise InvalidInput(
-            f"unknown dataset {name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder"
-        )
+    builder = dataset_kind(name).builder(data_dir, **kwargs)
     if not builder.is_prepared():
         raise FileNotFoundError(
             f"dataset {name} ({builder.builder_config.name}) is not built in {data_dir!r}: "
             f"run `vlpjax data build {name} ...` first"
         )
     return builder
+
+
+# --- the datasets a config can name (data.name) ------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetKind:
+    """What the trainer needs to know of a dataset, so that it never asks for one by name."""
+
+    builder: Callable[..., tfds.core.DatasetBuilder]  # (data_dir, **fields) -> the builder
+    fields: Callable[[Any], dict]  # the data config -> those fields
+    flip_swaps_words: bool = False  # captions name left and right (shapes): a flip swaps them
+    documents: bool = False  # rows are interleaved documents (Flamingo), not image-text pairs
+    filter_empty: bool = False  # rows may hold questions and no caption: image-text batches skip them
+    shapes_labels: bool = False  # rows carry the shapes classes (zero-shot, parsed captions)
+
+
+def _folder_fields(kind: str) -> Callable[[Any], dict]:
+    def fields(data) -> dict:
+        if not data.folder:
+            raise InvalidInput(f"data.folder must name the image folder for {kind}")
+        return dict(path=data.folder)
+
+    return fields
+
+
+def _shards_field(data) -> dict:
+    if not data.get("shards"):
+        raise InvalidInput("data.shards must name the webdataset shards, e.g. 'shards/{00000..00099}.tar'")
+    return dict(shards=data.shards)
+
+
+def _array_record(builder_class, config_fn) -> Callable[..., tfds.core.DatasetBuilder]:
+    return lambda data_dir, **kw: builder_class(data_dir=data_dir, config=config_fn(**kw), file_format="array_record")
+
+
+DATASETS = {
+    "synthetic_shapes": DatasetKind(
+        _array_record(SyntheticShapes, shapes_config),
+        lambda data: dict(image_size=data.image_size, train_size=data.train_size, test_size=data.test_size),
+        flip_swaps_words=True,
+        shapes_labels=True,
+    ),
+    "image_text_folder": DatasetKind(
+        lambda data_dir, **kw: _built_folder("image_text_folder", data_dir, **kw),
+        _folder_fields("image_text_folder"),
+        filter_empty=True,
+    ),
+    "interleaved_folder": DatasetKind(
+        lambda data_dir, **kw: _built_folder("interleaved_folder", data_dir, **kw),
+        _folder_fields("interleaved_folder"),
+        documents=True,
+    ),
+    "webdataset": DatasetKind(
+        _array_record(WebDataset, webdataset_config),
+        _shards_field,
+    ),
+}
+
+
+def dataset_kind(name: str) -> DatasetKind:
+    if name not in DATASETS:
+        raise InvalidInput(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def load_dataset(data) -> tfds.core.DatasetBuilder:
+    """The built dataset a config's `data` section names."""
+    kind = dataset_kind(data.name)
+    return load_builder(data.name, data.data_dir, **kind.fields(data))

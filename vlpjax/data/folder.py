@@ -219,13 +219,15 @@ def scan_manifest(root: str, manifest: str = "manifest.jsonl") -> ScanReport:
     return scan_jsonl(root, manifest, "manifest", _parse, bad_image=_image_field)
 
 
-def check_bad_fraction(report: ScanReport, limit: float) -> None:
+def check_bad_fraction(report: ScanReport, limit: float, unit: str = "manifest rows") -> None:
     if report.total == 0:
-        raise TooManyBadRows("the manifest has no rows")
+        raise TooManyBadRows(f"there are no {unit}")
     if report.bad_fraction > limit:
-        examples = "; ".join(f"line {b.line}: {b.reason}" for b in report.bad[:5])
+        examples = "; ".join(
+            f"{'line' if unit == 'manifest rows' else 'sample'} {b.line}: {b.reason}" for b in report.bad[:5]
+        )
         raise TooManyBadRows(
-            f"{len(report.bad)} of {report.total} manifest rows are bad ({report.bad_fraction:.1%}), "
+            f"{len(report.bad)} of {report.total} {unit} are bad ({report.bad_fraction:.1%}), "
             f"over the limit of {limit:.1%} (max_bad_fraction). First ones: {examples}"
         )
 

@@ -51,25 +51,13 @@ class Data:
         return TextVocab(vocab_size=t.vocab_size, mask_id=t.mask_id, special_ids=t.special_ids)
 
 
-def dataset_kwargs(data: ml_collections.ConfigDict) -> dict:
-    if data.name == "synthetic_shapes":
-        return dict(image_size=data.image_size, train_size=data.train_size, test_size=data.test_size)
-    if data.name in ("image_text_folder", "interleaved_folder"):
-        if not data.folder:
-            raise InvalidInput(f"data.folder must name the image folder for {data.name}")
-        return dict(path=data.folder)
-    raise InvalidInput(
-        f"unknown data.name {data.name!r}; choose synthetic_shapes, image_text_folder or interleaved_folder"
-    )
-
-
 def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = None) -> Data:
     """The dataset, its tokenizer and (VQA) the answer vocabulary.
 
     `saved_answers`: a run's answers.json. Where it exists it is the vocabulary, since a
     checkpoint's answer head is indexed by it; otherwise the training split is scanned for it.
     """
-    builder = builders.load_builder(config.data.name, config.data.data_dir, **dataset_kwargs(config.data))
+    builder = builders.load_dataset(config.data)
     tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
     if config.model.family == "flamingo" and not config.data.tokenizer:
         tokenizer_path = lm_directory(config.model.lm)  # the LM's own tokenizer
@@ -120,11 +108,11 @@ def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> Pi
         seed=config.seed,
         crop_scale=tuple(config.data.crop_scale),
         flip=config.data.flip,
-        flip_swaps_words=config.data.name == "synthetic_shapes",
+        flip_swaps_words=builders.dataset_kind(config.data.name).flip_swaps_words,
         task=config.data.task,
         chunks=config.data.get("chunks", 2),
         lm_vocab_size=lm_vocab_size(config.model),
-        documents=config.data.name == "interleaved_folder",
+        documents=builders.dataset_kind(config.data.name).documents,
         region_grid=config.data.region_grid,
         max_regions=config.data.max_regions,
     )

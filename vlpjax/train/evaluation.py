@@ -8,6 +8,7 @@ import jax
 import ml_collections
 from flax import nnx
 
+from vlpjax.data.builders import dataset_kind
 from vlpjax.data.interleaved import DocumentTransform
 from vlpjax.data.pipeline import eval_arrays, vqa_eval_arrays
 from vlpjax.evaluate.generation import evaluate_flamingo
@@ -33,15 +34,21 @@ def generative_metrics(config, run, state, data) -> dict:
     model = nnx.merge(run.graphdef, state.params, state.frozen)
     if config.data.task == "text":
         return evaluate_lm(model, data.tokenizer, data.test_source, config.data.text_len, config.eval.batch_size)
-    if config.data.name == "interleaved_folder":  # documents: no captions or questions to generate for
+    kind = dataset_kind(config.data.name)
+    if kind.documents:  # no captions or questions to generate for
         pipeline = pipeline_config(config, jax.process_count())
         transform = DocumentTransform(
             data.tokenizer, pipeline.image_size, pipeline.text_len, pipeline.chunks, pipeline.lm_vocab_size
         )
         return evaluate_documents(model, transform, data.test_source, config.eval.batch_size)
-    shapes = config.data.name == "synthetic_shapes"
     return evaluate_flamingo(
-        model, data.tokenizer, data.train_source, data.test_source, config.eval, config.data.image_size, shapes
+        model,
+        data.tokenizer,
+        data.train_source,
+        data.test_source,
+        config.eval,
+        config.data.image_size,
+        kind.shapes_labels,
     )
 
 
@@ -59,7 +66,7 @@ def eval_and_log(config, run, state, data, eval_data, workdir, log, step) -> dic
             eval_data,
             data.tokenizer,
             config.data.text_len,
-            zero_shot=config.eval.zero_shot and config.data.name == "synthetic_shapes",
+            zero_shot=config.eval.zero_shot and dataset_kind(config.data.name).shapes_labels,
             itm_top_k=config.eval.itm_top_k if config.model.family == "fusion" else 0,
             png_path=png_path(workdir) if jax.process_index() == 0 and log.writable else None,  # not on a read-only run
             png_queries=config.eval.png_queries,

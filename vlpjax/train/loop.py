@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from vlpjax.data.builders import dataset_kind
 from vlpjax.data.pipeline import train_iterator
 from vlpjax.errors import UserError
 from vlpjax.objectives.registry import make_objective
@@ -103,7 +104,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> OpenRun:
         pipeline_config(config, process_count),
         process_index,
         process_count,
-        filter_empty=config.data.name == "image_text_folder",
+        filter_empty=dataset_kind(config.data.name).filter_empty,
         answers=data.answers,
     )
     host_state, start = run.state, 0
