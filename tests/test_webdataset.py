@@ -94,3 +94,7 @@ def test_three_shards_with_a_corrupt_image_build_and_report_it(tmp_path, capsys)
         report = [json.loads(line) for line in f]
     assert report[0] == {"rows": 13, "good": 12, "bad": 1}
     assert report[1]["image"].endswith("001.tar:b_bad") and report[1]["line"] == 6
+
+
+def test_data_build_offers_every_registered_dataset():
+    assert sorted(cli.DATASET_KINDS) == sorted(builders.DATASETS)

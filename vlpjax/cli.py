@@ -22,6 +22,9 @@ from collections import Counter
 
 from vlpjax.errors import UserError
 
+# builders.DATASETS, spelled out: importing the builders (TFDS) for every command is slow.
+DATASET_KINDS = ["synthetic_shapes", "image_text_folder", "interleaved_folder", "image_class_folder", "webdataset"]
+
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="configs/<recipe>.py[:arg]")
@@ -69,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("--beams", type=int, default=1, help="1: greedy; more: beam search")
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     build = data.add_parser("build", help="build a dataset into --data_dir")
-    build.add_argument("name", choices=["synthetic_shapes", "image_text_folder", "interleaved_folder", "webdataset"])
+    build.add_argument("name", choices=DATASET_KINDS)
     build.add_argument("--data_dir", default="data")
     build.add_argument("--image_size", type=int, default=64, help="synthetic_shapes")
     build.add_argument("--train_size", type=int, default=50_000, help="synthetic_shapes")
@@ -136,6 +139,12 @@ def _build_data(args) -> None:
             raise SystemExit("vlpjax data build webdataset: --shards is required")
         builder = builders.build_webdataset(
             args.data_dir, args.shards, max_bad_fraction=args.max_bad_fraction, seed=args.seed
+        )
+    elif args.name == "image_class_folder":
+        if not args.folder:
+            raise SystemExit("vlpjax data build image_class_folder: --folder is required")
+        builder = builders.build_image_class_folder(
+            args.data_dir, args.folder, max_bad_fraction=args.max_bad_fraction, seed=args.seed
         )
     elif args.name == "synthetic_shapes":
         builder = builders.build_synthetic_shapes(

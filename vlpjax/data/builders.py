@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from vlpjax.data import documents, folder, shapes, webdataset
+from vlpjax.data import class_folder, documents, folder, shapes, webdataset
 from vlpjax.data.images import decode_image, encode_png
 from vlpjax.data.tokenizer import TOKENIZER_FILE, as_text, train_wordpiece
 from vlpjax.errors import InvalidInput
@@ -46,11 +46,11 @@ def _held_out(keys: list, fraction: float, seed: int) -> set:
 
 
 def _named_splits(generate: Callable[[list], Iterator], items: list, split_of: Callable[[Any], str]) -> dict:
-    """train (always), val and test (where they have items: TFDS rejects an empty split)."""
-    by_split = {"train": []}
+    """train, val and test, those that have items (TFDS rejects an empty split)."""
+    by_split: dict[str, list] = {}
     for item in items:
         by_split.setdefault(split_of(item), []).append(item)
-    return {name: generate(members) for name, members in by_split.items() if members or name == "train"}
+    return {name: generate(members) for name, members in by_split.items()}
 
 
 def _official_or_held_out(keys: list, official: dict, fraction: float, seed: int) -> Callable[[Any], str]:
@@ -243,6 +243,75 @@ class InterleavedFolder(tfds.core.GeneratorBasedBuilder):
         for index, doc in docs:
             images = [_read_file(self.builder_config.folder, image) for image in doc.images]
             yield index, {"id": index, "images": images, "texts": doc.texts}
+
+
+def _listing_fingerprint(root: str) -> str:
+    """Every file under `root` with its size and modification time: a new version of the folder
+    (an image added, removed or replaced) is a new dataset."""
+    digest = hashlib.sha1()
+    for folder_path, _, names in sorted(os.walk(root)):
+        for name in sorted(names):
+            stat = os.stat(os.path.join(folder_path, name))
+            digest.update(
+                f"{os.path.relpath(os.path.join(folder_path, name), root)}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+            )
+    return digest.hexdigest()
+
+
+def class_folder_config(
+    path: str, max_bad_fraction: float = 0.05, test_fraction: float = 0.1, seed: int = 0
+) -> FolderConfig:
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"image_class_folder {path!r} is not a directory")
+    name = f"{_folder_prefix(path, '', test_fraction, seed)}_{_listing_fingerprint(path)[:8]}"
+    return FolderConfig(
+        name=name, folder=path, manifest="", max_bad_fraction=max_bad_fraction, test_fraction=test_fraction, seed=seed
+    )
+
+
+class ImageClassFolder(tfds.core.GeneratorBasedBuilder):
+    """ImageNet-style class sub-folders (data/class_folder.py): images and their class index."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    BUILDER_CONFIGS = [FolderConfig(name="default")]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return _dataset_info(self, {"id": np.int64, "image": _bytes_feature(), "image_path": TEXT, "label": np.int64})
+
+    def _split_generators(self, dl_manager):
+        c = self.builder_config
+        self.classes, scan = class_folder.scan_class_folder(c.folder)
+        self.scan_report = scan
+        folder.check_bad_fraction(scan, c.max_bad_fraction, unit="images")
+        official = {row.image: row.split for row in scan.rows}
+        split_of = _official_or_held_out(sorted(official), official, c.test_fraction, c.seed)
+        return _named_splits(self._generate_examples, list(enumerate(scan.rows)), lambda row: split_of(row[1].image))
+
+    def _generate_examples(self, rows) -> Iterator[tuple[int, dict]]:
+        for index, row in rows:
+            image = _read_file(self.builder_config.folder, row.image)
+            yield index, {"id": index, "image": image, "image_path": row.image, "label": row.label}
+
+
+def build_image_class_folder(data_dir: str, path: str, **kwargs) -> tfds.core.DatasetBuilder:
+    """Check the images, write the dataset, and leave `bad_rows.jsonl` and `classes.json` (the
+    class names, index order) beside it."""
+    builder = _array_record(ImageClassFolder, class_folder_config)(data_dir, path=path, **kwargs)
+    builder.download_and_prepare()
+    classes = getattr(builder, "classes", None) or class_folder.scan_class_folder(path)[0]
+    with open(os.path.join(dataset_dir(builder), class_folder.CLASSES_FILE), "w") as f:
+        json.dump(class_folder.class_names(classes), f, indent=0)
+    report = getattr(builder, "scan_report", None)
+    if report is not None:
+        folder.write_report(report, os.path.join(dataset_dir(builder), folder.REPORT_FILE))
+    return builder
+
+
+def dataset_classes(builder: tfds.core.DatasetBuilder) -> list[str]:
+    """The class names of a built image_class_folder, index order."""
+    with open(os.path.join(dataset_dir(builder), class_folder.CLASSES_FILE)) as f:
+        return json.load(f)
 
 
 @dataclasses.dataclass
@@ -492,6 +561,10 @@ DATASETS = {
         lambda data_dir, **kw: _built_folder("interleaved_folder", data_dir, **kw),
         _folder_fields("interleaved_folder"),
         documents=True,
+    ),
+    "image_class_folder": DatasetKind(
+        _array_record(ImageClassFolder, class_folder_config),
+        _folder_fields("image_class_folder"),
     ),
     "webdataset": DatasetKind(
         _array_record(WebDataset, webdataset_config),

@@ -13,11 +13,12 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from vlpjax.data.images import decode_image, normalize, resize
 from vlpjax.data.shapes import CLASS_NAMES
 from vlpjax.evaluate.report import top_k_png
 from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
 from vlpjax.evaluate.vqa import vqa_accuracy_from_logits
-from vlpjax.evaluate.zero_shot import class_embeddings, zero_shot_accuracy
+from vlpjax.evaluate.zero_shot import class_embeddings, zero_shot_accuracy, zero_shot_metrics
 from vlpjax.models.layers import Encoded
 
 PNG_FILE = "retrieval_top5.png"
@@ -166,6 +167,27 @@ def evaluate_vqa(inference: Inference, vqa_data: Mapping, answers: list[str]) ->
         image_inputs(vqa_data), vqa_data["image_index"], vqa_data["question_ids"], vqa_data["question_mask"]
     )
     return vqa_accuracy_from_logits(logits, answers, vqa_data["references"], vqa_data["questions"])
+
+
+def stream_image_embeddings(inference: Inference, source, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings [N, E], labels [N]) of a classification split, decoded and embedded a batch
+    at a time: the split's images are never all in memory, only their embeddings."""
+    embeddings, labels = [], []
+    for start in tqdm(range(0, len(source), inference.batch_size), desc="zero-shot images", leave=False):
+        examples = [source[i] for i in range(start, min(start + inference.batch_size, len(source)))]
+        pixels = np.stack([normalize(resize(decode_image(e["image"]), image_size)) for e in examples])
+        embeddings.append(inference.images({"image": pixels}))
+        labels.extend(int(e["label"]) for e in examples)
+    return np.concatenate(embeddings), np.asarray(labels, np.int64)
+
+
+def evaluate_zero_shot_folder(
+    inference: Inference, tokenizer, text_len: int, source, class_names, templates, image_size: int
+) -> dict[str, float]:
+    """zero_shot/top1, top5 and mean_per_class on a built image_class_folder split."""
+    img_emb, labels = stream_image_embeddings(inference, source, image_size)
+    classes = class_embeddings(lambda texts: inference.texts(*tokenizer(texts, text_len)), class_names, templates)
+    return zero_shot_metrics(img_emb, classes, labels)
 
 
 def png_path(workdir: str) -> str:

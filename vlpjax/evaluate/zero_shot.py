@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import numpy as np
@@ -26,3 +27,33 @@ def zero_shot_accuracy(img_emb: np.ndarray, class_emb: np.ndarray, labels: np.nd
     non-finite logit of another class ranks last (a NaN model scores 0, a constant one 1/classes)."""
     logits = np.asarray(img_emb, np.float32) @ np.asarray(class_emb, np.float32).T
     return recall_at_k(logits, np.asarray(labels), ks=(1,))[1]
+
+
+def load_templates(templates) -> tuple[str, ...]:
+    """Prompt templates: a list of strings with one "{}", or a file of them (one a line)."""
+    if isinstance(templates, str):
+        if not os.path.isfile(templates):
+            raise FileNotFoundError(f"prompt templates file {templates!r} does not exist")
+        with open(templates) as f:
+            templates = [line.strip() for line in f if line.strip()]
+    templates = tuple(templates)
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if not templates or bad:
+        raise ValueError(f"prompt templates need exactly one '{{}}' each (the class name); got {bad or 'none'}")
+    return templates
+
+
+def zero_shot_metrics(
+    img_emb: np.ndarray, class_emb: np.ndarray, labels: np.ndarray, prefix: str = "zero_shot"
+) -> dict[str, float]:
+    """Top-1 and top-5 accuracy and the mean over classes of each class's top-1 accuracy, all
+    scored as `zero_shot_accuracy` is (ties share credit, non-finite logits rank last)."""
+    logits = np.asarray(img_emb, np.float32) @ np.asarray(class_emb, np.float32).T
+    labels = np.asarray(labels)
+    top = recall_at_k(logits, labels, ks=(1, 5))
+    per_class = [recall_at_k(logits[labels == c], labels[labels == c], ks=(1,))[1] for c in np.unique(labels)]
+    return {
+        f"{prefix}/top1": top[1],
+        f"{prefix}/top5": top[5],
+        f"{prefix}/mean_per_class": float(np.mean(per_class)),
+    }
