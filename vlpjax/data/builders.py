@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tarfile
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -346,9 +345,17 @@ def webdataset_config(
     )
 
 
+def _hashed_split(seed: int, shard: str, key: str, test_fraction: float) -> str:
+    """A sample's split from a hash of its name: the same for any shard order and process,
+    and nothing to hold in memory."""
+    digest = hashlib.sha1(f"{seed}|{os.path.basename(shard)}|{key}".encode()).digest()
+    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
+
+
 class WebDataset(tfds.core.GeneratorBasedBuilder):
     """webdataset tar shards of (image, caption) samples, streamed (data/webdataset.py): a first
-    pass checks every sample and holds out the test split, then each split streams them again."""
+    pass checks every sample (memory: the bad ones), then each split streams them again. A
+    sample's split comes from a hash of its shard and key (`test_fraction` of them in test)."""
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = [WebDatasetConfig(name="default")]
@@ -356,51 +363,45 @@ class WebDataset(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return ImageTextFolder._info(self)  # the same features: the pipeline reads both alike
 
-    def _samples(self) -> Iterator[tuple[int, webdataset.Sample]]:
-        """(ordinal, sample) over every shard; a shard that stops reading is one bad entry."""
+    def _checked(self) -> Iterator[tuple[int, webdataset.Sample, str | None, str]]:
+        """(ordinal, sample, caption or None, problem) over every shard, in order."""
         ordinal = 0
         for shard in self.builder_config.shards:
-            try:
-                for sample in webdataset.shard_samples(shard):
-                    ordinal += 1
-                    yield ordinal, sample
-            except (tarfile.TarError, OSError) as err:
+            for sample in webdataset.shard_samples(shard):
                 ordinal += 1
-                yield ordinal, webdataset.Sample(shard, f"(unreadable after sample {ordinal - 1}: {err})", {})
+                try:
+                    caption = webdataset.caption_of(sample)
+                    decode_image(webdataset.image_of(sample))
+                except Exception as err:  # noqa: BLE001 - any failure makes the sample bad
+                    yield ordinal, sample, None, str(err) or type(err).__name__
+                    continue
+                yield ordinal, sample, caption, ""
 
-    def _scan(self) -> folder.ScanReport:
-        good, bad = [], []
-        for ordinal, sample in self._samples():
-            try:
-                caption = webdataset.caption_of(sample)
-                decode_image(webdataset.image_of(sample))
-            except Exception as err:  # noqa: BLE001 - any failure makes the sample bad
-                bad.append(folder.BadRow(ordinal, str(err) or type(err).__name__, f"{sample.shard}:{sample.key}"))
-                continue
-            good.append((ordinal, caption))
-        return folder.ScanReport(good, bad)
+    def _split_of(self, sample: webdataset.Sample) -> str:
+        c = self.builder_config
+        return _hashed_split(c.seed, sample.shard, sample.key, c.test_fraction)
 
     def _split_generators(self, dl_manager):
-        c = self.builder_config
-        scan = self.scan_report = self._scan()
-        folder.check_bad_fraction(scan, c.max_bad_fraction, unit="samples")
-        captions = dict(scan.rows)
-        held_out = _held_out(sorted(captions), c.test_fraction, c.seed)
-        split_of = {o: "test" if o in held_out else "train" for o in captions}
-        return _named_splits(
-            lambda members: self._generate_examples(set(members), captions), list(captions), split_of.get
-        )
+        counts, bad = {}, []
+        for ordinal, sample, caption, problem in self._checked():
+            if caption is None:
+                bad.append(folder.BadRow(ordinal, problem, f"{sample.shard}:{sample.key}"))
+            else:
+                counts[self._split_of(sample)] = counts.get(self._split_of(sample), 0) + 1
+        self.scan_report = folder.ScanReport(range(sum(counts.values())), bad)  # a count, not the rows
+        folder.check_bad_fraction(self.scan_report, self.builder_config.max_bad_fraction, unit="samples")
+        return {split: self._generate_examples(split) for split in sorted(counts)}
 
-    def _generate_examples(self, ordinals: set, captions: dict) -> Iterator[tuple[int, dict]]:
-        for ordinal, sample in self._samples():
-            if ordinal in ordinals:
+    def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
+        for ordinal, sample, caption, _ in self._checked():
+            if caption is not None and self._split_of(sample) == split:
                 yield (
                     ordinal,
                     {
                         "id": ordinal,
                         "image": webdataset.image_of(sample),
                         "image_path": f"{os.path.basename(sample.shard)}:{sample.key}",
-                        "captions": [captions[ordinal]],
+                        "captions": [caption],
                         "questions": [],
                         "answer_lists": [],
                     },
@@ -524,6 +525,7 @@ class DatasetKind:
     documents: bool = False  # rows are interleaved documents (Flamingo), not image-text pairs
     filter_empty: bool = False  # rows may hold questions and no caption: image-text batches skip them
     shapes_labels: bool = False  # rows carry the shapes classes (zero-shot, parsed captions)
+    image_text: bool = True  # False: labelled images for zero-shot evaluation, nothing to train on
 
 
 def _folder_fields(kind: str) -> Callable[[Any], dict]:
@@ -565,6 +567,7 @@ DATASETS = {
     "image_class_folder": DatasetKind(
         _array_record(ImageClassFolder, class_folder_config),
         _folder_fields("image_class_folder"),
+        image_text=False,
     ),
     "webdataset": DatasetKind(
         _array_record(WebDataset, webdataset_config),

@@ -57,15 +57,22 @@ def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = Non
     `saved_answers`: a run's answers.json. Where it exists it is the vocabulary, since a
     checkpoint's answer head is indexed by it; otherwise the training split is scanned for it.
     """
+    if not builders.dataset_kind(config.data.name).image_text:
+        raise InvalidInput(
+            f"data.name={config.data.name!r} holds labelled images for zero-shot evaluation, not image-text "
+            "pairs to train on (README, Published datasets)"
+        )
     builder = builders.load_dataset(config.data)
     tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
     if config.model.family == "flamingo" and not config.data.tokenizer:
         tokenizer_path = lm_directory(config.model.lm)  # the LM's own tokenizer
     sources = builder.as_data_source()
-    if "test" not in sources:
+    missing = [split for split in ("train", "test") if split not in sources]
+    if missing:
         raise InvalidInput(
-            f"dataset {builder.builder_config.name} has no test split to evaluate on: "
-            "rebuild it with a test fraction above 0"
+            f"dataset {builder.builder_config.name} has the splits {sorted(sources)}, not {missing}: a run trains "
+            "on train and evaluates on test. Rows that name a split need both among them (rows that name none "
+            "are split at random)"
         )
     answers = (
         vqa_answers(sources["train"], config.data.max_answers or None, saved_answers)
