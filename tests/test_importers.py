@@ -3,6 +3,7 @@ Karpathy's splits, VQAv2 questions + annotations, Flickr30k) become image_text_f
 with every caption, the official splits and VQAv2's 10 answers; the folder then builds."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -103,7 +104,7 @@ def test_vqav2_keeps_the_ten_answers(tmp_path):
     ]
     q_file = _json(tmp_path / "q.json", {"data_subtype": "val2014", "questions": questions})
     a_file = _json(tmp_path / "a.json", {"data_subtype": "val2014", "annotations": notes})
-    imported = import_vqav2(str(images), q_file, a_file, split="test")
+    imported = import_vqav2(str(images), [q_file], [a_file], split=["test"])
     assert [row["question"] for row in imported.rows] == ["What colour is it?", "Is it square?"]
     assert imported.rows[0]["answers"] == answers[70] and len(imported.rows[1]["answers"]) == 10
     assert {row["split"] for row in imported.rows} == {"test"}
@@ -134,3 +135,18 @@ def test_the_cli_names_a_missing_file_argument(tmp_path, capsys):
         ["data", "import", "vqav2", "--images", str(tmp_path), "--out", str(tmp_path / "o"), "--questions", "q"]
     )
     assert code == 2 and "vlpjax data import vqav2 needs --annotations" in capsys.readouterr().err
+
+
+def test_coco_images_anywhere_under_images_captions_once_each(coco, tmp_path):
+    """Images moved one folder down are still found with Karpathy's file; a captions file given
+    twice does not double the captions; an empty caption is dropped."""
+    images, captions, karpathy = coco
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    os.rename(images, moved / "images")
+    data = json.loads(open(captions[1]).read())
+    data["annotations"].append({"id": 999, "image_id": 2, "caption": "   "})
+    open(captions[1], "w").write(json.dumps(data))
+    imported = import_coco_captions(str(moved), [*captions, captions[1]], karpathy)
+    assert len(imported.rows) == 3 and all(len(row["captions"]) == 5 for row in imported.rows)
+    assert all(row["image"].startswith("images/") for row in imported.rows)

@@ -102,9 +102,11 @@ def _import_args(data) -> None:
     imports.add_argument("--out", required=True, help="the folder to write: images/ and manifest.jsonl")
     imports.add_argument("--captions", action="append", help="coco-captions: a captions_*.json (repeat for several)")
     imports.add_argument("--karpathy", help="coco-captions (optional) and flickr30k: Karpathy's dataset_*.json")
-    imports.add_argument("--questions", help="vqav2: the questions file")
-    imports.add_argument("--annotations", help="vqav2: the annotations file")
-    imports.add_argument("--split", choices=["train", "val", "test"], help="vqav2: the split every row belongs to")
+    imports.add_argument("--questions", action="append", help="vqav2: a questions file (repeat, with its annotations)")
+    imports.add_argument("--annotations", action="append", help="vqav2: the annotations of each --questions")
+    imports.add_argument(
+        "--split", action="append", choices=["train", "val", "test"], help="vqav2: the split of each --questions"
+    )
     imports.add_argument("--copy", action="store_true", help="copy the images (default: hard links where possible)")
 
 

@@ -86,37 +86,53 @@ def _image_index(images_dir: str) -> dict[str, str]:
 
 def import_coco_captions(images_dir: str, captions: list[str], karpathy: str | None = None) -> Imported:
     """Rows from COCO caption files; splits from Karpathy's file when given (by COCO image id).
-    An image is found under --images by its file name, in whichever sub-folder holds it."""
+    An image is found under --images by its file name, in whichever sub-folder holds it (else at
+    Karpathy's filepath). A caption annotation counted twice (the same file given twice) is kept
+    once; empty captions are dropped."""
     splits, folders = {}, {}
     if karpathy:
         for entry in _karpathy_entries(karpathy):
             image_id = _field(entry, "cocoid", karpathy)
             splits[image_id] = KARPATHY_SPLITS[entry["split"]]
             folders[image_id] = entry.get("filepath", "")
-    texts: dict[int, list[str]] = defaultdict(list)
+    texts: dict[int, dict] = defaultdict(dict)  # image id -> {annotation id: caption}, in file order
     files: dict[int, str] = {}
     index = _image_index(images_dir)
     for path in captions:
         data = read_json(path, "COCO captions file")
         for image in _field(data, "images", path):
             image_id, name = _field(image, "id", path), _field(image, "file_name", path)
-            files[image_id] = os.path.join(folders[image_id], name) if image_id in folders else index.get(name, name)
+            files[image_id] = index.get(name) or os.path.join(folders.get(image_id, ""), name)
         for note in _field(data, "annotations", path):
-            texts[_field(note, "image_id", path)].append(_field(note, "caption", path).strip())
+            caption = _field(note, "caption", path).strip()
+            if caption:
+                texts[_field(note, "image_id", path)][note.get("id", len(texts))] = caption
     rows = []
     for image_id, file in files.items():
         if not texts.get(image_id):
             continue
-        row = {"image": file, "captions": texts[image_id]}
+        row = {"image": file, "captions": list(texts[image_id].values())}
         if image_id in splits:
             row["split"] = splits[image_id]
         rows.append(row)
     return _existing(images_dir, rows)
 
 
-def import_vqav2(images_dir: str, questions: str, annotations: str, split: str | None = None) -> Imported:
-    """One row per question with its 10 answers; the image path follows COCO's naming,
-    <data_subtype>/COCO_<data_subtype>_<image id, 12 digits>.jpg, under --images."""
+def import_vqav2(
+    images_dir: str, questions: list[str], annotations: list[str], split: list[str] | None = None
+) -> Imported:
+    """One row per question with its 10 answers. `questions[i]` goes with `annotations[i]` (and
+    `split[i]`: import train and val together, as train and test). The image path follows COCO's
+    naming, <data_subtype>/COCO_<data_subtype>_<image id, 12 digits>.jpg, under --images."""
+    if len(questions) != len(annotations) or (split and len(split) != len(questions)):
+        raise InvalidInput("give one --annotations (and one --split, if any) per --questions, in the same order")
+    rows = []
+    for i, (q_file, a_file) in enumerate(zip(questions, annotations, strict=True)):
+        rows += _vqav2_rows(q_file, a_file, split[i] if split else None)
+    return _existing(images_dir, rows)
+
+
+def _vqav2_rows(questions: str, annotations: str, split: str | None) -> list[dict]:
     q_data = read_json(questions, "VQAv2 questions file")
     a_data = read_json(annotations, "VQAv2 annotations file")
     subtype = q_data.get("data_subtype", "")
@@ -132,10 +148,8 @@ def import_vqav2(images_dir: str, questions: str, annotations: str, split: str |
             raise InvalidInput(f"{annotations} has no answers for question {question_id} of {questions}")
         image = os.path.join(subtype, f"COCO_{subtype}_{image_id:012d}.jpg")
         row = {"image": image, "question": _field(q, "question", questions), "answers": answers[question_id]}
-        if split:
-            row["split"] = split
-        rows.append(row)
-    return _existing(images_dir, rows)
+        rows.append({**row, "split": split} if split else row)
+    return rows
 
 
 def import_flickr30k(images_dir: str, karpathy: str) -> Imported:
