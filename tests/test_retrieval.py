@@ -146,3 +146,11 @@ def test_tied_captions_give_chance_level():
     assert result[5] == pytest.approx(1.0)
     relevant_nan = np.where(relevant, np.nan, 0.0)  # the relevant captions score NaN: never a hit
     assert recall_at_k_sets(relevant_nan, relevant, ks=(1, 5)) == {1: 0.0, 5: 0.0}
+
+
+def test_caption_image_must_be_whole_image_indices():
+    with pytest.raises(ValueError, match="must name one of 3 images"):
+        retrieval_metrics(np.eye(3), np.eye(3)[:2], caption_image=np.array([0.5, 1.0]))
+    # image 2 has no caption: it is no i2t query (it would otherwise count as a miss)
+    metrics = retrieval_metrics(np.eye(3), np.eye(3)[:2], caption_image=np.array([0, 1]))
+    assert metrics["retrieval/i2t_r1"] == 1.0 and metrics["retrieval/t2i_r1"] == 1.0

@@ -87,3 +87,23 @@ def test_templates_from_a_list_or_a_file(tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
         load_templates(["no slot"])
     assert json.dumps(list(DEFAULT_TEMPLATES))  # the default is plain data
+
+
+def test_class_folders_skip_hidden_and_non_image_files_and_read_sub_folders(tmp_path):
+    from vlpjax.data.class_folder import scan_class_folder
+
+    for path in ("cat/a.png", "cat/more/b.jpg", "dog/c.png"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / path)
+    (tmp_path / "cat" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    classes, report = scan_class_folder(str(tmp_path))
+    assert classes == ["cat", "dog"] and not report.bad
+    assert sorted((r.image, r.label) for r in report.rows) == [
+        ("cat/a.png", 0),
+        ("cat/more/b.jpg", 0),
+        ("dog/c.png", 1),
+    ]
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    with pytest.raises(ValueError, match="mixes split folders"):
+        scan_class_folder(str(tmp_path))

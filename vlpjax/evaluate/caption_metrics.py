@@ -1,9 +1,11 @@
 """BLEU-4 and CIDEr-D of generated captions against reference captions, as the COCO caption
 evaluation computes them (and reports as "Bleu_4" and "CIDEr").
 
-Captions are compared as whitespace-separated tokens: lower-case and strip punctuation first,
-as COCO's PTB tokenisation does (`simple_tokens`). Both metrics are corpus-level: their figures
-depend on the whole set of candidates, not on each one alone.
+Captions are compared as whitespace-separated tokens. COCO's published figures tokenise with
+the Stanford PTB tokenizer (Java), which also splits "'s" and "n't" and keeps hyphens and
+decimals; `simple_tokens` (lower case, words only) is a Python approximation: tokenise with the
+PTB tokenizer for figures comparable with published ones. Both metrics are corpus-level: their
+figures depend on the whole set of candidates, not on each one alone.
 
 - BLEU: clipped n-gram precision summed over the corpus, geometric mean up to order n, times a
   brevity penalty against, for each candidate, the reference length closest to its own
@@ -25,7 +27,7 @@ SMALL, TINY = 1e-9, 1e-15  # BLEU's smoothing of empty counts
 
 
 def simple_tokens(text: str) -> str:
-    """Lower case, punctuation removed, single spaces: the form both metrics compare."""
+    """Lower case, words only, single spaces: an approximation of COCO's PTB tokenisation."""
     return " ".join(re.findall(r"[a-z0-9]+(?:'[a-z]+)?", text.lower()))
 
 

@@ -63,11 +63,13 @@ def retrieval_metrics(
     caption; i2t counts a hit when any of the image's captions is in the top k."""
     sim = np.asarray(txt_emb, np.float32) @ np.asarray(img_emb, np.float32).T  # [texts, images]
     owner = np.arange(sim.shape[0]) if caption_image is None else np.asarray(caption_image)
-    if owner.shape != (sim.shape[0],) or owner.min(initial=0) < 0 or owner.max(initial=0) >= sim.shape[1]:
+    valid = np.issubdtype(owner.dtype, np.integer) and owner.shape == (sim.shape[0],)
+    if not valid or owner.min(initial=0) < 0 or owner.max(initial=0) >= sim.shape[1]:
         raise ValueError(f"caption_image must name one of {sim.shape[1]} images for each of {sim.shape[0]} captions")
     relevant = owner[:, None] == np.arange(sim.shape[1])[None, :]  # [texts, images]
+    captioned = relevant.any(axis=0)  # an image without captions is no i2t query
     out = {f"{prefix}/t2i_r{k}": v for k, v in recall_at_k_sets(sim, relevant).items()}
-    out.update({f"{prefix}/i2t_r{k}": v for k, v in recall_at_k_sets(sim.T, relevant.T).items()})
+    out.update({f"{prefix}/i2t_r{k}": v for k, v in recall_at_k_sets(sim.T[captioned], relevant.T[captioned]).items()})
     return out
 
 
