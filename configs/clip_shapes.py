@@ -20,6 +20,7 @@ def get_config(arg=None):
         test_size=1_000,
         folder="",  # image_text_folder: the folder holding manifest.jsonl
         shards="",  # webdataset: its tar shards, 'dir/{00000..00099}.tar' (as built)
+        split_seed=0,  # folders, webdataset: the random hold-out's seed (`vlpjax data build --seed`)
         tokenizer="",  # a tokenizer.json or HF tokenizer directory; "" = the dataset's own
         text_len=32,
         flip=True,  # shapes captions swap left/right with the image

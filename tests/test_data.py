@@ -349,3 +349,16 @@ def test_documents_keep_their_named_split(tmp_path):
     sources = builder.as_data_source()
     texts = {name: [list(map(bytes.decode, s[i]["texts"])) for i in range(len(s))] for name, s in sources.items()}
     assert texts == {"train": [["", "b"]], "test": [["one", "a"]], "val": [["", "c"]]}
+
+
+def test_a_folder_built_with_a_hold_out_seed_loads_with_it(tmp_path):
+    from vlpjax.config import load_config
+
+    _split_folder(tmp_path / "f", [{"image": f"a{i}.png", "captions": [f"c{i}"]} for i in range(6)])
+    builders.build_image_text_folder(str(tmp_path / "d"), str(tmp_path / "f"), seed=3)
+    base = ["--config.data.name=image_text_folder", f"--config.data.folder={tmp_path / 'f'}"]
+    base.append(f"--config.data.data_dir={tmp_path / 'd'}")
+    config = load_config("configs/clip_shapes.py:tiny", [*base, "--config.data.split_seed=3"])
+    assert builders.load_dataset(config.data).info.splits["test"].num_examples == 1  # round(6 * 0.1)
+    with pytest.raises(FileNotFoundError, match="is not built"):
+        builders.load_dataset(load_config("configs/clip_shapes.py:tiny", base).data)

@@ -150,3 +150,12 @@ def test_coco_images_anywhere_under_images_captions_once_each(coco, tmp_path):
     imported = import_coco_captions(str(moved), [*captions, captions[1]], karpathy)
     assert len(imported.rows) == 3 and all(len(row["captions"]) == 5 for row in imported.rows)
     assert all(row["image"].startswith("images/") for row in imported.rows)
+
+
+def test_an_import_never_replaces_a_manifest_unasked(coco, tmp_path):
+    images, captions, karpathy = coco
+    imported = import_coco_captions(str(images), captions, karpathy)
+    write_folder(imported, str(images), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="already holds a manifest.jsonl"):
+        write_folder(imported, str(images), str(tmp_path / "out"))
+    write_folder(imported, str(images), str(tmp_path / "out"), overwrite=True)

@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--image_size", type=int, default=64, help="synthetic_shapes")
     build.add_argument("--train_size", type=int, default=50_000, help="synthetic_shapes")
     build.add_argument("--test_size", type=int, default=1_000, help="synthetic_shapes")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument(
+        "--seed", type=int, default=0, help="shapes: the scenes; folders, webdataset: the hold-out (data.split_seed)"
+    )
     build.add_argument("--folder", help="image_text_folder: the folder holding the images and manifest")
     build.add_argument(
         "--manifest",
@@ -108,6 +110,7 @@ def _import_args(data) -> None:
         "--split", action="append", choices=["train", "val", "test"], help="vqav2: the split of each --questions"
     )
     imports.add_argument("--copy", action="store_true", help="copy the images (default: hard links where possible)")
+    imports.add_argument("--overwrite", action="store_true", help="replace the manifest.jsonl --out already holds")
 
 
 def _import_data(args) -> None:
@@ -125,7 +128,7 @@ def _import_data(args) -> None:
             raise UserError(f"vlpjax data import {args.format} needs --{name}")
         kwargs[name] = value
     imported = importer(args.images, **kwargs)
-    manifest = write_folder(imported, args.images, args.out, copy=args.copy)
+    manifest = write_folder(imported, args.images, args.out, copy=args.copy, overwrite=args.overwrite)
     splits = Counter(row.get("split", "(random hold-out)") for row in imported.rows)
     print(f"{len(imported.rows)} rows ({dict(splits)}) in {manifest}")
     if imported.missing:

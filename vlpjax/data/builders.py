@@ -532,7 +532,7 @@ def _folder_fields(kind: str) -> Callable[[Any], dict]:
     def fields(data) -> dict:
         if not data.folder:
             raise InvalidInput(f"data.folder must name the image folder for {kind}")
-        return dict(path=data.folder)
+        return dict(path=data.folder, seed=data.get("split_seed", 0))
 
     return fields
 
@@ -540,7 +540,7 @@ def _folder_fields(kind: str) -> Callable[[Any], dict]:
 def _shards_field(data) -> dict:
     if not data.get("shards"):
         raise InvalidInput("data.shards must name the webdataset shards, e.g. 'shards/{00000..00099}.tar'")
-    return dict(shards=data.shards)
+    return dict(shards=data.shards, seed=data.get("split_seed", 0))
 
 
 def _array_record(builder_class, config_fn) -> Callable[..., tfds.core.DatasetBuilder]:

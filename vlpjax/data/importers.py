@@ -178,11 +178,13 @@ def _place(source: str, target: str, copy: bool) -> None:
     shutil.copyfile(source, target)
 
 
-def write_folder(imported: Imported, images_dir: str, out: str, copy: bool = False) -> str:
+def write_folder(imported: Imported, images_dir: str, out: str, copy: bool = False, overwrite: bool = False) -> str:
     """FOLDER/images/<source path> for every image, then FOLDER/manifest.jsonl (written to a
-    temporary name first). Returns the manifest's path."""
+    temporary name first; an existing one only with `overwrite`). Returns the manifest's path."""
     if not imported.rows:
         raise InvalidInput(f"nothing to import: none of the images the files name is under {images_dir!r}")
+    if os.path.exists(os.path.join(out, MANIFEST)) and not overwrite:
+        raise InvalidInput(f"{out!r} already holds a {MANIFEST}: import into a new folder, or pass --overwrite")
     os.makedirs(out, exist_ok=True)
     for image in sorted({row["image"] for row in imported.rows}):
         _place(os.path.join(images_dir, image), os.path.join(out, IMAGES, image), copy)
