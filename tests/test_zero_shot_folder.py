@@ -107,3 +107,30 @@ def test_class_folders_skip_hidden_and_non_image_files_and_read_sub_folders(tmp_
     (tmp_path / "test" / "cat").mkdir(parents=True)
     with pytest.raises(ValueError, match="mixes split folders"):
         scan_class_folder(str(tmp_path))
+
+
+def test_streaming_retrieval_equals_in_memory_on_shapes(tiny_shapes_dir):
+    """Images decoded and embedded 16 at a time give the retrieval figures of the whole split in
+    memory; with every caption, each image has its 3."""
+    from vlpjax.evaluate.retrieval import retrieval_metrics
+    from vlpjax.evaluate.runner import stream_retrieval_embeddings
+
+    config = _config("clip_shapes", tiny_shapes_dir)
+    data = load_data(config)
+    run = create_run(config, data.tokenizer.vocab_size)
+    inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 16)
+    pipeline = pipeline_config(config, 1)
+    in_memory = evaluate(
+        inference, eval_arrays(data.test_source, data.tokenizer, pipeline), data.tokenizer, config.data.text_len,
+        zero_shot=False, png_queries=0,
+    )  # fmt: skip
+    img, txt, owner = stream_retrieval_embeddings(inference, data.test_source, data.tokenizer, pipeline)
+    streamed = retrieval_metrics(img, txt, caption_image=owner)
+    assert streamed.keys() == in_memory.keys()
+    for key, value in in_memory.items():
+        assert streamed[key] == pytest.approx(value, abs=1e-9), key
+    img_all, txt_all, owner_all = stream_retrieval_embeddings(
+        inference, data.test_source, data.tokenizer, pipeline, all_captions=True
+    )
+    assert np.bincount(owner_all).tolist() == [3] * len(img) and len(txt_all) == 3 * len(img)
+    np.testing.assert_allclose(img_all, img, atol=1e-6)

@@ -219,7 +219,7 @@ def train_iterator(
     return iter(ds.to_iter_dataset(options))
 
 
-def _image_arrays(examples, config: PipelineConfig) -> dict[str, np.ndarray]:
+def image_arrays(examples, config: PipelineConfig) -> dict[str, np.ndarray]:
     images = np.stack([normalize(resize(decode_image(e["image"]), config.image_size)) for e in examples])
     out = {"image": images}
     if config.region_grid:
@@ -247,7 +247,7 @@ def eval_arrays(
     first = [as_text(e["captions"][0]) for e in examples]
     ids, mask = tokenizer(first, config.text_len)
     out = {
-        **_image_arrays(examples, config),
+        **image_arrays(examples, config),
         "text_ids": ids,
         "text_mask": mask,
         "captions": np.array(first, dtype=object),
@@ -266,7 +266,7 @@ def vqa_eval_arrays(
     rows = [(i, q, refs) for i, e in enumerate(examples) for q, refs in question_rows(e)]
     ids, mask = tokenizer([q for _, q, _ in rows], config.text_len)
     return {
-        **_image_arrays(examples, config),
+        **image_arrays(examples, config),
         "image_index": np.array([i for i, _, _ in rows], np.int64),
         "question_ids": ids,
         "question_mask": mask,

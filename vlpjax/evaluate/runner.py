@@ -14,7 +14,10 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from vlpjax.data.images import decode_image, normalize, resize
+from vlpjax.data.pipeline import image_arrays
 from vlpjax.data.shapes import CLASS_NAMES
+from vlpjax.data.tokenizer import as_text
+from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.report import top_k_png
 from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
 from vlpjax.evaluate.vqa import vqa_accuracy_from_logits
@@ -167,6 +170,38 @@ def evaluate_vqa(inference: Inference, vqa_data: Mapping, answers: list[str]) ->
         image_inputs(vqa_data), vqa_data["image_index"], vqa_data["question_ids"], vqa_data["question_mask"]
     )
     return vqa_accuracy_from_logits(logits, answers, vqa_data["references"], vqa_data["questions"])
+
+
+def stream_retrieval_embeddings(
+    inference: Inference, source, tokenizer, config, all_captions: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image embeddings [N, E], caption embeddings [T, E], caption_image [T]) of a split's
+    images with captions, decoded and embedded a batch of images at a time: only the embeddings
+    stay in memory. `all_captions`: every caption of an image (COCO / Flickr retrieval), else
+    its first (what `eval_arrays` holds)."""
+    images, texts, owners = [], [], []
+    batch = []
+
+    def flush():
+        images.append(inference.images(image_arrays(batch, config)))
+        captions = [[as_text(c) for c in (e["captions"] if all_captions else e["captions"][:1])] for e in batch]
+        first_image = sum(len(part) for part in images[:-1])
+        owners.extend(first_image + i for i, caps in enumerate(captions) for _ in caps)
+        ids, mask = tokenizer([c for caps in captions for c in caps], config.text_len)
+        texts.append(inference.texts(ids, mask))
+        batch.clear()
+
+    for i in tqdm(range(len(source)), desc="retrieval images", leave=False):
+        example = source[i]
+        if len(example["captions"]):
+            batch.append(example)
+        if len(batch) == inference.batch_size:
+            flush()
+    if batch:
+        flush()
+    if not images:
+        raise InvalidInput("the test split has no examples with captions to evaluate on")
+    return np.concatenate(images), np.concatenate(texts), np.asarray(owners, np.int64)
 
 
 def stream_image_embeddings(inference: Inference, source, image_size: int) -> tuple[np.ndarray, np.ndarray]:
