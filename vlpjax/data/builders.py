@@ -387,7 +387,8 @@ class WebDataset(tfds.core.GeneratorBasedBuilder):
             if caption is None:
                 bad.append(folder.BadRow(ordinal, problem, f"{sample.shard}:{sample.key}"))
             else:
-                counts[self._split_of(sample)] = counts.get(self._split_of(sample), 0) + 1
+                split = self._split_of(sample)
+                counts[split] = counts.get(split, 0) + 1
         self.scan_report = folder.ScanReport(range(sum(counts.values())), bad)  # a count, not the rows
         folder.check_bad_fraction(self.scan_report, self.builder_config.max_bad_fraction, unit="samples")
         return {split: self._generate_examples(split) for split in sorted(counts)}

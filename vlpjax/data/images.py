@@ -29,3 +29,8 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def model_pixels(data: bytes, size: int) -> np.ndarray:
+    """Encoded image bytes -> the [size, size, 3] float input every image tower takes."""
+    return normalize(resize(decode_image(data), size))

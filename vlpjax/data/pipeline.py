@@ -14,7 +14,7 @@ import numpy as np
 
 from vlpjax.data.answers import answer_vocabulary, target_scores
 from vlpjax.data.fields import question_rows
-from vlpjax.data.images import decode_image, normalize, resize
+from vlpjax.data.images import decode_image, model_pixels, normalize, resize
 from vlpjax.data.interleaved import DocumentTransform, InterleavedTransform, TextTransform
 from vlpjax.data.regions import flip_boxes, region_arrays
 from vlpjax.data.shapes import swap_left_right
@@ -220,7 +220,7 @@ def train_iterator(
 
 
 def image_arrays(examples, config: PipelineConfig) -> dict[str, np.ndarray]:
-    images = np.stack([normalize(resize(decode_image(e["image"]), config.image_size)) for e in examples])
+    images = np.stack([model_pixels(e["image"], config.image_size) for e in examples])
     out = {"image": images}
     if config.region_grid:
         rows = [

@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vlpjax.data.images import decode_image, normalize, resize
+from vlpjax.data.images import model_pixels
 from vlpjax.data.pipeline import image_arrays
 from vlpjax.data.shapes import CLASS_NAMES
 from vlpjax.data.tokenizer import as_text
@@ -210,7 +210,7 @@ def stream_image_embeddings(inference: Inference, source, image_size: int) -> tu
     embeddings, labels = [], []
     for start in tqdm(range(0, len(source), inference.batch_size), desc="zero-shot images", leave=False):
         examples = [source[i] for i in range(start, min(start + inference.batch_size, len(source)))]
-        pixels = np.stack([normalize(resize(decode_image(e["image"]), image_size)) for e in examples])
+        pixels = np.stack([model_pixels(e["image"], image_size) for e in examples])
         embeddings.append(inference.images({"image": pixels}))
         labels.extend(int(e["label"]) for e in examples)
     return np.concatenate(embeddings), np.asarray(labels, np.int64)

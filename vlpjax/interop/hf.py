@@ -15,7 +15,7 @@ from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf_clip import load_dual_encoder, save_dual_encoder  # noqa: F401 - the public import path
 from vlpjax.interop.hf_lm import load_decoder_lm, save_decoder_lm  # noqa: F401 - the public import path
 from vlpjax.interop.safetensors_io import assign_weights, read_config, read_safetensors, strip_prefix
-from vlpjax.interop.weight_tables import WeightEntry, dense_entries, norm_entries, weights_from_table
+from vlpjax.interop.weight_tables import WeightEntry, torch_layer_norm, torch_linear, weights_from_table
 from vlpjax.models.text import BertConfig, BertEncoder
 
 # --- BERT ---------------------------------------------------------------------------------
@@ -42,29 +42,21 @@ def bert_config_from_hf(hf: dict, dtype: str = "float32") -> BertConfig:
     return BertConfig(**{k: hf[k] for k in _BERT_CONFIG_FIELDS if k in hf}, dtype=dtype)
 
 
-def _linear(hf_name: str, path: tuple) -> Iterator[WeightEntry]:
-    return dense_entries(hf_name, path, bias=True, transpose=True)
-
-
-def _layer_norm(hf_name: str, path: tuple) -> Iterator[WeightEntry]:
-    return norm_entries(hf_name, path, bias=True)
-
-
 def bert_weight_map(num_layers: int) -> Iterator[WeightEntry]:
     """The weight table of a BERT encoder."""
     yield WeightEntry("embeddings.word_embeddings.weight", ("word_embeddings", "embedding"))
     yield WeightEntry("embeddings.position_embeddings.weight", ("position_embeddings", "embedding"))
     yield WeightEntry("embeddings.token_type_embeddings.weight", ("token_type_embeddings", "embedding"))
-    yield from _layer_norm("embeddings.LayerNorm", ("ln_embed",))
+    yield from torch_layer_norm("embeddings.LayerNorm", ("ln_embed",))
     for i in range(num_layers):
         hf, ours = f"encoder.layer.{i}", ("layers", i)
         for proj in ("query", "key", "value"):
-            yield from _linear(f"{hf}.attention.self.{proj}", ours + ("attn", proj))
-        yield from _linear(f"{hf}.attention.output.dense", ours + ("attn", "out"))
-        yield from _layer_norm(f"{hf}.attention.output.LayerNorm", ours + ("ln_attn",))
-        yield from _linear(f"{hf}.intermediate.dense", ours + ("mlp", "fc1"))
-        yield from _linear(f"{hf}.output.dense", ours + ("mlp", "fc2"))
-        yield from _layer_norm(f"{hf}.output.LayerNorm", ours + ("ln_mlp",))
+            yield from torch_linear(f"{hf}.attention.self.{proj}", ours + ("attn", proj))
+        yield from torch_linear(f"{hf}.attention.output.dense", ours + ("attn", "out"))
+        yield from torch_layer_norm(f"{hf}.attention.output.LayerNorm", ours + ("ln_attn",))
+        yield from torch_linear(f"{hf}.intermediate.dense", ours + ("mlp", "fc1"))
+        yield from torch_linear(f"{hf}.output.dense", ours + ("mlp", "fc2"))
+        yield from torch_layer_norm(f"{hf}.output.LayerNorm", ours + ("ln_mlp",))
 
 
 def _legacy_layer_norm_names(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

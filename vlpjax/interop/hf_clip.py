@@ -33,9 +33,9 @@ from vlpjax.interop.safetensors_io import (
 from vlpjax.interop.weight_tables import (
     Layout,
     WeightEntry,
-    dense_entries,
-    norm_entries,
     tensors_from_table,
+    torch_layer_norm,
+    torch_linear,
     weights_from_table,
 )
 from vlpjax.models.layers import ACTIVATIONS, sincos_2d
@@ -263,37 +263,29 @@ TOKEN = Layout(lambda v: v.reshape(1, 1, -1), lambda v: v.reshape(-1))  # class 
 SCALAR = Layout(lambda v: v.reshape(()), lambda v: v.reshape(1))  # SigLIP's [1] <-> ()
 
 
-def _linear(hf: str, path: tuple, bias: bool = True) -> Iterator[WeightEntry]:
-    return dense_entries(hf, path, bias=bias, transpose=True)
-
-
-def _norm(hf: str, path: tuple) -> Iterator[WeightEntry]:
-    return norm_entries(hf, path, bias=True)
-
-
 def _pre_ln_layers(depth: int) -> Iterator[WeightEntry]:
     """CLIP / SigLIP encoder layers -> our PreLNBlocks."""
     for i in range(depth):
         hf, ours = f"encoder.layers.{i}", ("blocks", i)
-        yield from _norm(f"{hf}.layer_norm1", ours + ("ln_attn",))
+        yield from torch_layer_norm(f"{hf}.layer_norm1", ours + ("ln_attn",))
         for hf_proj, proj in (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "out")):
-            yield from _linear(f"{hf}.self_attn.{hf_proj}", ours + ("attn", proj))
-        yield from _norm(f"{hf}.layer_norm2", ours + ("ln_mlp",))
-        yield from _linear(f"{hf}.mlp.fc1", ours + ("mlp", "fc1"))
-        yield from _linear(f"{hf}.mlp.fc2", ours + ("mlp", "fc2"))
+            yield from torch_linear(f"{hf}.self_attn.{hf_proj}", ours + ("attn", proj))
+        yield from torch_layer_norm(f"{hf}.layer_norm2", ours + ("ln_mlp",))
+        yield from torch_linear(f"{hf}.mlp.fc1", ours + ("mlp", "fc1"))
+        yield from torch_linear(f"{hf}.mlp.fc2", ours + ("mlp", "fc2"))
 
 
 def _vit_layers(depth: int) -> Iterator[WeightEntry]:
     """ViTModel's encoder layers -> our PreLNBlocks."""
     for i in range(depth):
         hf, ours = f"encoder.layer.{i}", ("blocks", i)
-        yield from _norm(f"{hf}.layernorm_before", ours + ("ln_attn",))
+        yield from torch_layer_norm(f"{hf}.layernorm_before", ours + ("ln_attn",))
         for proj in ("query", "key", "value"):
-            yield from _linear(f"{hf}.attention.attention.{proj}", ours + ("attn", proj))
-        yield from _linear(f"{hf}.attention.output.dense", ours + ("attn", "out"))
-        yield from _norm(f"{hf}.layernorm_after", ours + ("ln_mlp",))
-        yield from _linear(f"{hf}.intermediate.dense", ours + ("mlp", "fc1"))
-        yield from _linear(f"{hf}.output.dense", ours + ("mlp", "fc2"))
+            yield from torch_linear(f"{hf}.attention.attention.{proj}", ours + ("attn", proj))
+        yield from torch_linear(f"{hf}.attention.output.dense", ours + ("attn", "out"))
+        yield from torch_layer_norm(f"{hf}.layernorm_after", ours + ("ln_mlp",))
+        yield from torch_linear(f"{hf}.intermediate.dense", ours + ("mlp", "fc1"))
+        yield from torch_linear(f"{hf}.output.dense", ours + ("mlp", "fc2"))
 
 
 def _map_head() -> Iterator[WeightEntry]:
@@ -302,10 +294,10 @@ def _map_head() -> Iterator[WeightEntry]:
     for i, proj in enumerate(("query", "key", "value")):
         yield WeightEntry("head.attention.in_proj_weight", ("map_head", "attn", proj, "kernel"), True, (i, 3))
         yield WeightEntry("head.attention.in_proj_bias", ("map_head", "attn", proj, "bias"), False, (i, 3))
-    yield from _linear("head.attention.out_proj", ("map_head", "attn", "out"))
-    yield from _norm("head.layernorm", ("map_head", "ln"))
-    yield from _linear("head.mlp.fc1", ("map_head", "mlp", "fc1"))
-    yield from _linear("head.mlp.fc2", ("map_head", "mlp", "fc2"))
+    yield from torch_linear("head.attention.out_proj", ("map_head", "attn", "out"))
+    yield from torch_layer_norm("head.layernorm", ("map_head", "ln"))
+    yield from torch_linear("head.mlp.fc1", ("map_head", "mlp", "fc1"))
+    yield from torch_linear("head.mlp.fc2", ("map_head", "mlp", "fc2"))
 
 
 def vision_table(family: str, depth: int) -> Iterator[WeightEntry]:
@@ -316,17 +308,17 @@ def vision_table(family: str, depth: int) -> Iterator[WeightEntry]:
         yield WeightEntry("embeddings.cls_token", ("cls_token",))
         yield WeightEntry("embeddings.position_embeddings", ("pos_embed",))
         yield from _vit_layers(depth)
-        yield from _norm("layernorm", ("ln_final",))
+        yield from torch_layer_norm("layernorm", ("ln_final",))
         return
     yield WeightEntry("embeddings.patch_embedding.weight", ("patch_embed", "kernel"), layout=CONV)
     yield WeightEntry("embeddings.position_embedding.weight", ("pos_embed",), layout=ROWS)
     if family == "clip":
         yield WeightEntry("embeddings.class_embedding", ("cls_token",), layout=TOKEN)
-        yield from _norm("pre_layrnorm", ("ln_pre",))  # sic: transformers' name
+        yield from torch_layer_norm("pre_layrnorm", ("ln_pre",))  # sic: transformers' name
     else:
         yield WeightEntry("embeddings.patch_embedding.bias", ("patch_embed", "bias"))
     yield from _pre_ln_layers(depth)
-    yield from _norm("post_layernorm", ("ln_final",))
+    yield from torch_layer_norm("post_layernorm", ("ln_final",))
     if family == "siglip":
         yield from _map_head()
 
@@ -336,7 +328,7 @@ def text_table(depth: int) -> Iterator[WeightEntry]:
     yield WeightEntry("embeddings.token_embedding.weight", ("token_embed", "embedding"))
     yield WeightEntry("embeddings.position_embedding.weight", ("pos_embed",))
     yield from _pre_ln_layers(depth)
-    yield from _norm("final_layer_norm", ("ln_final",))
+    yield from torch_layer_norm("final_layer_norm", ("ln_final",))
 
 
 def under(entries: Iterable[WeightEntry], hf_prefix: str, path: tuple) -> Iterator[WeightEntry]:
@@ -359,7 +351,7 @@ def dual_encoder_table(family: str, spec: dict) -> list[WeightEntry]:
         ]
     else:
         table += [
-            *_linear("text_model.head", ("txt_proj", "linear")),
+            *torch_linear("text_model.head", ("txt_proj", "linear")),
             WeightEntry("logit_scale", ("logit_scale",), layout=SCALAR),
             WeightEntry("logit_bias", ("logit_bias",), layout=SCALAR),
         ]

@@ -49,6 +49,16 @@ def dense_entries(hf_name: str, path: tuple, bias: bool, transpose: bool, part=N
         yield WeightEntry(f"{hf_name}.bias", path + ("bias",), False, part)
 
 
+def torch_linear(hf_name: str, path: tuple, bias: bool = True) -> Iterator[WeightEntry]:
+    """A torch nn.Linear: weight [out, in] (our kernel transposed), and its bias."""
+    return dense_entries(hf_name, path, bias=bias, transpose=True)
+
+
+def torch_layer_norm(hf_name: str, path: tuple) -> Iterator[WeightEntry]:
+    """A torch nn.LayerNorm: weight (our scale) and bias."""
+    return norm_entries(hf_name, path, bias=True)
+
+
 def weights_from_table(
     tensors: dict[str, np.ndarray], table: Iterable[WeightEntry], source: str
 ) -> list[tuple[tuple, np.ndarray]]:

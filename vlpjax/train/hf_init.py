@@ -116,15 +116,6 @@ def _name(path: tuple) -> str:
 # --- config: resolve kind="hf" towers -------------------------------------------------------
 
 
-def _source_for(config: ml_collections.ConfigDict, slot: str) -> HFSource | None:
-    sources = hf_sources(config.init)
-    if slot in sources:
-        return read_source(slot, sources[slot])
-    if "model" in sources:
-        return read_source("model", sources["model"])
-    return None
-
-
 def _has_tokenizer(path: str) -> bool:
     return any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES)
 
@@ -147,12 +138,13 @@ def _resolve_tower(config: ml_collections.ConfigDict, slot: str, source: HFSourc
 def resolve_hf_towers(config: ml_collections.ConfigDict) -> None:
     """Towers of kind 'hf' take their init.hf directory's shape; every image tower loaded from
     HF takes its pixel normalisation (see the module docstring)."""
+    sources = {slot: read_source(slot, path) for slot, path in hf_sources(config.init).items()}  # each read once
     with config.unlocked():
         for slot in ("image", "text"):
             spec = config.model.get(slot)
             if not isinstance(spec, ml_collections.ConfigDict):
                 continue
-            source = _source_for(config, slot)
+            source = sources.get(slot) or sources.get("model")
             if spec.get("kind") == "hf":
                 if source is None:
                     raise ConfigError(f"model.{slot}.kind='hf' takes its shape from init.hf.{slot}, which is empty")
@@ -160,11 +152,9 @@ def resolve_hf_towers(config: ml_collections.ConfigDict) -> None:
             elif slot == "image" and source is not None and spec.get("kind") == "vit":
                 tower = source.tower("image")
                 config.model.image.pixel_mean, config.model.image.pixel_std = tower["pixel_mean"], tower["pixel_std"]
-        model_source = hf_sources(config.init).get("model")
-        if model_source and config.model.family == "dual_encoder":
-            source = read_source("model", model_source)
+        if "model" in sources and config.model.family == "dual_encoder":
             for key in MODEL_FIELDS:
-                config.model[key] = source.spec.get(key, MODEL_FIELDS[key])
+                config.model[key] = sources["model"].spec.get(key, MODEL_FIELDS[key])
 
 
 # --- shapes: the recipe's towers against the checkpoints' ------------------------------------
