@@ -47,7 +47,7 @@ def get_config(arg=None):
     c.objectives = dict(itc=dict(weight=1.0), itm=dict(weight=1.0), mlm=dict(weight=1.0, prob=0.15))
     c.train.update(batch_size=128, steps=1000, checkpoint_every=250)
     c.optim.lr = 5e-4
-    c.eval.itm_top_k = 16
+    c.evals.retrieval.itm_top_k = 16  # each query's top 16 re-ranked by the ITM head
     if arg == "tiny":
         shrink_for_tests(c)
     return c
@@ -67,4 +67,7 @@ def shrink_for_tests(c):
         c.model.fusion.update(width=32, depth=1, mlp_dim=64)
     c.model.embed_dim = 32
     c.train.update(batch_size=32, steps=8, log_every=2, checkpoint_every=4)
-    c.eval.update(batch_size=32, itm_top_k=4)
+    for spec in c.evals.values():
+        spec.batch_size = 32
+    if "retrieval" in c.evals:
+        c.evals.retrieval.itm_top_k = 4

@@ -5,7 +5,7 @@ vlpjax train --config configs/clip_shapes.py --workdir workdirs/clip_shapes
 
 import ml_collections
 
-from vlpjax.config import scale_switches
+from vlpjax.config import evaluator, scale_switches
 
 
 def get_config(arg=None):
@@ -75,7 +75,6 @@ def get_config(arg=None):
         batch_size=256,  # global
         steps=240,
         log_every=20,
-        eval_every=0,  # 0: only at the end
         checkpoint_every=100,
         keep_checkpoints=2,
         parallelism="mesh",
@@ -87,7 +86,10 @@ def get_config(arg=None):
         peer_timeout_s=300,
     )
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
-    c.eval = dict(batch_size=250, zero_shot=True, png_queries=4, itm_top_k=16)  # itm_top_k: fusion models only
+    # Named evaluators, run at the end (and every `every` steps), logged as <name>/<metric>
+    # (README, Evaluation): retrieval on the test split's pairs and zero-shot over the 32
+    # colour-shape classes.
+    c.evals = dict(retrieval=evaluator("retrieval", png_queries=4), zero_shot=evaluator("zero_shot"))
     if arg == "tiny":  # a few seconds on CPU: tests and smoke runs
         c.data.image_size = 32
         c.data.train_size = 512
@@ -96,5 +98,6 @@ def get_config(arg=None):
         c.model.text.update(width=32, depth=1, mlp_dim=64)
         c.model.embed_dim = 32
         c.train.update(batch_size=32, steps=8, log_every=2, checkpoint_every=4)
-        c.eval.batch_size = 32
+        for spec in c.evals.values():
+            spec.batch_size = 32
     return c

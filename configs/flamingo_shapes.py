@@ -12,7 +12,7 @@ adapters and the `<image>` / `<|endofchunk|>` embedding rows train.
 Any Hugging Face GPT-2 / LLaMA directory can replace the LM: --config.model.lm.path=DIR.
 """
 
-from vlpjax.config import base_recipe, scale_switches
+from vlpjax.config import base_recipe, evaluator, scale_switches
 
 clip = base_recipe(__file__, "clip_shapes")
 
@@ -36,23 +36,21 @@ def get_config(arg=None):
     c.rules.no_decay = c.rules.no_decay + (r".*_gate$", r".*latents$", r"new_token_.*")
     c.train.update(batch_size=64, steps=1000, checkpoint_every=250)
     c.optim.update(lr=1e-3, warmup_steps=50)
-    # Few-shot generation on held-out images, before training (closed gates) and after.
-    c.eval = dict(
-        batch_size=50,
-        images=200,
-        shots=2,
-        beams=1,
-        caption_tokens=32,
-        answer_tokens=3,
-        at_start=True,
-        zero_shot=False,
-        png_queries=0,
-        itm_top_k=0,
+    # Few-shot generation on the first 200 held-out images, before training (closed gates) and
+    # after. On interleaved documents (data.name=interleaved_folder) there is nothing to caption:
+    # turn `caption` and `vqa` off and `lm` (held-out next-token metrics) on.
+    shots = dict(shots=2, images=200, batch_size=50, at_start=True)
+    c.evals = dict(
+        caption=evaluator("few_shot", task="captioning", max_tokens=32, **shots),
+        vqa=evaluator("few_shot", task="vqa", max_tokens=3, **shots),
+        lm=evaluator("perplexity", enabled=False),
     )
     if arg == "tiny":
         c.data.update(image_size=32, train_size=512, test_size=64, text_len=48)
         c.model.image.update(image_size=32, width=32, depth=1, mlp_dim=64)
         c.model.flamingo.update(num_latents=2, resampler_depth=1, resampler_heads=2, cross_heads=2)
         c.train.update(batch_size=16, steps=8, log_every=2, checkpoint_every=4)
-        c.eval.update(batch_size=8, images=8, caption_tokens=6)
+        c.evals.caption.update(batch_size=8, images=8, max_tokens=6)
+        c.evals.vqa.update(batch_size=8, images=8)
+        c.evals.lm.batch_size = 8
     return c

@@ -6,7 +6,7 @@ Face layout that `vlpjax.interop.hf.load_decoder_lm` (and transformers) read:
     vlpjax export --config configs/lm_shapes.py --workdir workdirs/lm_shapes --out workdirs/lm_shapes/hf
 """
 
-from vlpjax.config import base_recipe, scale_switches
+from vlpjax.config import base_recipe, evaluator, scale_switches
 
 
 def get_config(arg=None):
@@ -30,10 +30,10 @@ def get_config(arg=None):
     c.objectives = dict(lm=dict(weight=1.0))
     c.train.update(batch_size=128, steps=1500, checkpoint_every=500)
     c.optim.update(lr=2e-3, warmup_steps=100)
-    c.eval.update(zero_shot=False, png_queries=0)
+    c.evals = dict(lm=evaluator("perplexity"))  # held-out next-token loss, accuracy, perplexity
     if arg == "tiny":
         c.data.update(image_size=32, train_size=512, test_size=64)
         c.model.lm.update(hidden_size=32, num_layers=2, intermediate_size=64)
         c.train.update(batch_size=32, steps=8, log_every=2, checkpoint_every=4)
-        c.eval.batch_size = 32
+        c.evals.lm.batch_size = 32
     return c

@@ -8,7 +8,7 @@ The same recipe fine-tunes on a user folder's VQA rows with
 `--config.data.name=image_text_folder --config.data.folder=DIR` (see README).
 """
 
-from vlpjax.config import base_recipe
+from vlpjax.config import base_recipe, evaluator
 
 albef = base_recipe(__file__, "albef_shapes")
 
@@ -31,7 +31,7 @@ def get_config(arg=None):
     c.rules.frozen = (r"(itm_head|mlm_head|img_proj|txt_proj)/.*", r"logit_scale")
     c.train.update(steps=3000, checkpoint_every=500)
     c.optim.update(lr=5e-4, warmup_steps=100)
-    c.eval.update(zero_shot=False, itm_top_k=0, png_queries=0)
+    c.evals = dict(vqa=evaluator("vqa", mode="classify"))  # the answer head's top answer, every test question
     if arg == "tiny":
         albef.shrink_for_tests(c)
     return c

@@ -7,7 +7,6 @@ import pytest
 from vlpjax.data import shapes
 from vlpjax.data.tokenizer import TextTokenizer, train_wordpiece
 from vlpjax.evaluate.captions import caption_metrics
-from vlpjax.evaluate.runner import evaluate_vqa
 from vlpjax.evaluate.vqa import vqa_accuracy_from_logits
 
 ANSWERS = ["yes", "no", "two"]  # the vocabulary's order: most frequent training answer first
@@ -15,26 +14,8 @@ QUESTIONS = ["is there a circle?", "is there a square?", "how many objects?", "i
 REFERENCES = [["yes"], ["yes"], ["two", "two", "two"], ["no"]]
 
 
-class _Answers:
-    """Stands in for `runner.Inference`: fixed answer logits for every question."""
-
-    def __init__(self, logits):
-        self.logits = np.asarray(logits, np.float32)
-
-    def answer_logits(self, images, image_rows, question_ids, question_mask):
-        return self.logits
-
-
 def _vqa(logits):
-    data = {
-        "image": np.zeros((4, 8, 8, 3), np.float32),
-        "image_index": np.arange(4),
-        "question_ids": np.zeros((4, 5), np.int32),
-        "question_mask": np.ones((4, 5), bool),
-        "references": REFERENCES,
-        "questions": QUESTIONS,
-    }
-    return evaluate_vqa(_Answers(logits), data, ANSWERS)
+    return vqa_accuracy_from_logits(np.asarray(logits, np.float32), ANSWERS, REFERENCES, QUESTIONS)
 
 
 def test_nan_answer_logits_score_zero():
@@ -75,6 +56,7 @@ def test_captions_generated_from_nan_logits_score_zero(tokenizer):
     metrics = caption_metrics(predicted, references, shapes=True)
     assert metrics["caption/images"] == 3
     assert metrics["caption/token_f1"] == metrics["caption/exact"] == metrics["caption/object_f1"] == 0.0
+    assert metrics["caption/cider_d"] == 0.0 and metrics["caption/bleu4"] < 1e-6  # BLEU's smoothing: not exactly 0
 
 
 def test_an_empty_caption_never_matches_exactly():

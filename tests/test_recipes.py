@@ -24,7 +24,7 @@ def _config(recipe, data_dir, *overrides):
     path = os.path.join(ROOT, "configs", f"{recipe}.py") + ":tiny"
     return load_config(
         path,
-        [f"--config.data.data_dir={data_dir}", "--config.train.steps=4", "--config.eval.png_queries=0", *overrides],
+        [f"--config.data.data_dir={data_dir}", "--config.train.steps=4", *overrides],
     )
 
 

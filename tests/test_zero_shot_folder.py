@@ -16,8 +16,17 @@ from vlpjax.data import builders
 from vlpjax.data.images import decode_image
 from vlpjax.data.pipeline import eval_arrays
 from vlpjax.data.shapes import CLASS_NAMES
-from vlpjax.evaluate.runner import Inference, evaluate, evaluate_zero_shot_folder
-from vlpjax.evaluate.zero_shot import DEFAULT_TEMPLATES, load_templates, zero_shot_metrics
+from vlpjax.evaluate.context import EvalContext
+from vlpjax.evaluate.evaluators import _captions_and_owners, run_evaluator
+from vlpjax.evaluate.retrieval import retrieval_metrics
+from vlpjax.evaluate.runner import Inference
+from vlpjax.evaluate.zero_shot import (
+    DEFAULT_TEMPLATES,
+    class_embeddings,
+    load_templates,
+    zero_shot_accuracy,
+    zero_shot_metrics,
+)
 from vlpjax.train.build import create_run, load_data, pipeline_config
 
 
@@ -32,40 +41,40 @@ def _class_folder(root, source):
     (root / "test" / CLASS_NAMES[0] / "broken.png").write_bytes(b"not an image")
 
 
+def _context(config, data, run, batch_size):
+    """The evaluators' view of an untrained run, at `batch_size` for every evaluator."""
+    for spec in config.evals.values():
+        spec.batch_size = batch_size
+    ctx = EvalContext(config, run.graphdef, run.mesh, data, pipeline_config(config, 1), "", write_pngs=False)
+    ctx.set_weights(run.state.params, run.state.frozen)
+    return ctx
+
+
 def test_class_folder_zero_shot_equals_the_shapes_zero_shot(tiny_shapes_dir, tmp_path, capsys):
-    config = _config("clip_shapes", tiny_shapes_dir)
+    _class_folder(tmp_path / "classes", load_data(_config("clip_shapes", tiny_shapes_dir)).test_source)
+    args = ["data", "build", "image_class_folder", "--folder", str(tmp_path / "classes"), "--data_dir", str(tmp_path)]
+    assert cli.main(args) == 0 and "1 bad rows skipped" in capsys.readouterr().out
+    builder = builders.load_builder("image_class_folder", str(tmp_path), path=str(tmp_path / "classes"))
+    assert list(builder.info.splits) == ["test"] and builder.info.splits["test"].num_examples == TINY_DATA["test_size"]
+    assert sorted(builders.dataset_classes(builder)) == sorted(CLASS_NAMES)
+
+    # The same run's zero_shot evaluator, pointed at the class folder from the command line.
+    folder = {"name": "image_class_folder", "folder": str(tmp_path / "classes"), "data_dir": str(tmp_path)}
+    config = _config("clip_shapes", tiny_shapes_dir, f"--config.evals.zero_shot.data={folder!r}")
     data = load_data(config)
     run = create_run(config, data.tokenizer.vocab_size)
-    inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 32)
+    on_folder = run_evaluator(_context(config, data, run, 32), "imagenet_like", config.evals.zero_shot)
+    config.evals.zero_shot.data = None  # the run's own shapes test split
+    on_shapes = run_evaluator(_context(config, data, run, 32), "zero_shot", config.evals.zero_shot)
+    assert on_folder["imagenet_like/top1"] == pytest.approx(on_shapes["zero_shot/top1"], abs=1e-9)
+    assert on_folder["imagenet_like/top1"] <= on_folder["imagenet_like/top5"] <= 1.0
+    assert "zero_shot/single_object_top1" in on_shapes and "imagenet_like/single_object_top1" not in on_folder
+    # and the shapes figure is the in-memory zero-shot accuracy of the whole split
     arrays = eval_arrays(data.test_source, data.tokenizer, pipeline_config(config, 1))
-    shapes = evaluate(inference, arrays, data.tokenizer, config.data.text_len, zero_shot=True, png_queries=0)
-
-    _class_folder(tmp_path / "classes", data.test_source)
-    args = [
-        "data",
-        "build",
-        "image_class_folder",
-        "--folder",
-        str(tmp_path / "classes"),
-        "--data_dir",
-        str(tmp_path / "d"),
-    ]
-    assert cli.main(args) == 0 and "1 bad rows skipped" in capsys.readouterr().out
-    builder = builders.load_builder("image_class_folder", str(tmp_path / "d"), path=str(tmp_path / "classes"))
-    assert list(builder.info.splits) == ["test"] and builder.info.splits["test"].num_examples == TINY_DATA["test_size"]
-    classes = builders.dataset_classes(builder)
-    assert sorted(classes) == sorted(CLASS_NAMES)
-    metrics = evaluate_zero_shot_folder(
-        inference,
-        data.tokenizer,
-        config.data.text_len,
-        builder.as_data_source()["test"],
-        classes,
-        DEFAULT_TEMPLATES,
-        config.data.image_size,
-    )
-    assert metrics["zero_shot/top1"] == pytest.approx(shapes["zero_shot/accuracy"], abs=1e-9)
-    assert metrics["zero_shot/top1"] <= metrics["zero_shot/top5"] <= 1.0
+    inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 32)
+    classes = class_embeddings(lambda t: inference.texts(*data.tokenizer(t, config.data.text_len)), CLASS_NAMES)
+    in_memory = zero_shot_accuracy(inference.images({"image": arrays["image"]}), classes, arrays["label"])
+    assert on_shapes["zero_shot/top1"] == pytest.approx(in_memory, abs=1e-9)
 
 
 def test_top5_and_mean_per_class_by_hand():
@@ -110,27 +119,25 @@ def test_class_folders_skip_hidden_and_non_image_files_and_read_sub_folders(tmp_
 
 
 def test_streaming_retrieval_equals_in_memory_on_shapes(tiny_shapes_dir):
-    """Images decoded and embedded 16 at a time give the retrieval figures of the whole split in
-    memory; with every caption, each image has its 3."""
-    from vlpjax.evaluate.retrieval import retrieval_metrics
-    from vlpjax.evaluate.runner import stream_retrieval_embeddings
-
+    """The retrieval evaluator, its images decoded and embedded 16 at a time, gives the figures
+    of the whole split in memory; with every caption, each image has its 3."""
     config = _config("clip_shapes", tiny_shapes_dir)
     data = load_data(config)
     run = create_run(config, data.tokenizer.vocab_size)
-    inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 16)
-    pipeline = pipeline_config(config, 1)
-    in_memory = evaluate(
-        inference, eval_arrays(data.test_source, data.tokenizer, pipeline), data.tokenizer, config.data.text_len,
-        zero_shot=False, png_queries=0,
-    )  # fmt: skip
-    img, txt, owner = stream_retrieval_embeddings(inference, data.test_source, data.tokenizer, pipeline)
-    streamed = retrieval_metrics(img, txt, caption_image=owner)
+    inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 32)
+    arrays = eval_arrays(data.test_source, data.tokenizer, pipeline_config(config, 1))
+    img, txt = inference.images({"image": arrays["image"]}), inference.texts(arrays["text_ids"], arrays["text_mask"])
+    in_memory = retrieval_metrics(img, txt)
+
+    ctx = _context(config, data, run, 16)
+    streamed = run_evaluator(ctx, "retrieval", config.evals.retrieval)
     assert streamed.keys() == in_memory.keys()
     for key, value in in_memory.items():
         assert streamed[key] == pytest.approx(value, abs=1e-9), key
-    img_all, txt_all, owner_all = stream_retrieval_embeddings(
-        inference, data.test_source, data.tokenizer, pipeline, all_captions=True
-    )
-    assert np.bincount(owner_all).tolist() == [3] * len(img) and len(txt_all) == 3 * len(img)
-    np.testing.assert_allclose(img_all, img, atol=1e-6)
+    config.evals.retrieval.all_captions = True
+    every = run_evaluator(ctx, "every_caption", config.evals.retrieval)
+    texts, owner = _captions_and_owners(ctx.split_images(config.evals.retrieval).captions, np.arange(len(img)), True)
+    assert np.bincount(owner).tolist() == [3] * len(img) and len(texts) == 3 * len(img)
+    txt_all = inference.texts(*data.tokenizer(texts, config.data.text_len))
+    for key, value in retrieval_metrics(img, txt_all, "every_caption", caption_image=owner).items():
+        assert every[key] == pytest.approx(value, abs=1e-9), key

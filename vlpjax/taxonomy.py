@@ -37,6 +37,45 @@ TASKS: dict[str, Task] = {
     "interleaved": Task(objectives=("lm",), generative=True),
 }
 
+
+@dataclasses.dataclass(frozen=True)
+class EvalKind:
+    """An evaluator a recipe can name in `config.evals` (README, Evaluation)."""
+
+    families: tuple[str, ...]  # the model families it can score
+    needs: str  # what its data rows must hold: captions | labels | questions | text
+    options: dict  # its own options and their defaults, beside EVAL_OPTIONS
+
+
+# Options every evaluator has. `data`: fields that replace the run's `data` section for this
+# evaluator (None: the run's dataset); `every`: steps between runs, 0 only at the end.
+EVAL_OPTIONS = dict(enabled=True, every=0, at_start=False, batch_size=250, data=None, split="test")
+
+EVAL_KINDS: dict[str, EvalKind] = {
+    "retrieval": EvalKind(
+        families=("dual_encoder", "fusion"),
+        needs="captions",
+        options=dict(all_captions=False, itm_top_k=0, png_queries=0),
+    ),
+    "zero_shot": EvalKind(
+        families=("dual_encoder", "fusion"), needs="labels", options=dict(classes=None, templates=None)
+    ),
+    "vqa": EvalKind(
+        families=("fusion", "flamingo"),
+        needs="questions",
+        options=dict(mode="classify", images=0, max_tokens=3, beams=1),
+    ),
+    "captioning": EvalKind(families=("flamingo",), needs="captions", options=dict(images=0, max_tokens=32, beams=1)),
+    "few_shot": EvalKind(
+        families=("flamingo",),
+        needs="captions or questions",
+        options=dict(task="captioning", shots=2, images=0, max_tokens=32, beams=1),
+    ),
+    "perplexity": EvalKind(families=("decoder_lm", "flamingo"), needs="text", options=dict(limit=1000)),
+}
+VQA_MODES = {"classify": ("fusion",), "generate": ("flamingo",)}  # mode -> the families it scores
+FEW_SHOT_TASKS = ("captioning", "vqa")
+
 # The scale switches every recipe has (README, "Scale switches"): what each can be set to.
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_KERNELS = ("xla", "cudnn")

@@ -527,6 +527,7 @@ class DatasetKind:
     filter_empty: bool = False  # rows may hold questions and no caption: image-text batches skip them
     shapes_labels: bool = False  # rows carry the shapes classes (zero-shot, parsed captions)
     image_text: bool = True  # False: labelled images for zero-shot evaluation, nothing to train on
+    class_names: Callable[[tfds.core.DatasetBuilder], list[str]] | None = None  # rows' `label` -> name
 
 
 def _folder_fields(kind: str) -> Callable[[Any], dict]:
@@ -554,6 +555,7 @@ DATASETS = {
         lambda data: dict(image_size=data.image_size, train_size=data.train_size, test_size=data.test_size),
         flip_swaps_words=True,
         shapes_labels=True,
+        class_names=lambda builder: list(shapes.CLASS_NAMES),
     ),
     "image_text_folder": DatasetKind(
         lambda data_dir, **kw: _built_folder("image_text_folder", data_dir, **kw),
@@ -569,6 +571,7 @@ DATASETS = {
         _array_record(ImageClassFolder, class_folder_config),
         _folder_fields("image_class_folder"),
         image_text=False,
+        class_names=dataset_classes,
     ),
     "webdataset": DatasetKind(
         _array_record(WebDataset, webdataset_config),

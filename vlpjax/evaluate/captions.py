@@ -1,5 +1,6 @@
-"""Scoring generated captions: bag-of-words F1 for any data, and for synthetic_shapes the
-objects a caption names, parsed back into (size, colour, shape, position) tuples."""
+"""Scoring generated captions: BLEU-4, CIDEr-D and bag-of-words F1 for any data, and for
+synthetic_shapes the objects a caption names, parsed back into (size, colour, shape, position)
+tuples."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from vlpjax.data.shapes import COLOURS, POSITIONS, SHAPES, SIZES
+from vlpjax.evaluate.caption_metrics import bleu, cider_d, simple_tokens
 
 # Longest first, so "at the top left" wins over "at the top".
 _POSITION_PHRASES = sorted(POSITIONS.values(), key=len, reverse=True)
@@ -46,8 +48,16 @@ def token_f1(predicted: str, references: Sequence[str]) -> float:
 
 
 def caption_metrics(predicted: Sequence[str], references: Sequence[Sequence[str]], shapes: bool) -> dict[str, float]:
+    """BLEU-4 and CIDEr-D (on `simple_tokens`), the best bag-of-words F1, and for shapes the
+    parsed objects' F1 and exact match."""
     pairs = list(zip(predicted, references, strict=True))
-    metrics = {"caption/token_f1": float(np.mean([token_f1(p, refs) for p, refs in pairs]))}
+    words = [simple_tokens(p) for p in predicted]
+    word_refs = [[simple_tokens(r) for r in refs] for refs in references]
+    metrics = {
+        "caption/bleu4": bleu(words, word_refs)[3],
+        "caption/cider_d": cider_d(words, word_refs)[0],
+        "caption/token_f1": float(np.mean([token_f1(p, refs) for p, refs in pairs])),
+    }
     if shapes:
         parsed = [(caption_objects(p), caption_objects(refs[0])) for p, refs in pairs]
         # An empty caption (a NaN model decodes to nothing) names no object: never an exact match.

@@ -130,24 +130,3 @@ def _same_count(media: list[np.ndarray]) -> np.ndarray:
     """Rows with fewer shots get blank trailing images: no `<image>` token refers to them."""
     most = max(len(m) for m in media)
     return np.stack([np.concatenate([m, np.zeros((most - len(m), *m.shape[1:]), m.dtype)]) for m in media])
-
-
-def evaluate_flamingo(
-    model, tokenizer: TextTokenizer, train_source, test_source, eval_config, image_size: int, shapes: bool
-) -> dict[str, float]:
-    """Few-shot captioning and generated-VQA accuracy on the first `eval.images` test images."""
-    count = min(int(eval_config.images), len(test_source))
-    test_examples = [test_source[i] for i in range(count)]
-    shots = shot_examples(train_source, int(eval_config.shots))
-    generate = Generator(model, tokenizer, beams=int(eval_config.beams))
-    batch = int(eval_config.batch_size)
-    metrics = {}
-    if any(len(e["captions"]) for e in test_examples):
-        with_captions = [e for e in test_examples if len(e["captions"])]
-        metrics.update(
-            caption_eval(generate, with_captions, shots, image_size, batch, int(eval_config.caption_tokens), shapes)[0]
-        )
-    if any(len(e["questions"]) for e in test_examples):
-        with_questions = [e for e in test_examples if len(e["questions"])]
-        metrics.update(vqa_eval(generate, with_questions, shots, image_size, batch, int(eval_config.answer_tokens))[0])
-    return metrics

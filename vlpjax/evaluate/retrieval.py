@@ -55,6 +55,23 @@ def _all_outside(slots: np.ndarray, within: np.ndarray, chosen: np.ndarray) -> n
     return chance
 
 
+def caption_relevance(owner, num_images: int) -> np.ndarray:
+    """relevant [texts, images]: caption t describes image `owner[t]`."""
+    owner = np.asarray(owner)
+    valid = np.issubdtype(owner.dtype, np.integer) and owner.ndim == 1
+    if not valid or owner.min(initial=0) < 0 or owner.max(initial=0) >= num_images:
+        raise ValueError(f"caption_image must name one of {num_images} images for each caption")
+    return owner[:, None] == np.arange(num_images)[None, :]
+
+
+def _recall_both_ways(t2i: np.ndarray, i2t: np.ndarray, relevant: np.ndarray, prefix: str) -> dict[str, float]:
+    """t2i [texts, images] and i2t [images, texts] scores; images without a caption are no i2t query."""
+    captioned = relevant.any(axis=0)
+    out = {f"{prefix}t2i_r{k}": v for k, v in recall_at_k_sets(t2i, relevant).items()}
+    out.update({f"{prefix}i2t_r{k}": v for k, v in recall_at_k_sets(i2t[captioned], relevant.T[captioned]).items()})
+    return out
+
+
 def retrieval_metrics(
     img_emb: np.ndarray, txt_emb: np.ndarray, prefix: str = "retrieval", caption_image: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -62,15 +79,10 @@ def retrieval_metrics(
     Flickr have 5 per image); None: caption i describes image i. t2i ranks the images for every
     caption; i2t counts a hit when any of the image's captions is in the top k."""
     sim = np.asarray(txt_emb, np.float32) @ np.asarray(img_emb, np.float32).T  # [texts, images]
-    owner = np.arange(sim.shape[0]) if caption_image is None else np.asarray(caption_image)
-    valid = np.issubdtype(owner.dtype, np.integer) and owner.shape == (sim.shape[0],)
-    if not valid or owner.min(initial=0) < 0 or owner.max(initial=0) >= sim.shape[1]:
+    owner = np.arange(sim.shape[0]) if caption_image is None else caption_image
+    if len(owner) != sim.shape[0] or (caption_image is None and sim.shape[0] != sim.shape[1]):
         raise ValueError(f"caption_image must name one of {sim.shape[1]} images for each of {sim.shape[0]} captions")
-    relevant = owner[:, None] == np.arange(sim.shape[1])[None, :]  # [texts, images]
-    captioned = relevant.any(axis=0)  # an image without captions is no i2t query
-    out = {f"{prefix}/t2i_r{k}": v for k, v in recall_at_k_sets(sim, relevant).items()}
-    out.update({f"{prefix}/i2t_r{k}": v for k, v in recall_at_k_sets(sim.T[captioned], relevant.T[captioned]).items()})
-    return out
+    return _recall_both_ways(sim, sim.T, caption_relevance(owner, sim.shape[1]), f"{prefix}/")
 
 
 def reranked_similarity(similarity: np.ndarray, score_pairs, top_k: int) -> np.ndarray:
@@ -98,13 +110,17 @@ def reranked_similarity(similarity: np.ndarray, score_pairs, top_k: int) -> np.n
 
 
 def reranked_retrieval_metrics(
-    img_emb: np.ndarray, txt_emb: np.ndarray, itm_score, top_k: int, prefix: str = "retrieval/itm"
+    img_emb: np.ndarray,
+    txt_emb: np.ndarray,
+    itm_score,
+    top_k: int,
+    prefix: str = "retrieval/itm",
+    caption_image: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """ITC retrieval, then `itm_score(text_rows, image_rows) -> [P]` re-ranks each query's top k."""
+    """ITC retrieval, then `itm_score(text_rows, image_rows) -> [P]` re-ranks each query's top k;
+    `caption_image` as for `retrieval_metrics`."""
     sim = np.asarray(txt_emb, np.float32) @ np.asarray(img_emb, np.float32).T  # [texts, images]
-    targets = np.arange(sim.shape[0])
+    owner = np.arange(sim.shape[0]) if caption_image is None else caption_image
     t2i = reranked_similarity(sim, lambda t, i: itm_score(t, i), top_k)
     i2t = reranked_similarity(sim.T, lambda i, t: itm_score(t, i), top_k)
-    out = {f"{prefix}_t2i_r{k}": v for k, v in recall_at_k(t2i, targets).items()}
-    out.update({f"{prefix}_i2t_r{k}": v for k, v in recall_at_k(i2t, targets).items()})
-    return out
+    return _recall_both_ways(t2i, i2t, caption_relevance(owner, sim.shape[1]), f"{prefix}_")

@@ -1,9 +1,8 @@
-"""Evaluate a model on the in-memory test split: retrieval (ITC, and ITM re-ranking for fusion
-models), zero-shot classification, VQA accuracy, and a PNG of top-5 retrievals."""
+"""The model's jitted inference calls for evaluation: embeddings, tower tokens, ITM scores and
+answer logits, fed in fixed-size (padded) batches."""
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Mapping
 
 import jax
@@ -13,19 +12,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from vlpjax.data.images import model_pixels
-from vlpjax.data.pipeline import image_arrays
-from vlpjax.data.shapes import CLASS_NAMES
-from vlpjax.data.tokenizer import as_text
-from vlpjax.errors import InvalidInput
-from vlpjax.evaluate.report import top_k_png
-from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
-from vlpjax.evaluate.vqa import vqa_accuracy_from_logits
-from vlpjax.evaluate.zero_shot import class_embeddings, zero_shot_accuracy, zero_shot_metrics
 from vlpjax.models.layers import Encoded
-
-PNG_FILE = "retrieval_top5.png"
-IMAGE_KEYS = ("image", "regions", "boxes", "region_mask")
 
 
 def _unimodal_tokens(encoded: Encoded, prefix: str) -> dict:
@@ -116,114 +103,3 @@ class Inference:
         rows = {k: image_rows for k in images}
         rows.update(question_ids=np.arange(len(image_rows)), question_mask=np.arange(len(image_rows)))
         return self._batched(self._answers, arrays, rows, desc="vqa")
-
-
-def image_inputs(eval_data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {k: eval_data[k] for k in IMAGE_KEYS if k in eval_data}
-
-
-def evaluate(
-    inference: Inference,
-    eval_data: Mapping[str, np.ndarray],
-    tokenizer,
-    text_len: int,
-    *,
-    zero_shot: bool = True,
-    itm_top_k: int = 0,
-    png_path: str | None = None,
-    png_queries: int = 4,
-) -> dict[str, float]:
-    images = image_inputs(eval_data)
-    img_emb = inference.images(images)
-    txt_emb = inference.texts(eval_data["text_ids"], eval_data["text_mask"])
-    metrics = retrieval_metrics(img_emb, txt_emb)
-    if itm_top_k:
-        # Each tower runs once per image and text; only the fusion runs per candidate pair.
-        image_tokens, text_tokens = (
-            inference.image_tokens(images),
-            inference.text_tokens(eval_data["text_ids"], eval_data["text_mask"]),
-        )
-
-        def score(t, i):
-            return inference.match_logits(image_tokens, i, text_tokens, t)
-
-        metrics.update(reranked_retrieval_metrics(img_emb, txt_emb, score, itm_top_k))
-    if zero_shot and "label" in eval_data:
-        classes = class_embeddings(lambda texts: inference.texts(*tokenizer(texts, text_len)), list(CLASS_NAMES))
-        metrics["zero_shot/accuracy"] = zero_shot_accuracy(img_emb, classes, eval_data["label"])
-        single = eval_data["object_count"] == 1
-        if single.any():
-            metrics["zero_shot/single_object_accuracy"] = zero_shot_accuracy(
-                img_emb[single], classes, eval_data["label"][single]
-            )
-    if png_path and png_queries:
-        queries = np.arange(min(png_queries, len(txt_emb)))
-        similarity = txt_emb[queries] @ img_emb.T
-        top_k_png(png_path, [str(c) for c in eval_data["captions"][queries]], similarity, eval_data["image"], queries)
-    return metrics
-
-
-def evaluate_vqa(inference: Inference, vqa_data: Mapping, answers: list[str]) -> dict[str, float]:
-    """Accuracy of the top answer over every test question (the VQA benchmark's scoring); a
-    question whose logits are all NaN scores 0, tied top answers their mean credit."""
-    logits = inference.answer_logits(
-        image_inputs(vqa_data), vqa_data["image_index"], vqa_data["question_ids"], vqa_data["question_mask"]
-    )
-    return vqa_accuracy_from_logits(logits, answers, vqa_data["references"], vqa_data["questions"])
-
-
-def stream_retrieval_embeddings(
-    inference: Inference, source, tokenizer, config, all_captions: bool = False
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image embeddings [N, E], caption embeddings [T, E], caption_image [T]) of a split's
-    images with captions, decoded and embedded a batch of images at a time: only the embeddings
-    stay in memory. `all_captions`: every caption of an image (COCO / Flickr retrieval), else
-    its first (what `eval_arrays` holds)."""
-    images, texts, owners = [], [], []
-    batch = []
-
-    def flush():
-        images.append(inference.images(image_arrays(batch, config)))
-        captions = [[as_text(c) for c in (e["captions"] if all_captions else e["captions"][:1])] for e in batch]
-        first_image = sum(len(part) for part in images[:-1])
-        owners.extend(first_image + i for i, caps in enumerate(captions) for _ in caps)
-        ids, mask = tokenizer([c for caps in captions for c in caps], config.text_len)
-        texts.append(inference.texts(ids, mask))
-        batch.clear()
-
-    for i in tqdm(range(len(source)), desc="retrieval images", leave=False):
-        example = source[i]
-        if len(example["captions"]):
-            batch.append(example)
-        if len(batch) == inference.batch_size:
-            flush()
-    if batch:
-        flush()
-    if not images:
-        raise InvalidInput("the test split has no examples with captions to evaluate on")
-    return np.concatenate(images), np.concatenate(texts), np.asarray(owners, np.int64)
-
-
-def stream_image_embeddings(inference: Inference, source, image_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings [N, E], labels [N]) of a classification split, decoded and embedded a batch
-    at a time: the split's images are never all in memory, only their embeddings."""
-    embeddings, labels = [], []
-    for start in tqdm(range(0, len(source), inference.batch_size), desc="zero-shot images", leave=False):
-        examples = [source[i] for i in range(start, min(start + inference.batch_size, len(source)))]
-        pixels = np.stack([model_pixels(e["image"], image_size) for e in examples])
-        embeddings.append(inference.images({"image": pixels}))
-        labels.extend(int(e["label"]) for e in examples)
-    return np.concatenate(embeddings), np.asarray(labels, np.int64)
-
-
-def evaluate_zero_shot_folder(
-    inference: Inference, tokenizer, text_len: int, source, class_names, templates, image_size: int
-) -> dict[str, float]:
-    """zero_shot/top1, top5 and mean_per_class on a built image_class_folder split."""
-    img_emb, labels = stream_image_embeddings(inference, source, image_size)
-    classes = class_embeddings(lambda texts: inference.texts(*tokenizer(texts, text_len)), class_names, templates)
-    return zero_shot_metrics(img_emb, classes, labels)
-
-
-def png_path(workdir: str) -> str:
-    return os.path.join(workdir, PNG_FILE)

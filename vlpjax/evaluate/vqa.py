@@ -14,7 +14,7 @@ def question_type(question: str) -> str:
     return "_".join(question.lower().split()[:2])
 
 
-def _accuracy_metrics(scores: np.ndarray, questions: Sequence[str]) -> dict[str, float]:
+def accuracy_metrics(scores: np.ndarray, questions: Sequence[str]) -> dict[str, float]:
     if not len(scores):
         raise ValueError("no questions to score")
     by_type = defaultdict(list)
@@ -29,7 +29,7 @@ def vqa_accuracy(
     predicted: Sequence[str], references: Sequence[Sequence[str]], questions: Sequence[str]
 ) -> dict[str, float]:
     scores = np.array([answer_score(p, refs) for p, refs in zip(predicted, references, strict=True)])
-    return _accuracy_metrics(scores, questions)
+    return accuracy_metrics(scores, questions)
 
 
 def top_answer_credit(logits: np.ndarray, answers: Sequence[str], references: Sequence[str]) -> float:
@@ -51,5 +51,9 @@ def vqa_accuracy_from_logits(
     logits: np.ndarray, answers: Sequence[str], references: Sequence[Sequence[str]], questions: Sequence[str]
 ) -> dict[str, float]:
     """`vqa_accuracy` of a classifier's answer logits [Q, A] over the vocabulary `answers`."""
-    scores = np.array([top_answer_credit(row, answers, refs) for row, refs in zip(logits, references, strict=True)])
-    return _accuracy_metrics(scores, questions)
+    return accuracy_metrics(answer_credits(logits, answers, references), questions)
+
+
+def answer_credits(logits: np.ndarray, answers: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
+    """`top_answer_credit` of each question's logits row."""
+    return np.array([top_answer_credit(row, answers, refs) for row, refs in zip(logits, references, strict=True)])

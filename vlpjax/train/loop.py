@@ -27,7 +27,7 @@ from vlpjax.errors import UserError
 from vlpjax.objectives.registry import make_objective
 from vlpjax.train import checkpoints
 from vlpjax.train.build import Data, Run, answers_path, create_run, load_data, pipeline_config, save_answers
-from vlpjax.train.evaluation import eval_and_log, eval_data_for, final_report
+from vlpjax.train.evaluation import Evaluations, final_report
 from vlpjax.train.metrics_log import MetricsLog
 from vlpjax.train.state import count_params
 from vlpjax.train.steps import Stepper
@@ -66,7 +66,7 @@ class OpenRun:
     run: Run
     stepper: Stepper
     iterator: Any
-    eval_data: dict | None
+    evals: Evaluations
     manager: Any  # orbax CheckpointManager
     log: MetricsLog
     state: Any  # device-side TrainState (replicated under pmap)
@@ -79,10 +79,8 @@ class OpenRun:
     def host_state(self):
         return self.stepper.to_host_state(self.state)
 
-    def evaluate(self, step: int) -> dict:
-        return eval_and_log(
-            self.config, self.run, self.host_state(), self.data, self.eval_data, self.workdir, self.log, step
-        )
+    def evaluate(self, step: int, names: list[str]) -> dict:
+        return self.evals(self.host_state(), step, names)
 
 
 def open_run(config: ml_collections.ConfigDict, workdir: str) -> OpenRun:
@@ -119,9 +117,8 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> OpenRun:
     )
     log = MetricsLog(workdir, enabled=process_index == 0)
     state = stepper.to_device_state(host_state)
-    return OpenRun(
-        config, workdir, data, run, stepper, iterator, eval_data_for(config, data), manager, log, state, start
-    )
+    evals = Evaluations(config, run, data, workdir, log)
+    return OpenRun(config, workdir, data, run, stepper, iterator, evals, manager, log, state, start)
 
 
 def first_non_finite(metrics: dict) -> tuple[str, float] | None:
@@ -237,9 +234,10 @@ def run_steps(r: OpenRun, stop: StopFlag) -> bool:
                 saves.check(wait=True)
                 logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
                 return False
-            if cfg.eval_every and done % cfg.eval_every == 0 and done != cfg.steps:
+            due = r.evals.due(done) if done != cfg.steps else []
+            if due:
                 guard.settle()
-                r.evaluate(done)
+                r.evaluate(done, due)
         guard.settle()
         if r.manager.latest_step() != cfg.steps:
             save_checkpoint(r, guard, saves, cfg.steps, force=True)
@@ -261,11 +259,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     r = open_run(config, workdir)
     stop = StopFlag()
     try:
-        if r.start == 0 and config.eval.get("at_start", False):  # the untrained baseline (Flamingo: closed gates)
-            r.evaluate(0)
+        if r.start == 0 and r.evals.at_start():  # the untrained baseline (Flamingo: closed gates)
+            r.evaluate(0, r.evals.at_start())
         if not run_steps(r, stop):
             return {}
-        metrics = r.evaluate(config.train.steps)
+        metrics = r.evaluate(config.train.steps, r.evals.all())
     finally:
         stop.restore()
         _close(r)

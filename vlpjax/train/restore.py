@@ -11,7 +11,7 @@ from flax import nnx
 
 from vlpjax.train import checkpoints
 from vlpjax.train.build import answers_path, create_run, load_data
-from vlpjax.train.evaluation import eval_and_log, eval_data_for, final_report
+from vlpjax.train.evaluation import Evaluations, final_report
 from vlpjax.train.metrics_log import MetricsLog
 
 logger = logging.getLogger(__name__)
@@ -42,9 +42,9 @@ def trained_model(config: ml_collections.ConfigDict, workdir: str):
 def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`vlpjax eval`: the latest checkpoint in `workdir`, evaluated and logged at its step."""
     data, run, state, step = restore_run(config, workdir)
-    eval_data = eval_data_for(config, data)
     log = MetricsLog(workdir, enabled=jax.process_index() == 0)
-    metrics = eval_and_log(config, run, state, data, eval_data, workdir, log, step)
+    evals = Evaluations(config, run, data, workdir, log)
+    metrics = evals(state, step, evals.all())
     log.close()
     if jax.process_index() == 0:
         logger.info("%s", final_report(metrics, workdir, log))

@@ -1,0 +1,228 @@
+"""The evaluators a recipe names in `config.evals`, one function per kind (the kinds and their
+options are listed in vlpjax.taxonomy.EVAL_KINDS; README, Evaluation).
+
+Each takes the run's `EvalContext`, its name and its options, and returns metrics named
+`<family>/<metric>` by the scoring code ("retrieval/t2i_r1", "vqa/accuracy"); `run_evaluator`
+replaces the family with the evaluator's name, so two evaluators of one kind never collide.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from vlpjax.data.fields import question_rows
+from vlpjax.data.interleaved import DocumentTransform
+from vlpjax.data.pipeline import image_arrays
+from vlpjax.errors import InvalidInput
+from vlpjax.evaluate.context import EvalContext
+from vlpjax.evaluate.generation import caption_eval, shot_examples, vqa_eval
+from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
+from vlpjax.evaluate.report import top_k_png
+from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
+from vlpjax.evaluate.vqa import accuracy_metrics, answer_credits
+from vlpjax.evaluate.zero_shot import (
+    DEFAULT_TEMPLATES,
+    class_embeddings,
+    load_templates,
+    zero_shot_accuracy,
+    zero_shot_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def png_path(workdir: str, name: str) -> str:
+    return os.path.join(workdir, f"{name}_top5.png")
+
+
+# --- retrieval ---------------------------------------------------------------------------------
+
+
+def _captions_and_owners(captions: list[list[str]], keep: np.ndarray, all_captions: bool):
+    """The texts to rank (each kept image's first caption, or all of them) and the kept image
+    each describes."""
+    texts, owner = [], []
+    for row, index in enumerate(keep):
+        chosen = captions[index] if all_captions else captions[index][:1]
+        texts += chosen
+        owner += [row] * len(chosen)
+    return texts, np.asarray(owner, np.int64)
+
+
+class _SourceImages:
+    """The model inputs of a few of a split's images, decoded when the PNG asks for them."""
+
+    def __init__(self, source, rows: np.ndarray, ctx: EvalContext):
+        self.source, self.rows, self.ctx = source, rows, ctx
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return image_arrays([self.source[int(self.rows[index])]], self.ctx.pipeline)["image"][0]
+
+
+def retrieval(ctx: EvalContext, name: str, spec) -> dict[str, float]:
+    """R@1/5/10 both ways over the split's captioned images (all captions of each with
+    `all_captions`), and re-ranked by the ITM head with `itm_top_k`."""
+    split = ctx.split_images(spec, with_tokens=spec.itm_top_k > 0)
+    keep = np.flatnonzero([bool(c) for c in split.captions])
+    if not len(keep):
+        raise InvalidInput(f"evals.{name}: the {spec.split} split has no captioned images to retrieve")
+    texts, owner = _captions_and_owners(split.captions, keep, spec.all_captions)
+    inference = ctx.inference(spec.batch_size)
+    ids, mask = ctx.tokenizer(texts, ctx.pipeline.text_len)
+    img, txt = split.embeddings[keep], inference.texts(ids, mask)
+    metrics = retrieval_metrics(img, txt, caption_image=owner)
+    if spec.itm_top_k:
+        # Each tower runs once per image and text; only the fusion runs per candidate pair.
+        image_tokens = {k: v[keep] for k, v in split.tokens.items()}
+        text_tokens = inference.text_tokens(ids, mask)
+
+        def score(t, i):
+            return inference.match_logits(image_tokens, i, text_tokens, t)
+
+        metrics.update(reranked_retrieval_metrics(img, txt, score, spec.itm_top_k, caption_image=owner))
+    if ctx.write_pngs and spec.png_queries:
+        queries = np.arange(min(spec.png_queries, len(texts)))
+        images = _SourceImages(ctx.source(spec), keep, ctx)
+        similarity = txt[queries] @ img.T
+        top_k_png(png_path(ctx.workdir, name), [texts[q] for q in queries], similarity, images, owner[queries])
+    return metrics
+
+
+# --- zero-shot classification ------------------------------------------------------------------
+
+
+def zero_shot(ctx: EvalContext, name: str, spec) -> dict[str, float]:
+    """Top-1, top-5 and mean per-class accuracy of the split's labels against class embeddings
+    from prompt templates (CLIP's mean of normalised template embeddings); where rows list
+    all their objects (shapes), also top-1 on the images with one object."""
+    split = ctx.split_images(spec)
+    classes = ctx.class_names(spec)
+    if split.labels is None:
+        raise InvalidInput(f"evals.{name}: the {spec.split} split's rows have no class label")
+    if split.labels.max(initial=0) >= len(classes) or split.labels.min(initial=0) < 0:
+        raise InvalidInput(f"evals.{name}: labels run to {split.labels.max()}, but there are {len(classes)} classes")
+    templates = load_templates(spec.templates if spec.templates else DEFAULT_TEMPLATES)
+    inference = ctx.inference(spec.batch_size)
+    class_emb = class_embeddings(
+        lambda texts: inference.texts(*ctx.tokenizer(texts, ctx.pipeline.text_len)), classes, templates
+    )
+    metrics = zero_shot_metrics(split.embeddings, class_emb, split.labels)
+    if split.object_counts is not None and (split.object_counts == 1).any():
+        single = split.object_counts == 1
+        metrics["zero_shot/single_object_top1"] = zero_shot_accuracy(
+            split.embeddings[single], class_emb, split.labels[single]
+        )
+    return metrics
+
+
+# --- VQA ---------------------------------------------------------------------------------------
+
+
+def _first_examples(source, field: str, limit: int) -> list:
+    """The first `limit` examples (0: all) that hold `field`, in split order."""
+    count = len(source) if not limit else min(limit, len(source))
+    examples = [e for e in (source[i] for i in range(count)) if field in e and len(e[field])]
+    if not examples:
+        raise InvalidInput(f"the split has no examples with {field} to evaluate on")
+    return examples
+
+
+def _classified_answers(ctx: EvalContext, spec) -> dict[str, float]:
+    """The answer head's top answer for every question, the images of `batch_size` examples
+    decoded at a time."""
+    source, inference = ctx.source(spec), ctx.inference(spec.batch_size)
+    count = len(source) if not spec.images else min(spec.images, len(source))
+    credits, questions = [], []
+    for start in tqdm(range(0, count, spec.batch_size), desc="vqa", leave=False):
+        examples = [source[i] for i in range(start, min(start + spec.batch_size, count))]
+        rows = [(i, q, refs) for i, e in enumerate(examples) for q, refs in question_rows(e)]
+        if not rows:
+            continue
+        ids, mask = ctx.tokenizer([q for _, q, _ in rows], ctx.pipeline.text_len)
+        image_rows = np.array([i for i, _, _ in rows], np.int64)
+        logits = inference.answer_logits(image_arrays(examples, ctx.pipeline), image_rows, ids, mask)
+        credits.append(answer_credits(logits, ctx.data.answers, [refs for _, _, refs in rows]))
+        questions += [q for _, q, _ in rows]
+    if not questions:
+        raise InvalidInput(f"the {spec.split} split has no questions to evaluate on")
+    return accuracy_metrics(np.concatenate(credits), questions)
+
+
+def _generated(ctx: EvalContext, spec, task: str, shots: int) -> dict[str, float]:
+    """Captions or answers generated after `shots` solved examples from the training split
+    (Flamingo's in-context prompt; 0: the image alone)."""
+    field = "captions" if task == "captioning" else "questions"
+    examples = _first_examples(ctx.source(spec), field, spec.images)
+    solved = shot_examples(ctx.source(spec, "train"), shots)
+    generate = ctx.generator(spec.beams)
+    size = ctx.pipeline.image_size
+    if task == "captioning":
+        shapes = ctx.dataset_kind(spec).shapes_labels
+        return caption_eval(generate, examples, solved, size, spec.batch_size, spec.max_tokens, shapes)[0]
+    return vqa_eval(generate, examples, solved, size, spec.batch_size, spec.max_tokens)[0]
+
+
+def vqa(ctx: EvalContext, name: str, spec) -> dict[str, float]:
+    """VQA accuracy (min(#humans/3, 1) per question): the answer head's top answer
+    (`mode='classify'`), or an answer generated from the image and question (`'generate'`)."""
+    if spec.mode == "classify":
+        return _classified_answers(ctx, spec)
+    return _generated(ctx, spec, "vqa", shots=0)
+
+
+def captioning(ctx: EvalContext, name: str, spec) -> dict[str, float]:
+    """BLEU-4, CIDEr-D and token F1 (shapes: parsed objects too) of captions generated for
+    the split's first `images` captioned images."""
+    return _generated(ctx, spec, "captioning", shots=0)
+
+
+def few_shot(ctx: EvalContext, name: str, spec) -> dict[str, float]:
+    """Captioning or VQA (`task`) after `shots` solved examples in the prompt."""
+    return _generated(ctx, spec, spec.task, shots=spec.shots)
+
+
+# --- held-out next-token metrics ---------------------------------------------------------------
+
+
+def perplexity(ctx: EvalContext, name: str, spec) -> dict[str, float]:
+    """Next-token loss, accuracy and perplexity of held-out text (decoder LMs) or interleaved
+    documents (Flamingo), over the split's first `limit` examples."""
+    model, source = ctx.model(), ctx.source(spec)
+    if ctx.dataset_kind(spec).documents:
+        p = ctx.pipeline
+        transform = DocumentTransform(ctx.tokenizer, p.image_size, p.text_len, p.chunks, p.lm_vocab_size)
+        return evaluate_documents(model, transform, source, spec.batch_size, spec.limit)
+    return evaluate_lm(model, ctx.tokenizer, source, ctx.pipeline.text_len, spec.batch_size, spec.limit)
+
+
+EVALUATORS: dict[str, Callable[[EvalContext, str, object], dict[str, float]]] = {
+    "retrieval": retrieval,
+    "zero_shot": zero_shot,
+    "vqa": vqa,
+    "captioning": captioning,
+    "few_shot": few_shot,
+    "perplexity": perplexity,
+}
+
+
+def named(metrics: dict[str, float], name: str) -> dict[str, float]:
+    """'<family>/<metric>' -> '<name>/<metric>'."""
+    return {f"{name}/{key.split('/', 1)[-1]}": value for key, value in metrics.items()}
+
+
+def run_evaluator(ctx: EvalContext, name: str, spec) -> dict[str, float]:
+    start = time.perf_counter()
+    try:
+        metrics = named(EVALUATORS[spec.kind](ctx, name, spec), name)
+    except InvalidInput as err:
+        if str(err).startswith(f"evals.{name}"):
+            raise
+        raise InvalidInput(f"evals.{name} ({spec.kind}): {err}") from None
+    logger.info("evals.%s (%s): %.1f s", name, spec.kind, time.perf_counter() - start)
+    return metrics
