@@ -94,6 +94,45 @@ def test_flamingo_reports_closed_gate_baseline_and_final_generation_metrics(flam
     assert expected <= set(final) and "vqa/accuracy" in final
 
 
+def test_zero_shot_captioning_and_generated_vqa_prompt_with_the_image_alone(flamingo_run, monkeypatch):
+    """`captioning` and `vqa` (mode generate) prompt with the query image alone (one <image>),
+    `few_shot` with its solved examples first; each scores what it generated."""
+    from vlpjax.config import evaluator
+    from vlpjax.evaluate.context import EvalContext
+    from vlpjax.train.restore import evaluate_workdir
+
+    images_per_prompt = []
+    real_generator = EvalContext.generator
+
+    def recording_generator(self, beams):
+        generate = real_generator(self, beams)
+
+        class Recording:
+            tokens = generate.tokens
+
+            def __call__(self, prompts, media, max_new_tokens):
+                image_id = generate.tokens.image_id
+                images_per_prompt.append(sorted({list(p).count(image_id) for p in prompts}))
+                return generate(prompts, media, max_new_tokens)
+
+        return Recording()
+
+    monkeypatch.setattr(EvalContext, "generator", recording_generator)
+    config = load_config(_recipe("flamingo_shapes"), flamingo_run["overrides"])
+    small = dict(images=6, batch_size=6)
+    with config.unlocked():
+        config.evals = dict(
+            caption=evaluator("captioning", max_tokens=6, **small),
+            caption_2shot=evaluator("few_shot", task="captioning", shots=2, max_tokens=6, **small),
+            vqa=evaluator("vqa", mode="generate", **small),
+        )
+    m = evaluate_workdir(config, str(flamingo_run["root"] / "run"))
+    assert images_per_prompt[0] == [1] and images_per_prompt[1] == [3]
+    assert all(counts == [1] for counts in images_per_prompt[2:])
+    assert {"caption/bleu4", "caption/cider_d", "caption_2shot/object_f1", "vqa/accuracy"} <= set(m)
+    assert m["caption/images"] == m["caption_2shot/images"] == 6 and m["vqa/questions"] > 6
+
+
 def test_flamingo_training_lowers_its_loss(flamingo_run):
     losses = [m["train/loss"] for m in read_metrics(str(flamingo_run["root"] / "run")) if "train/loss" in m]
     assert len(losses) >= 2 and np.isfinite(losses).all()

@@ -73,8 +73,12 @@ def test_class_folder_zero_shot_equals_the_shapes_zero_shot(tiny_shapes_dir, tmp
     arrays = eval_arrays(data.test_source, data.tokenizer, pipeline_config(config, 1))
     inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 32)
     classes = class_embeddings(lambda t: inference.texts(*data.tokenizer(t, config.data.text_len)), CLASS_NAMES)
-    in_memory = zero_shot_accuracy(inference.images({"image": arrays["image"]}), classes, arrays["label"])
-    assert on_shapes["zero_shot/top1"] == pytest.approx(in_memory, abs=1e-9)
+    img = inference.images({"image": arrays["image"]})
+    assert on_shapes["zero_shot/top1"] == pytest.approx(zero_shot_accuracy(img, classes, arrays["label"]), abs=1e-9)
+    single = arrays["object_count"] == 1
+    assert 0 < single.sum() < len(single)
+    expected = zero_shot_accuracy(img[single], classes, arrays["label"][single])
+    assert on_shapes["zero_shot/single_object_top1"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_top5_and_mean_per_class_by_hand():
