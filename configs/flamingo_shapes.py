@@ -43,7 +43,7 @@ def get_config(arg=None):
     c.evals = dict(
         caption=evaluator("few_shot", task="captioning", max_tokens=32, **shots),
         vqa=evaluator("few_shot", task="vqa", max_tokens=3, **shots),
-        lm=evaluator("perplexity", enabled=False),
+        lm=evaluator("perplexity", enabled=False, batch_size=50, at_start=True),
     )
     if arg == "tiny":
         c.data.update(image_size=32, train_size=512, test_size=64, text_len=48)

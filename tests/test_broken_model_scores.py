@@ -7,15 +7,17 @@ import pytest
 from vlpjax.data import shapes
 from vlpjax.data.tokenizer import TextTokenizer, train_wordpiece
 from vlpjax.evaluate.captions import caption_metrics
-from vlpjax.evaluate.vqa import vqa_accuracy_from_logits
+from vlpjax.evaluate.vqa import accuracy_metrics, answer_credits
 
 ANSWERS = ["yes", "no", "two"]  # the vocabulary's order: most frequent training answer first
 QUESTIONS = ["is there a circle?", "is there a square?", "how many objects?", "is it red?"]
 REFERENCES = [["yes"], ["yes"], ["two", "two", "two"], ["no"]]
 
 
-def _vqa(logits):
-    return vqa_accuracy_from_logits(np.asarray(logits, np.float32), ANSWERS, REFERENCES, QUESTIONS)
+def _vqa(logits, rows=slice(None)):
+    """What the vqa evaluator reports for these answer logits, one row a question."""
+    credits = answer_credits(np.asarray(logits, np.float32), ANSWERS, REFERENCES[rows])
+    return accuracy_metrics(credits, QUESTIONS[rows])
 
 
 def test_nan_answer_logits_score_zero():
@@ -35,7 +37,7 @@ def test_a_nan_logit_ranks_last_and_a_trained_classifier_is_scored_as_before():
     metrics = _vqa(logits)
     assert metrics["vqa/accuracy"] == pytest.approx(3 / 4)  # row 0 answers "no", not the NaN "yes"
     assert metrics["vqa/accuracy_is_there"] == 0.5 and metrics["vqa/accuracy_how_many"] == 1.0
-    assert vqa_accuracy_from_logits(logits[1:3], ANSWERS, REFERENCES[1:3], QUESTIONS[1:3])["vqa/accuracy"] == 1.0
+    assert _vqa(logits[1:3], slice(1, 3))["vqa/accuracy"] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,15 @@
 """Evaluators named in the recipe (`config.evals`): the loop runs exactly those, at their steps,
 logged as <name>/<metric>; bad evaluator configs stop before anything is built."""
 
+import os
+
 import numpy as np
 import pytest
 
 from tests.test_recipes import _config
 from vlpjax import taxonomy
-from vlpjax.config import ConfigError
+from vlpjax.config import ConfigError, validate
+from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.evaluators import EVALUATORS
 from vlpjax.evaluate.retrieval import reranked_retrieval_metrics
 from vlpjax.train.loop import train
@@ -43,14 +46,32 @@ def test_the_loop_runs_what_the_config_names_at_its_steps(tiny_shapes_dir, tmp_p
         ("--config.evals.retrieval.kind='bleu'", "must name a kind among"),
         ("--config.evals.retrieval.every=-2", "evals.retrieval.every must be a whole number"),
         ("--config.evals.retrieval.itm_top_k=4", "fusion only"),
-        ("--config.evals.zero_shot.data={'name': 'interleaved_folder'}", "needs class labels"),
         ("--config.evals.zero_shot.data={'nam': 'x'}", "['nam'] is not one of them"),
-        ("--config.data.name='image_text_folder'", "evals.zero_shot (zero_shot) needs class labels"),
+        ("--config.evals.zero_shot.templates=3", "evals.zero_shot.templates must be a list of strings"),
+        ("--config.evals.retrieval.enabled=1", "evals.retrieval.enabled must be a bool"),
     ],
 )
 def test_bad_evaluators_are_named_before_anything_is_built(tiny_shapes_dir, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         _config("clip_shapes", tiny_shapes_dir, override, "--config.data.folder=F")
+
+
+def test_an_evaluator_whose_data_cannot_serve_it_stops_the_run_before_its_first_step(tiny_shapes_dir, tmp_path):
+    no_labels = "--config.evals.zero_shot.data={'name': 'interleaved_folder', 'folder': 'F'}"
+    with pytest.raises(InvalidInput, match=r"evals.zero_shot \(zero_shot\): needs class labels"):
+        train(_config("clip_shapes", tiny_shapes_dir, no_labels), str(tmp_path / "a"))
+    no_split = "--config.evals.retrieval.split='val'"
+    with pytest.raises(InvalidInput, match=r"evals.retrieval \(retrieval\): .* not 'val'"):
+        train(_config("clip_shapes", tiny_shapes_dir, no_split), str(tmp_path / "b"))
+    assert not os.path.exists(tmp_path / "a" / "checkpoints" / "1") and not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+def test_a_recipe_with_the_old_eval_section_is_told_what_replaced_it(tiny_shapes_dir):
+    config = _config("clip_shapes", tiny_shapes_dir)
+    with config.unlocked():
+        config.eval = {"batch_size": 8, "zero_shot": True}
+    with pytest.raises(ConfigError, match="replaced by named evaluators: config.evals"):
+        validate(config)
 
 
 def test_an_evaluator_must_fit_the_model_family(tiny_shapes_dir):

@@ -51,7 +51,7 @@ def test_cached_tower_tokens_give_the_same_match_scores_as_encoding_each_pair():
     from jax.sharding import Mesh
 
     from tests.tiny_models import IMAGE_SIZE, TINY_VIT, random_text
-    from vlpjax.evaluate.runner import Inference
+    from vlpjax.evaluate.inference import Inference
     from vlpjax.models.fusion_vlp import build_fusion_vlp
 
     text = {

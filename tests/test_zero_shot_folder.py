@@ -14,12 +14,12 @@ from tests.test_recipes import _config
 from vlpjax import cli
 from vlpjax.data import builders
 from vlpjax.data.images import decode_image
-from vlpjax.data.pipeline import eval_arrays
+from vlpjax.data.pipeline import image_arrays
 from vlpjax.data.shapes import CLASS_NAMES
 from vlpjax.evaluate.context import EvalContext
 from vlpjax.evaluate.evaluators import _captions_and_owners, run_evaluator
 from vlpjax.evaluate.retrieval import retrieval_metrics
-from vlpjax.evaluate.runner import Inference
+from vlpjax.evaluate.inference import Inference
 from vlpjax.evaluate.zero_shot import (
     DEFAULT_TEMPLATES,
     class_embeddings,
@@ -39,6 +39,19 @@ def _class_folder(root, source):
         name = CLASS_NAMES[int(example["label"])]
         Image.fromarray(decode_image(example["image"])).save(root / "test" / name / f"{i:03d}.png")
     (root / "test" / CLASS_NAMES[0] / "broken.png").write_bytes(b"not an image")
+
+
+def _in_memory(source, tokenizer, config):
+    """The reference: the whole test split's images, first captions, labels and object counts."""
+    examples = [source[i] for i in range(len(source))]
+    ids, mask = tokenizer([e["captions"][0].decode() for e in examples], config.data.text_len)
+    return {
+        **image_arrays(examples, pipeline_config(config, 1)),
+        "text_ids": ids,
+        "text_mask": mask,
+        "label": np.array([int(e["label"]) for e in examples]),
+        "object_count": np.array([len(e["labels"]) for e in examples]),
+    }
 
 
 def _context(config, data, run, batch_size):
@@ -70,7 +83,7 @@ def test_class_folder_zero_shot_equals_the_shapes_zero_shot(tiny_shapes_dir, tmp
     assert on_folder["imagenet_like/top1"] <= on_folder["imagenet_like/top5"] <= 1.0
     assert "zero_shot/single_object_top1" in on_shapes and "imagenet_like/single_object_top1" not in on_folder
     # and the shapes figure is the in-memory zero-shot accuracy of the whole split
-    arrays = eval_arrays(data.test_source, data.tokenizer, pipeline_config(config, 1))
+    arrays = _in_memory(data.test_source, data.tokenizer, config)
     inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 32)
     classes = class_embeddings(lambda t: inference.texts(*data.tokenizer(t, config.data.text_len)), CLASS_NAMES)
     img = inference.images({"image": arrays["image"]})
@@ -129,7 +142,7 @@ def test_streaming_retrieval_equals_in_memory_on_shapes(tiny_shapes_dir):
     data = load_data(config)
     run = create_run(config, data.tokenizer.vocab_size)
     inference = Inference(run.graphdef, run.state.params, run.state.frozen, run.mesh, 32)
-    arrays = eval_arrays(data.test_source, data.tokenizer, pipeline_config(config, 1))
+    arrays = _in_memory(data.test_source, data.tokenizer, config)
     img, txt = inference.images({"image": arrays["image"]}), inference.texts(arrays["text_ids"], arrays["text_mask"])
     in_memory = retrieval_metrics(img, txt)
 

@@ -144,80 +144,88 @@ def evaluator(kind: str, **options) -> dict:
     return {"kind": kind, **taxonomy.EVAL_OPTIONS, **taxonomy.EVAL_KINDS[kind].options, **options}
 
 
+RESERVED_EVAL_NAMES = ("train",)  # its metrics would mix with the training metrics
+# Option -> what it must be (README, Evaluation); `data` is checked against the data section.
+EVAL_OPTION_CHECKS = {
+    **dict.fromkeys(("enabled", "at_start", "all_captions"), ("a bool", lambda v: isinstance(v, bool))),
+    **dict.fromkeys(
+        ("every", "images", "shots", "itm_top_k", "png_queries"), ("a whole number >= 0", lambda v: _whole(v, 0))
+    ),
+    **dict.fromkeys(("batch_size", "max_tokens", "beams", "limit"), ("a whole number >= 1", lambda v: _whole(v, 1))),
+    **dict.fromkeys(("kind", "split", "mode", "task"), ("a string", lambda v: isinstance(v, str))),
+    "templates": ("a list of strings or a file of them", lambda v: v is None or isinstance(v, str) or _strings(v)),
+    "classes": ("a list of class names", lambda v: v is None or _strings(v)),
+}
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _strings(value) -> bool:
+    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+
 def _validate_evals(config: ml_collections.ConfigDict) -> None:
-    """Each named evaluator: a known kind and options, a model it can score, data it can read;
-    missing options take their defaults."""
+    """Each named evaluator: a known kind, its options of the right type (missing ones take
+    their defaults), a model family it can score. Whether its dataset holds what it scores is
+    checked when a run opens it (evaluate/preflight.py)."""
+    if "eval" in config or "eval_every" in config.train:
+        raise ConfigError(
+            "config.eval and train.eval_every are replaced by named evaluators: config.evals (README, Evaluation)"
+        )
     evals = config.get("evals")
     if evals is None:
         return
+    if not isinstance(evals, ml_collections.ConfigDict):
+        raise ConfigError(f"evals must be a dict of named evaluators, got {evals!r}")
     for name in list(evals.keys()):
         spec = evals[name]
         if not isinstance(spec, ml_collections.ConfigDict) or spec.get("kind") not in taxonomy.EVAL_KINDS:
             raise ConfigError(f"evals.{name} must name a kind among {tuple(taxonomy.EVAL_KINDS)}")
-        kind = taxonomy.EVAL_KINDS[spec.kind]
-        known = {"kind", *taxonomy.EVAL_OPTIONS, *kind.options}
-        unknown = sorted(set(spec.keys()) - known)
-        if unknown or "/" in name:
-            what = f"has no option {unknown[0]!r}; it knows {sorted(known)}" if unknown else "must not hold '/'"
-            raise ConfigError(f"evals.{name} ({spec.kind}) {what}")
-        with spec.unlocked():
-            for key, default in {**taxonomy.EVAL_OPTIONS, **kind.options}.items():
-                if key not in spec:
-                    spec[key] = default
+        if "/" in name or name in RESERVED_EVAL_NAMES:
+            raise ConfigError(
+                f"evals.{name}: an evaluator's name must hold no '/' and not be one of {RESERVED_EVAL_NAMES}"
+            )
+        _fill_eval_options(config, name, spec)
         if spec.enabled:
-            _check_evaluator(config, name, spec)
+            _check_eval_family(config, name, spec)
 
 
-def _check_evaluator(config: ml_collections.ConfigDict, name: str, spec: ml_collections.ConfigDict) -> None:
-    family = config.model.family
-    families = taxonomy.EVAL_KINDS[spec.kind].families
+def _fill_eval_options(config: ml_collections.ConfigDict, name: str, spec: ml_collections.ConfigDict) -> None:
+    defaults = {**taxonomy.EVAL_OPTIONS, **taxonomy.EVAL_KINDS[spec.kind].options}
+    unknown = sorted(set(spec.keys()) - {"kind", *defaults})
+    if unknown:
+        raise ConfigError(f"evals.{name} ({spec.kind}) has no option {unknown[0]!r}; it knows {sorted(defaults)}")
+    with spec.unlocked():
+        for key, default in defaults.items():
+            if key not in spec:
+                spec[key] = default
+    for key in spec.keys():
+        what, fits = EVAL_OPTION_CHECKS.get(key, (None, None))
+        if fits is not None and not fits(spec[key]):
+            raise ConfigError(f"evals.{name}.{key} must be {what}, got {spec[key]!r}")
+    if spec.data is not None:
+        fields = set(spec.data.keys()) if isinstance(spec.data, ml_collections.ConfigDict) else None
+        if fields is None or fields - set(config.data.keys()):
+            bad = spec.data if fields is None else sorted(fields - set(config.data.keys()))
+            raise ConfigError(f"evals.{name}.data replaces fields of the data section; {bad!r} is not one of them")
+
+
+def _check_eval_family(config: ml_collections.ConfigDict, name: str, spec: ml_collections.ConfigDict) -> None:
+    family, families = config.model.family, taxonomy.EVAL_KINDS[spec.kind].families
     if spec.kind == "vqa":
         if spec.mode not in taxonomy.VQA_MODES:
             raise ConfigError(f"evals.{name}.mode must be one of {tuple(taxonomy.VQA_MODES)}, got {spec.mode!r}")
         families = taxonomy.VQA_MODES[spec.mode]
         if spec.mode == "classify" and config.data.task != "vqa":
             raise ConfigError(f"evals.{name} (vqa, mode classify) scores an answer head: it needs data.task='vqa'")
-    if family not in families:
-        raise ConfigError(f"evals.{name} ({spec.kind}) scores the families {families}; model.family is {family!r}")
     if spec.kind == "few_shot" and spec.task not in taxonomy.FEW_SHOT_TASKS:
         raise ConfigError(f"evals.{name}.task must be one of {taxonomy.FEW_SHOT_TASKS}, got {spec.task!r}")
-    for key in ("every", "images", "shots", "itm_top_k", "png_queries"):
-        value = spec.get(key, 0)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ConfigError(f"evals.{name}.{key} must be a whole number >= 0, got {value!r}")
-    if not isinstance(spec.batch_size, int) or spec.batch_size < 1:
-        raise ConfigError(f"evals.{name}.batch_size must be at least 1, got {spec.batch_size!r}")
+    if family not in families:
+        raise ConfigError(f"evals.{name} ({spec.kind}) scores the families {families}; model.family is {family!r}")
     if spec.get("itm_top_k") and family != "fusion":
         raise ConfigError(f"evals.{name}.itm_top_k re-ranks with an ITM head: fusion only (model.family={family!r})")
-    if spec.data is not None:
-        fields = spec.data.keys() if isinstance(spec.data, ml_collections.ConfigDict) else None
-        if fields is None or set(fields) - set(config.data.keys()):
-            bad = spec.data if fields is None else sorted(set(fields) - set(config.data.keys()))
-            raise ConfigError(f"evals.{name}.data replaces fields of the data section; {bad!r} is not one of them")
-    _check_evaluator_data(config, name, spec)
-
-
-def _check_evaluator_data(config: ml_collections.ConfigDict, name: str, spec: ml_collections.ConfigDict) -> None:
-    """The evaluator's dataset holds what it scores (captions, labels, questions, documents)."""
-    from vlpjax.data.builders import dataset_kind  # tensorflow_datasets: only when evaluators are named
-
-    dataset = (spec.data or {}).get("name", config.data.name)
-    try:
-        kind = dataset_kind(dataset)
-    except ValueError as err:
-        raise ConfigError(f"evals.{name}: {err}") from None
-    needs = taxonomy.EVAL_KINDS[spec.kind].needs
-    if spec.kind == "perplexity":
-        problem = config.model.family == "flamingo" and not kind.documents and "interleaved documents"
-    elif needs == "labels":
-        problem = kind.class_names is None and "class labels"
-    else:
-        problem = (kind.documents or not kind.image_text) and needs
-    if problem:
-        raise ConfigError(
-            f"evals.{name} ({spec.kind}) needs {problem}, which dataset {dataset!r} does not hold: point "
-            f"evals.{name}.data at one that does, or turn it off with --config.evals.{name}.enabled=False"
-        )
 
 
 def _resolve_hf_towers(config: ml_collections.ConfigDict) -> None:

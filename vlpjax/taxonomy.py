@@ -1,9 +1,10 @@
-"""What a recipe can name: model families, data tasks, and the objectives each can train.
+"""What a recipe can name: model families, data tasks, the objectives each can train, and the
+evaluators that can score them.
 
 The one place these names are listed. Config validation, the model builders, the input
 pipeline, the objective registry and the evaluation read them from here; each registry of
-implementations (model builders in train/build.py, objective terms in objectives/registry.py)
-is checked against these tables by tests/test_taxonomy.py.
+implementations (model builders in train/build.py, objective terms in objectives/registry.py,
+evaluators in evaluate/evaluators.py) is checked against these tables by tests.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ class Family:
 @dataclasses.dataclass(frozen=True)
 class Task:
     objectives: tuple[str, ...]  # the objectives its batches feed
-    generative: bool = False  # evaluated by generating or scoring text, not by embeddings
 
 
 FAMILIES: dict[str, Family] = {
@@ -33,8 +33,8 @@ FAMILIES: dict[str, Family] = {
 TASKS: dict[str, Task] = {
     "image_text": Task(objectives=("itc", "itm", "mlm")),
     "vqa": Task(objectives=("vqa",)),
-    "text": Task(objectives=("lm",), generative=True),
-    "interleaved": Task(objectives=("lm",), generative=True),
+    "text": Task(objectives=("lm",)),
+    "interleaved": Task(objectives=("lm",)),
 }
 
 

@@ -525,7 +525,7 @@ class DatasetKind:
     flip_swaps_words: bool = False  # captions name left and right (shapes): a flip swaps them
     documents: bool = False  # rows are interleaved documents (Flamingo), not image-text pairs
     filter_empty: bool = False  # rows may hold questions and no caption: image-text batches skip them
-    shapes_labels: bool = False  # rows carry the shapes classes (zero-shot, parsed captions)
+    shapes_labels: bool = False  # captions in the shapes grammar: generated ones are parsed back
     image_text: bool = True  # False: labelled images for zero-shot evaluation, nothing to train on
     class_names: Callable[[tfds.core.DatasetBuilder], list[str]] | None = None  # rows' `label` -> name
 

@@ -231,50 +231,6 @@ def image_arrays(examples, config: PipelineConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def _test_examples(source, field: str, limit: int | None):
-    count = len(source) if limit is None else min(limit, len(source))
-    examples = [e for e in (source[i] for i in range(count)) if len(e[field])]
-    if not examples:
-        raise InvalidInput(f"the test split has no examples with {field} to evaluate on")
-    return examples
-
-
-def eval_arrays(
-    source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None
-) -> dict[str, np.ndarray]:
-    """The whole (small) test split in memory: images (and regions), first captions, labels."""
-    examples = _test_examples(source, "captions", limit)
-    first = [as_text(e["captions"][0]) for e in examples]
-    ids, mask = tokenizer(first, config.text_len)
-    out = {
-        **image_arrays(examples, config),
-        "text_ids": ids,
-        "text_mask": mask,
-        "captions": np.array(first, dtype=object),
-    }
-    if "label" in examples[0]:
-        out["label"] = np.array([int(e["label"]) for e in examples], np.int64)
-        out["object_count"] = np.array([len(e["labels"]) for e in examples], np.int64)
-    return out
-
-
-def vqa_eval_arrays(
-    source, tokenizer: TextTokenizer, config: PipelineConfig, limit: int | None = None
-) -> dict[str, Any]:
-    """Every question of the test images: `image_index` [Q] points into the image arrays."""
-    examples = _test_examples(source, "questions", limit)
-    rows = [(i, q, refs) for i, e in enumerate(examples) for q, refs in question_rows(e)]
-    ids, mask = tokenizer([q for _, q, _ in rows], config.text_len)
-    return {
-        **image_arrays(examples, config),
-        "image_index": np.array([i for i, _, _ in rows], np.int64),
-        "question_ids": ids,
-        "question_mask": mask,
-        "questions": [q for _, q, _ in rows],
-        "references": [refs for _, _, refs in rows],
-    }
-
-
 def training_answers(source, max_answers: int | None = None) -> list[str]:
     """The answer vocabulary of a training split: its most frequent answers."""
     return answer_vocabulary((refs for i in range(len(source)) for _, refs in question_rows(source[i])), max_answers)

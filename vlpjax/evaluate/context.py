@@ -20,7 +20,7 @@ from vlpjax.data.pipeline import PipelineConfig, image_arrays
 from vlpjax.data.tokenizer import TextTokenizer, as_text
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.generation import Generator
-from vlpjax.evaluate.runner import Inference
+from vlpjax.evaluate.inference import Inference
 
 
 @dataclasses.dataclass
@@ -60,11 +60,18 @@ class EvalContext:
 
     def set_weights(self, params, frozen) -> None:
         """A new round: these weights, and no embeddings cached from the last one."""
+        self.release()
         self.params, self.frozen = params, frozen
+        for inference in self._inference.values():
+            inference.params, inference.frozen = params, frozen
+
+    def release(self) -> None:
+        """Drop the round's weights, embeddings and tower tokens: training goes on without them."""
+        self.params = self.frozen = None
         self._split_images.clear()
         self._generators.clear()
         for inference in self._inference.values():
-            inference.params, inference.frozen = params, frozen
+            inference.params = inference.frozen = None
 
     def model(self) -> nnx.Module:
         return nnx.merge(self.graphdef, self.params, self.frozen)
@@ -82,9 +89,13 @@ class EvalContext:
         return self._inference[batch_size]
 
     def data_config(self, spec) -> ml_collections.ConfigDict:
-        """The run's `data` section with the evaluator's `data` fields in place."""
+        """The run's `data` section with the evaluator's `data` fields in place. Another
+        dataset does not inherit the run's folder, shards or hold-out seed."""
         data = ml_collections.ConfigDict(self.config.data.to_dict())
-        data.update(dict(spec.data or {}))
+        fields = dict(spec.data or {})
+        if fields.get("name", data.name) != data.name:
+            data.update(folder="", shards="", split_seed=0)
+        data.update(fields)
         return data
 
     def dataset_kind(self, spec) -> builders.DatasetKind:

@@ -159,7 +159,7 @@ def _generated(ctx: EvalContext, spec, task: str, shots: int) -> dict[str, float
     (Flamingo's in-context prompt; 0: the image alone)."""
     field = "captions" if task == "captioning" else "questions"
     examples = _first_examples(ctx.source(spec), field, spec.images)
-    solved = shot_examples(ctx.source(spec, "train"), shots)
+    solved = shot_examples(ctx.source(spec, "train"), shots) if shots else []
     generate = ctx.generator(spec.beams)
     size = ctx.pipeline.image_size
     if task == "captioning":

@@ -80,7 +80,7 @@ def retrieval_metrics(
     caption; i2t counts a hit when any of the image's captions is in the top k."""
     sim = np.asarray(txt_emb, np.float32) @ np.asarray(img_emb, np.float32).T  # [texts, images]
     owner = np.arange(sim.shape[0]) if caption_image is None else caption_image
-    if len(owner) != sim.shape[0] or (caption_image is None and sim.shape[0] != sim.shape[1]):
+    if len(owner) != sim.shape[0]:
         raise ValueError(f"caption_image must name one of {sim.shape[1]} images for each of {sim.shape[0]} captions")
     return _recall_both_ways(sim, sim.T, caption_relevance(owner, sim.shape[1]), f"{prefix}/")
 

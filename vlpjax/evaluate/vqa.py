@@ -47,13 +47,6 @@ def top_answer_credit(logits: np.ndarray, answers: Sequence[str], references: Se
     return float(np.mean([answer_score(answers[i], references) for i in best]))
 
 
-def vqa_accuracy_from_logits(
-    logits: np.ndarray, answers: Sequence[str], references: Sequence[Sequence[str]], questions: Sequence[str]
-) -> dict[str, float]:
-    """`vqa_accuracy` of a classifier's answer logits [Q, A] over the vocabulary `answers`."""
-    return accuracy_metrics(answer_credits(logits, answers, references), questions)
-
-
 def answer_credits(logits: np.ndarray, answers: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:
     """`top_answer_credit` of each question's logits row."""
     return np.array([top_answer_credit(row, answers, refs) for row, refs in zip(logits, references, strict=True)])

@@ -268,5 +268,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         stop.restore()
         _close(r)
     if r.is_main:
-        logger.info("%s", final_report(metrics, workdir, r.log))
+        logger.info("%s", final_report(metrics, r.log, r.evals.pngs()))
     return metrics

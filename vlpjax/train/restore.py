@@ -47,5 +47,5 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str) -> dict:
     metrics = evals(state, step, evals.all())
     log.close()
     if jax.process_index() == 0:
-        logger.info("%s", final_report(metrics, workdir, log))
+        logger.info("%s", final_report(metrics, log, evals.pngs()))
     return metrics
