@@ -18,8 +18,8 @@ from vlpjax.data.pipeline import image_arrays
 from vlpjax.data.shapes import CLASS_NAMES
 from vlpjax.evaluate.context import EvalContext
 from vlpjax.evaluate.evaluators import _captions_and_owners, run_evaluator
-from vlpjax.evaluate.retrieval import retrieval_metrics
 from vlpjax.evaluate.inference import Inference
+from vlpjax.evaluate.retrieval import retrieval_metrics
 from vlpjax.evaluate.zero_shot import (
     DEFAULT_TEMPLATES,
     class_embeddings,
