@@ -28,10 +28,11 @@ FAMILIES: dict[str, Family] = {
     "fusion": Family(objectives=("itc", "itm", "mlm", "vqa")),
     "decoder_lm": Family(objectives=("lm",), task="text"),
     "flamingo": Family(objectives=("lm",), task="interleaved"),
+    "coca": Family(objectives=("itc", "lm"), task="image_text"),  # lm: the captioning loss
 }
 
 TASKS: dict[str, Task] = {
-    "image_text": Task(objectives=("itc", "itm", "mlm")),
+    "image_text": Task(objectives=("itc", "itm", "mlm", "lm")),
     "vqa": Task(objectives=("vqa",)),
     "text": Task(objectives=("lm",)),
     "interleaved": Task(objectives=("lm",)),
@@ -53,12 +54,12 @@ EVAL_OPTIONS = dict(enabled=True, every=0, at_start=False, batch_size=250, data=
 
 EVAL_KINDS: dict[str, EvalKind] = {
     "retrieval": EvalKind(
-        families=("dual_encoder", "fusion"),
+        families=("dual_encoder", "fusion", "coca"),
         needs="captions",
         options=dict(all_captions=False, itm_top_k=0, png_queries=0),
     ),
     "zero_shot": EvalKind(
-        families=("dual_encoder", "fusion"), needs="labels", options=dict(classes=None, templates=None)
+        families=("dual_encoder", "fusion", "coca"), needs="labels", options=dict(classes=None, templates=None)
     ),
     "vqa": EvalKind(
         families=("fusion", "flamingo"),

@@ -22,10 +22,11 @@ from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf_lm import decoder_config_from_hf, load_decoder_lm
 from vlpjax.interop.safetensors_io import read_config
+from vlpjax.models.coca import build_coca
 from vlpjax.models.flamingo import Flamingo, FlamingoConfig
 from vlpjax.models.fusion_vlp import build_fusion_vlp
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig, LanguageModel
-from vlpjax.models.vlp import build_dual_encoder, build_image_encoder
+from vlpjax.models.vlp import build_dual_encoder, build_image_encoder, build_text_encoder
 from vlpjax.objectives.registry import TextVocab
 from vlpjax.parallel import make_mesh, state_shardings
 from vlpjax.taxonomy import check_choice
@@ -180,12 +181,22 @@ def _build_fusion(spec: dict, switches: dict, seed: int, vocab_size: int, num_an
     return build_fusion_vlp({**spec, "num_answers": num_answers}, rngs=nnx.Rngs(seed))
 
 
+def _build_coca(spec: dict, switches: dict, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    if num_answers:
+        raise InvalidInput("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
+    spec = _towers(spec, switches, vocab_size)
+    rngs = nnx.Rngs(seed)
+    image, text = build_image_encoder(spec["image"], rngs=rngs), build_text_encoder(spec["text"], rngs=rngs)
+    return build_coca(spec, image_encoder=image, text_encoder=text, vocab_size=vocab_size, rngs=rngs)
+
+
 # One builder per model family of vlpjax.taxonomy.FAMILIES (tests/test_taxonomy.py checks the keys).
 FAMILY_BUILDERS = {
     "dual_encoder": _build_dual_encoder,
     "fusion": _build_fusion,
     "decoder_lm": _build_decoder_lm,
     "flamingo": _build_flamingo,
+    "coca": _build_coca,
 }
 
 

@@ -1,0 +1,31 @@
+"""CoCa on synthetic_shapes: clip_shapes' towers, attentional poolers over the image tokens, and
+two multimodal decoder layers after the causal text tower; contrastive + captioning losses.
+
+vlpjax train --config configs/coca_shapes.py --workdir workdirs/coca_shapes
+"""
+
+from vlpjax.config import base_recipe, scale_switches
+
+clip = base_recipe(__file__, "clip_shapes")
+
+
+def get_config(arg=None):
+    c = clip.get_config(arg)
+    image, text = c.model.image.to_dict(), c.model.text.to_dict()
+    image["pool"] = "cls"  # unused: CoCa pools the image tokens with its own attentional pooler
+    c.model = dict(
+        family="coca",
+        image=image,
+        text=text,  # causal: the unimodal layers; its pooled [SEP] is the text embedding
+        coca=dict(decoder_depth=2, decoder_queries=16, pool_heads=2),
+        embed_dim=c.model.embed_dim,
+        contrastive="softmax",
+        image_proj="linear",
+        text_proj="linear",
+        **scale_switches(),  # dtype, attention, remat, scan_layers: README "Scale switches"
+    )
+    # CoCa's weights: captioning twice the contrastive loss (lambda_Cap = 2, lambda_Con = 1).
+    c.objectives = dict(itc=dict(weight=1.0, chunked=False), lm=dict(weight=2.0))
+    if arg == "tiny":
+        c.model.coca.update(decoder_depth=1, decoder_queries=4)
+    return c

@@ -1,0 +1,101 @@
+"""CoCa: the decoder sees only the text up to each token (and the image), the contrastive text
+embedding never sees the image, and ITC + captioning LM on 8 devices equal 1 device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tests.test_recipes import _config
+from tests.tiny_models import IMAGE_SIZE, TINY_VIT
+from vlpjax.models.coca import build_coca
+from vlpjax.models.vlp import build_image_encoder, build_text_encoder
+from vlpjax.objectives.registry import StepContext, TextVocab, make_objective
+from vlpjax.parallel import BATCH_AXES, AxisShards, MeshShards, make_mesh
+from vlpjax.train.loop import train
+from vlpjax.train.metrics_log import read_metrics
+
+VOCAB = 40
+TEXT = {"kind": "causal", "vocab_size": VOCAB, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "max_len": 10}
+
+
+def _model(seed=0):
+    rngs = nnx.Rngs(seed)
+    image, text = build_image_encoder({**TINY_VIT, "pool": "cls"}, rngs=rngs), build_text_encoder(TEXT, rngs=rngs)
+    spec = {"coca": {"decoder_depth": 2, "decoder_queries": 3, "pool_heads": 2}, "embed_dim": 8}
+    return build_coca(spec, image_encoder=image, text_encoder=text, vocab_size=VOCAB, rngs=rngs)
+
+
+def _batch(rows=16, length=9, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, length + 1, size=rows)
+    return {
+        "image": jnp.asarray(rng.normal(size=(rows, IMAGE_SIZE, IMAGE_SIZE, 3)), jnp.float32),
+        "text_ids": jnp.asarray(rng.integers(1, VOCAB, size=(rows, length)), jnp.int32),
+        "text_mask": jnp.asarray(np.arange(length)[None] < lengths[:, None]),
+    }
+
+
+def test_a_tokens_prediction_ignores_every_later_token():
+    model, batch = _model(), _batch(rows=2)
+    base = model(batch)["logits"]
+    for t in range(batch["text_ids"].shape[1] - 1):
+        changed = dict(
+            batch, text_ids=batch["text_ids"].at[:, t + 1 :].set((batch["text_ids"][:, t + 1 :] + 7) % VOCAB)
+        )
+        logits = model(changed)["logits"]
+        np.testing.assert_array_equal(np.asarray(logits[:, : t + 1]), np.asarray(base[:, : t + 1]))
+        assert not np.array_equal(np.asarray(logits[:, t + 1 :]), np.asarray(base[:, t + 1 :]))
+
+
+def test_the_decoder_sees_the_image_and_the_text_embedding_does_not():
+    model, batch = _model(), _batch(rows=2)
+    other = dict(batch, image=batch["image"][::-1])
+    a, b = model(batch), model(other)
+    np.testing.assert_array_equal(np.asarray(a["txt_emb"]), np.asarray(b["txt_emb"]))
+    assert not np.allclose(np.asarray(a["logits"]), np.asarray(b["logits"]))
+    np.testing.assert_allclose(np.asarray(a["img_emb"]), np.asarray(b["img_emb"][::-1]), rtol=1e-5, atol=1e-6)
+
+
+def _loss_and_grads(graphdef, params, batch, shards):
+    objective = make_objective({"itc": {}, "lm": {"weight": 2.0}}, TextVocab(vocab_size=VOCAB, mask_id=None, special_ids=()))
+
+    def loss_fn(params):
+        m = nnx.merge(graphdef, params)
+        return objective(m(batch), batch, StepContext(model=m, key=jax.random.key(0), shards=shards))
+
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def test_itc_and_captioning_loss_on_8_devices_equal_one_device():
+    graphdef, params = nnx.split(_model())
+    batch = _batch()
+    (_, m1), g1 = jax.jit(lambda p, b: _loss_and_grads(graphdef, p, b, AxisShards(None)))(params, batch)
+    mesh = make_mesh(data=8)
+    sharded = jax.device_put(batch, NamedSharding(mesh, P(BATCH_AXES)))
+    (_, m8), g8 = jax.jit(lambda p, b: _loss_and_grads(graphdef, p, b, MeshShards(mesh)))(params, sharded)
+    assert float(m1["lm/tokens"]) == float(jnp.sum(batch["text_mask"][:, 1:]))
+    for name in ("loss", "itc/loss", "lm/loss", "lm/accuracy", "lm/tokens"):
+        np.testing.assert_allclose(float(m8[name]), float(m1[name]), rtol=1e-5, err_msg=name)
+    np.testing.assert_allclose(float(m1["loss"]), float(m1["itc/loss"]) + 2.0 * float(m1["lm/loss"]), rtol=1e-6)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(g1))
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g8), strict=True):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_coca_recipe_trains_and_reports_retrieval(tiny_shapes_dir, tmp_path):
+    metrics = train(_config("coca_shapes", tiny_shapes_dir, "--config.train.steps=12"), str(tmp_path / "coca"))
+    assert {"retrieval/t2i_r1", "zero_shot/top1"} <= set(metrics)
+    logged = [m for m in read_metrics(str(tmp_path / "coca")) if "train/lm/loss" in m]
+    assert len(logged) >= 2 and logged[-1]["train/lm/loss"] < logged[0]["train/lm/loss"]
+
+
+@pytest.mark.parametrize("kind", ["bidirectional"])
+def test_the_text_tower_must_be_causal(kind):
+    rngs = nnx.Rngs(0)
+    image, text = build_image_encoder(TINY_VIT, rngs=rngs), build_text_encoder({**TEXT, "kind": kind}, rngs=rngs)
+    with pytest.raises(ValueError, match="must be causal"):
+        build_coca({}, image_encoder=image, text_encoder=text, vocab_size=VOCAB, rngs=rngs)

@@ -1,0 +1,135 @@
+"""CoCa (Yu et al. 2022): a dual encoder whose text tower goes on into a captioning decoder.
+
+- The image tower's tokens feed two attentional poolers: one learned query gives the
+  contrastive image embedding, N queries give the tokens the decoder cross-attends to.
+- The text tower is causal (the unimodal layers); its pooled token ([SEP], the last real one)
+  is the contrastive text embedding, as CoCa's appended [CLS] is.
+- The multimodal layers take the unimodal token features, attend causally to the text and to
+  the N image queries, and predict the next token: trained with the `lm` (captioning) loss
+  beside `itc`, both on the same forward pass.
+
+A token's output depends only on the tokens up to it, in both parts (tests/test_coca.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vlpjax.models.attention import Mask, key_padding
+from vlpjax.models.layers import Encoded, MultiHeadAttention, PreLNBlock, dense, layer_norm, with_axes
+from vlpjax.models.stack import run_stack
+from vlpjax.models.text import TextTransformer
+from vlpjax.models.vlp import DualEncoder
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class CoCaConfig:
+    decoder_depth: int = 2  # multimodal layers after the unimodal text tower
+    decoder_queries: int = 16  # image tokens the decoder attends to (the captioning pooler's queries)
+    pool_heads: int = 4
+
+
+class AttentionalPooler(nnx.Module):
+    """[B, T, D] tokens -> [B, Q, D]: Q learned queries attend over the (normalised) tokens."""
+
+    def __init__(self, dim: int, num_queries: int, num_heads: int, *, dtype, attention: str, rngs: nnx.Rngs):
+        init = with_axes(nnx.initializers.normal(0.02), (None, "embed"))
+        self.queries = nnx.Param(init(rngs.params(), (num_queries, dim)))
+        self.ln_tokens = layer_norm(dim, dtype=dtype, rngs=rngs)
+        self.attn = MultiHeadAttention(dim, num_heads, dtype=dtype, attention=attention, rngs=rngs)
+        self.ln_out = layer_norm(dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, tokens: Array, mask: Array | None = None) -> Array:
+        queries = jnp.broadcast_to(self.queries[...].astype(tokens.dtype), (tokens.shape[0], *self.queries.shape))
+        return self.ln_out(self.attn(queries, self.ln_tokens(tokens), mask=key_padding(mask)))
+
+
+class CoCa(DualEncoder):
+    """The dual encoder's towers, projections and temperature, plus the poolers and decoder."""
+
+    def __init__(
+        self,
+        image_encoder: nnx.Module,
+        text_encoder: TextTransformer,
+        config: CoCaConfig,
+        *,
+        vocab_size: int,
+        rngs: nnx.Rngs,
+        **dual_encoder: Any,
+    ):
+        t = text_encoder.config
+        if not t.causal:
+            raise ValueError("CoCa's text tower must be causal (model.text.kind='causal'): the decoder continues it")
+        image_dim, dtype = image_encoder.out_dim, jnp.dtype(t.dtype)
+        super().__init__(image_encoder, text_encoder, rngs=rngs, **dual_encoder)
+        self.config = config
+        pool = dict(dtype=dtype, attention=t.attention, rngs=rngs)
+        self.contrastive_pool = AttentionalPooler(image_dim, 1, config.pool_heads, **pool)
+        self.caption_pool = AttentionalPooler(image_dim, config.decoder_queries, config.pool_heads, **pool)
+        self.decoder = nnx.List(
+            [
+                PreLNBlock(t.width, t.num_heads, t.mlp_dim, act=t.act, eps=t.eps, context_dim=image_dim, **pool)
+                for _ in range(config.decoder_depth)
+            ]
+        )
+        self.ln_decoder = layer_norm(t.width, eps=t.eps, dtype=dtype, rngs=rngs)
+        self.lm_head = dense(t.width, vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype, rngs=rngs)
+
+    def encode_image(self, batch: Mapping[str, Array]) -> Encoded:
+        return self.img(*[batch[k] for k in self.img.input_keys])
+
+    def embed_image(self, batch: Mapping[str, Array]) -> Array:
+        return self._image_embedding(self.encode_image(batch))
+
+    def _image_embedding(self, image: Encoded) -> Array:
+        return self.img_proj(self.contrastive_pool(image.tokens, image.mask)[:, 0])
+
+    def caption_context(self, image: Encoded) -> Array:
+        """The N image tokens every decoder layer attends to: computed once per image."""
+        return self.caption_pool(image.tokens, image.mask)
+
+    def caption_logits(self, text: Encoded, context: Array) -> Array:
+        """[B, L, vocab]: position t's prediction of token t + 1 from the text up to t and the image."""
+        mask = Mask(keys=text.mask, causal=True)
+        s = self.txt.config
+
+        def layer_fn(block, x):
+            return block(x, mask=mask, context=context)
+
+        x = run_stack(self.decoder, text.tokens, layer_fn, remat=s.remat, scan=s.scan_layers)
+        return self.lm_head(self.ln_decoder(x)).astype(jnp.float32)
+
+    def __call__(self, batch: Mapping[str, Array]) -> dict[str, Array]:
+        image = self.encode_image(batch)  # once, for both poolers
+        text = self.txt.encode(batch["text_ids"], batch["text_mask"])
+        out = {
+            "img_emb": self._image_embedding(image),
+            "txt_emb": self.txt_proj(text.pooled),
+            "logit_scale": self.scale(),
+            "logits": self.caption_logits(text, self.caption_context(image)),
+        }
+        if self.contrastive == "sigmoid":
+            out["logit_bias"] = self.bias()
+        return out
+
+
+def build_coca(spec: Mapping[str, Any], *, image_encoder, text_encoder, vocab_size: int, rngs: nnx.Rngs) -> CoCa:
+    """{'coca': {CoCaConfig fields}, 'embed_dim', 'contrastive', 'image_proj', 'text_proj'}."""
+    return CoCa(
+        image_encoder,
+        text_encoder,
+        CoCaConfig(**spec.get("coca", {})),
+        vocab_size=vocab_size,
+        embed_dim=spec.get("embed_dim", 512),
+        contrastive=spec.get("contrastive", "softmax"),
+        image_proj=spec.get("image_proj", "linear"),
+        text_proj=spec.get("text_proj", "linear"),
+        rngs=rngs,
+    )
