@@ -58,10 +58,15 @@ def test_the_decoder_sees_the_image_and_the_text_embedding_does_not():
     np.testing.assert_array_equal(np.asarray(a["txt_emb"]), np.asarray(b["txt_emb"]))
     assert not np.allclose(np.asarray(a["logits"]), np.asarray(b["logits"]))
     np.testing.assert_allclose(np.asarray(a["img_emb"]), np.asarray(b["img_emb"][::-1]), rtol=1e-5, atol=1e-6)
+    # Each caption reads its own image: another row's image changes nothing in it.
+    c = model(dict(batch, image=batch["image"].at[1].set(0.0)))["logits"]
+    np.testing.assert_allclose(np.asarray(c[0]), np.asarray(a["logits"][0]), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(c[1]), np.asarray(a["logits"][1]))
 
 
 def _loss_and_grads(graphdef, params, batch, shards):
-    objective = make_objective({"itc": {}, "lm": {"weight": 2.0}}, TextVocab(vocab_size=VOCAB, mask_id=None, special_ids=()))
+    vocab = TextVocab(vocab_size=VOCAB, mask_id=None, special_ids=())
+    objective = make_objective({"itc": {}, "lm": {"weight": 2.0}}, vocab)
 
     def loss_fn(params):
         m = nnx.merge(graphdef, params)
