@@ -224,3 +224,19 @@ def test_generation_encodes_media_once_and_beam_one_is_greedy(tmp_path, monkeypa
     step, mask = model_step(model, "decode", latents), np.ones_like(ids, bool)
     beam, _ = beam_search(step, ids, mask, model.empty_cache(2, 14), 5, beams=1, eos_id=model.chunk_end_id)
     np.testing.assert_array_equal(beam, out)  # out is greedy's
+
+
+def test_beam_search_over_a_batch_equals_each_prompt_alone():
+    """The media latents are per prompt: every beam of a prompt reads its prompt's (this failed
+    with a shape error for more than one prompt before the latents were repeated per beam)."""
+    model = tiny_flamingo()
+    open_gates(model)
+    batch = interleaved_batch(model, batch=2)
+    ids = np.asarray(batch["text_ids"])[:, :9]
+    latents, mask = model.encode_media(batch["media"]), np.ones_like(ids, bool)
+    together, scores = beam_search(model_step(model, "decode", latents), ids, mask, model.empty_cache(2, 14), 5, 3)
+    for row in range(2):
+        step = model_step(model, "decode", latents[row : row + 1])
+        alone, score = beam_search(step, ids[row : row + 1], mask[row : row + 1], model.empty_cache(1, 14), 5, 3)
+        np.testing.assert_array_equal(np.asarray(together[row]), np.asarray(alone[0]))
+        np.testing.assert_allclose(float(scores[row]), float(score[0]), rtol=1e-5)

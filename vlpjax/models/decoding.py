@@ -23,7 +23,8 @@ from flax import nnx
 
 class Step(NamedTuple):
     """A model's decoding step as data: `method` of the module `graphdef` with weights `state`,
-    given `fixed` after (ids, mask, cache). It is traced inside the generation loop."""
+    given `fixed` after (ids, mask, cache). It is traced inside the generation loop. `fixed`
+    holds per-prompt arrays, batch first (beam search repeats them for each beam)."""
 
     graphdef: nnx.GraphDef
     state: nnx.State
@@ -70,12 +71,12 @@ def beam_search(
 def _generate(graphdef, state, method, fixed, ids, mask, cache, max_new_tokens, beams, eos_id):
     model = nnx.merge(graphdef, state)
 
-    def step(ids, mask, cache):
+    def step(ids, mask, cache, fixed):
         return getattr(model, method)(ids, mask, cache, *fixed)
 
     if beams is None:  # greedy
-        return _greedy_loop(step, ids, mask, cache, max_new_tokens, eos_id)
-    return _beam_loop(step, ids, mask, cache, max_new_tokens, beams, eos_id)
+        return _greedy_loop(functools.partial(step, fixed=fixed), ids, mask, cache, max_new_tokens, eos_id)
+    return _beam_loop(step, fixed, ids, mask, cache, max_new_tokens, beams, eos_id)
 
 
 def _is_eos(token, eos_id):
@@ -106,11 +107,13 @@ def _greedy_loop(step, ids, mask, cache, max_new_tokens, eos_id):
     return jax.lax.while_loop(_until_all_done(max_new_tokens), body, carry)[3]
 
 
-def _beam_loop(step, ids, mask, cache, max_new_tokens, beams, eos_id):
+def _beam_loop(step, fixed, ids, mask, cache, max_new_tokens, beams, eos_id):
     b = ids.shape[0]
-    logits, cache = step(ids, mask, cache)
+    logits, cache = step(ids, mask, cache, fixed)
     vocab = logits.shape[-1]
     cache = cache.expand(jnp.repeat(jnp.arange(b), beams))
+    # Beams are reordered only within their prompt's rows, so the per-prompt inputs repeat once.
+    fixed = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0), fixed)
     logits = jnp.repeat(logits[:, -1], beams, axis=0)  # [B*K, V]
     finished_row = jnp.full((vocab,), -jnp.inf).at[eos_id].set(0.0) if eos_id is not None else None
 
@@ -128,7 +131,7 @@ def _beam_loop(step, ids, mask, cache, max_new_tokens, beams, eos_id):
 
     def body(carry):
         t, done, scores, tokens, cache = carry
-        logits, cache = step(tokens[:, t - 1][:, None], jnp.ones((b * beams, 1), bool), cache)
+        logits, cache = step(tokens[:, t - 1][:, None], jnp.ones((b * beams, 1), bool), cache, fixed)
         return t + 1, *choose(t, logits[:, -1], done, scores, tokens, cache)
 
     # Only the first copy of each prompt may start a beam: the others would duplicate it.
