@@ -12,6 +12,7 @@ from jax.sharding import PartitionSpec as P
 from tests.test_recipes import _config
 from tests.tiny_models import IMAGE_SIZE, TINY_VIT
 from vlpjax.models.coca import build_coca
+from vlpjax.models.decoding import beam_search, greedy, left_pad, model_step
 from vlpjax.models.vlp import build_image_encoder, build_text_encoder
 from vlpjax.objectives.registry import StepContext, TextVocab, make_objective
 from vlpjax.parallel import BATCH_AXES, AxisShards, MeshShards, make_mesh
@@ -104,3 +105,33 @@ def test_the_text_tower_must_be_causal(kind):
     image, text = build_image_encoder(TINY_VIT, rngs=rngs), build_text_encoder({**TEXT, "kind": kind}, rngs=rngs)
     with pytest.raises(ValueError, match="must be causal"):
         build_coca({}, image_encoder=image, text_encoder=text, vocab_size=VOCAB, rngs=rngs)
+
+
+def _whole_pass(model, ids, context):
+    """caption_logits over the whole text (no cache): the training forward."""
+    ids = jnp.asarray([ids], jnp.int32)
+    return model.caption_logits(model.txt.encode(ids, jnp.ones(ids.shape, bool)), context)[0]
+
+
+def test_cached_decoding_equals_the_whole_forward_pass_token_by_token():
+    model, batch = _model(), _batch(rows=2)
+    memory, context = model.caption_memory(batch), model.caption_context(model.encode_image(batch))
+    prompts = [[5, 9, 3], [7]]  # left-padded to one length inside the cache
+    ids, mask = left_pad(prompts)
+    prefill, _ = model.decode(jnp.asarray(ids), jnp.asarray(mask), model.empty_cache(2, 10), memory)
+    for row, prompt in enumerate(prompts):
+        whole = _whole_pass(model, prompt, context[row : row + 1])
+        np.testing.assert_allclose(np.asarray(prefill[row, -len(prompt) :]), np.asarray(whole), rtol=1e-5, atol=1e-5)
+    out = np.asarray(greedy(model_step(model, "decode", memory), ids, mask, model.empty_cache(2, 10), 6))
+    for row, prompt in enumerate(prompts):
+        seq = list(prompt)
+        for t in range(6):
+            seq.append(int(jnp.argmax(_whole_pass(model, seq, context[row : row + 1])[-1])))
+            assert seq[-1] == out[row, t], (row, t)
+    # Beam search reads each prompt's own image memory: the batch equals each prompt alone.
+    step = model_step(model, "decode", memory)
+    together, _ = beam_search(step, ids, mask, model.empty_cache(2, 10), 4, beams=3)
+    for row in range(2):
+        alone_step = model_step(model, "decode", jax.tree.map(lambda x, r=row: x[r : r + 1], memory))
+        alone, _ = beam_search(alone_step, ids[row : row + 1], mask[row : row + 1], model.empty_cache(1, 10), 4, 3)
+        np.testing.assert_array_equal(np.asarray(together[row]), np.asarray(alone[0]))

@@ -22,6 +22,7 @@ from flax import nnx
 
 from vlpjax.models.attention import Mask, key_padding
 from vlpjax.models.layers import Encoded, MultiHeadAttention, PreLNBlock, dense, layer_norm, with_axes
+from vlpjax.models.lm import KVCache, causal_mask
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import TextTransformer
 from vlpjax.models.vlp import DualEncoder
@@ -65,8 +66,11 @@ class CoCa(DualEncoder):
         **dual_encoder: Any,
     ):
         t = text_encoder.config
-        if not t.causal:
-            raise ValueError("CoCa's text tower must be causal (model.text.kind='causal'): the decoder continues it")
+        if not (t.causal and t.mask_padding):
+            raise ValueError(
+                "CoCa's text tower must be causal (model.text.kind='causal') and mask its padding: the decoder "
+                "continues it, a token at a time when generating"
+            )
         image_dim, dtype = image_encoder.out_dim, jnp.dtype(t.dtype)
         super().__init__(image_encoder, text_encoder, rngs=rngs, **dual_encoder)
         self.config = config
@@ -105,6 +109,43 @@ class CoCa(DualEncoder):
 
         x = run_stack(self.decoder, text.tokens, layer_fn, remat=s.remat, scan=s.scan_layers)
         return self.lm_head(self.ln_decoder(x)).astype(jnp.float32)
+
+    # --- generation: models/decoding.py calls `decode` with the memory as its fixed input ---------
+
+    def caption_memory(self, batch: Mapping[str, Array]) -> tuple[tuple[Array, Array], ...]:
+        """Each decoder layer's cross-attention keys and values of the images: computed once
+        per image, then read by every generated token."""
+        context = self.caption_context(self.encode_image(batch))
+        return tuple(block.cross.keys_values(context) for block in self.decoder)
+
+    def empty_cache(self, batch: int, max_len: int) -> KVCache:
+        """Self-attention keys and values of every text and decoder layer for `max_len` slots."""
+        t = self.txt.config
+        shape = (batch, max_len, t.num_heads, t.width // t.num_heads)
+        zeros = tuple(jnp.zeros(shape, jnp.dtype(t.dtype)) for _ in range(t.depth + self.config.decoder_depth))
+        return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.int32(0))
+
+    def decode(self, ids: Array, mask: Array, cache: KVCache, memory) -> tuple[Array, KVCache]:
+        """Logits [B, L, vocab] of left-padded new tokens given the cache and the images'
+        `caption_memory`; the same as `caption_logits` on the whole text, a token at a time."""
+        t, mask = self.txt, mask.astype(bool)
+        if cache.keys[0].shape[1] > t.config.max_len:  # positions past the table would be clamped silently
+            raise ValueError(f"a cache of {cache.keys[0].shape[1]} slots exceeds the text tower's max_len")
+        positions = jnp.maximum(cache.positions(mask), 0)  # a token's position: the real tokens before it
+        key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.length, axis=1)
+        attention = causal_mask(key_mask, ids.shape[1], cached=True, offset=cache.length)
+        x = (t.token_embed(ids) + jnp.take(t.pos_embed[...], positions, axis=0)).astype(jnp.dtype(t.config.dtype))
+        keys, values = [], []
+        for i, block in enumerate([*t.blocks, *self.decoder]):
+            decoder_layer = i - t.config.depth
+            memory_i = memory[decoder_layer] if decoder_layer >= 0 else None
+            x, (k, v) = block.step(x, (cache.keys[i], cache.values[i]), attention, cache.length, memory_i)
+            keys.append(k)
+            values.append(v)
+            if decoder_layer == -1:
+                x = t.ln_final(x)  # the unimodal tower's output, as the decoder reads it in training
+        logits = self.lm_head(self.ln_decoder(x)).astype(jnp.float32)
+        return logits, KVCache(tuple(keys), tuple(values), key_mask, cache.length + ids.shape[1])
 
     def __call__(self, batch: Mapping[str, Array]) -> dict[str, Array]:
         image = self.encode_image(batch)  # once, for both poolers

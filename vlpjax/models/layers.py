@@ -147,9 +147,27 @@ class MultiHeadAttention(nnx.Module):
         if context is None:
             q, k, v = self._fused_qkv(x)
         else:
-            q, k, v = self._heads(self.query(x)), self._heads(self.key(context)), self._heads(self.value(context))
+            q, (k, v) = self._heads(self.query(x)), self.keys_values(context)
         attended = attend(q, k, v, mask, kernel=self.kernel_name)
         return self.out(attended.reshape(*x.shape[:-1], -1))
+
+    def keys_values(self, context: Array) -> tuple[Array, Array]:
+        """The keys and values of `context` [B, S, kv_dim], [B, S, H, D/H] each: what decoding
+        caches (a cross-attention memory is computed once per image)."""
+        return self._heads(self.key(context)), self._heads(self.value(context))
+
+    def step(self, x: Array, keys: Array, values: Array, mask: Mask | None, offset: Array | None = None):
+        """Decoding: x's queries over cached `keys` / `values`. With `offset`, this is
+        self-attention and x's own keys and values are written into the cache at slots
+        offset..; returns (output, (keys, values))."""
+        if offset is None:
+            q = self._heads(self.query(x))
+        else:
+            q, k, v = self._fused_qkv(x)
+            keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), offset, axis=1)
+            values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), offset, axis=1)
+        attended = attend(q, keys, values, mask, kernel=self.kernel_name)
+        return self.out(attended.reshape(*x.shape[:-1], -1)), (keys, values)
 
 
 # A block's output: split over the batch, whole along the sequence and the model dimension.
@@ -211,6 +229,17 @@ class PreLNBlock(nnx.Module):
             _require_context(context)
             x = x + self.cross(self.ln_cross(x), context, mask=context_mask)
         return constrain(x + self.mlp(self.ln_mlp(x)), BLOCK_OUTPUT)
+
+    def step(self, x: Array, past: tuple[Array, Array], mask: Mask, offset: Array, memory=None):
+        """`__call__` for new tokens x at cache slots offset..: self-attention over the cached
+        keys and values `past`, cross-attention over `memory` (the context's keys and values,
+        `cross.keys_values`). Returns (x, the updated (keys, values))."""
+        h, past = self.attn.step(self.ln_attn(x), *past, mask, offset)
+        x = x + h
+        if self.has_cross:
+            _require_context(memory)
+            x = x + self.cross.step(self.ln_cross(x), *memory, None)[0]
+        return x + self.mlp(self.ln_mlp(x)), past
 
 
 class PostLNBlock(nnx.Module):
