@@ -4,7 +4,7 @@ two multimodal decoder layers after the causal text tower; contrastive + caption
 vlpjax train --config configs/coca_shapes.py --workdir workdirs/coca_shapes
 """
 
-from vlpjax.config import base_recipe, scale_switches
+from vlpjax.config import base_recipe, evaluator, scale_switches
 
 clip = base_recipe(__file__, "clip_shapes")
 
@@ -26,6 +26,9 @@ def get_config(arg=None):
     )
     # CoCa's weights: captioning twice the contrastive loss (lambda_Cap = 2, lambda_Con = 1).
     c.objectives = dict(itc=dict(weight=1.0, chunked=False), lm=dict(weight=2.0))
+    # Captions of the first 200 test images (flamingo_shapes' images), greedy, up to the [SEP].
+    c.evals.caption = evaluator("captioning", images=200, max_tokens=31, batch_size=c.evals.retrieval.batch_size)
     if arg == "tiny":
         c.model.coca.update(decoder_depth=1, decoder_queries=4)
+        c.evals.caption.update(images=8, max_tokens=8)
     return c

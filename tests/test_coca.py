@@ -94,7 +94,10 @@ def test_itc_and_captioning_loss_on_8_devices_equal_one_device():
 
 def test_coca_recipe_trains_and_reports_retrieval(tiny_shapes_dir, tmp_path):
     metrics = train(_config("coca_shapes", tiny_shapes_dir, "--config.train.steps=12"), str(tmp_path / "coca"))
-    assert {"retrieval/t2i_r1", "zero_shot/top1"} <= set(metrics)
+    assert {"retrieval/t2i_r1", "zero_shot/top1", "caption/bleu4", "caption/cider_d", "caption/object_f1"} <= set(
+        metrics
+    )
+    assert metrics["caption/images"] == 8
     logged = [m for m in read_metrics(str(tmp_path / "coca")) if "train/lm/loss" in m]
     assert len(logged) >= 2 and logged[-1]["train/lm/loss"] < logged[0]["train/lm/loss"]
 

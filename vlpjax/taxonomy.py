@@ -66,7 +66,9 @@ EVAL_KINDS: dict[str, EvalKind] = {
         needs="questions",
         options=dict(mode="classify", images=0, max_tokens=3, beams=1),
     ),
-    "captioning": EvalKind(families=("flamingo",), needs="captions", options=dict(images=0, max_tokens=32, beams=1)),
+    "captioning": EvalKind(
+        families=("flamingo", "coca"), needs="captions", options=dict(images=0, max_tokens=32, beams=1)
+    ),
     "few_shot": EvalKind(
         families=("flamingo",),
         needs="captions or questions",

@@ -19,7 +19,10 @@ from tqdm import tqdm
 from vlpjax.data.fields import question_rows
 from vlpjax.data.interleaved import DocumentTransform
 from vlpjax.data.pipeline import image_arrays
+from vlpjax.data.tokenizer import as_text
 from vlpjax.errors import InvalidInput
+from vlpjax.evaluate.captioner import Captioner
+from vlpjax.evaluate.captions import caption_metrics
 from vlpjax.evaluate.context import EvalContext
 from vlpjax.evaluate.generation import caption_eval, shot_examples, vqa_eval
 from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
@@ -176,10 +179,29 @@ def vqa(ctx: EvalContext, name: str, spec) -> dict[str, float]:
     return _generated(ctx, spec, "vqa", shots=0)
 
 
+def _trained_captions(ctx: EvalContext, spec) -> dict[str, float]:
+    """A captioning model's (CoCa's) captions of the images, `batch_size` at a time."""
+    examples = _first_examples(ctx.source(spec), "captions", spec.images)
+    captioner = Captioner(ctx.model(), ctx.tokenizer, beams=spec.beams)
+    predicted = []
+    for start in tqdm(range(0, len(examples), spec.batch_size), desc="captions", leave=False):
+        batch = examples[start : start + spec.batch_size]
+        predicted += captioner(image_arrays(batch, ctx.pipeline), spec.max_tokens)
+    references = [[as_text(c) for c in e["captions"]] for e in examples]
+    return caption_metrics(predicted, references, ctx.dataset_kind(spec).shapes_labels)
+
+
+# How each family makes a caption from an image alone (Flamingo: a prompt of just <image>).
+CAPTIONS_BY_FAMILY = {
+    "flamingo": lambda ctx, spec: _generated(ctx, spec, "captioning", shots=0),
+    "coca": _trained_captions,
+}
+
+
 def captioning(ctx: EvalContext, name: str, spec) -> dict[str, float]:
     """BLEU-4, CIDEr-D and token F1 (shapes: parsed objects too) of captions generated for
     the split's first `images` captioned images."""
-    return _generated(ctx, spec, "captioning", shots=0)
+    return CAPTIONS_BY_FAMILY[ctx.config.model.family](ctx, spec)
 
 
 def few_shot(ctx: EvalContext, name: str, spec) -> dict[str, float]:

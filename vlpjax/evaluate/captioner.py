@@ -1,0 +1,42 @@
+"""Captions from a model trained to caption (CoCa): the prompt is the start token ([CLS]), the
+images' cross-attention memory is computed once per batch, and every new token reuses the KV
+cache until the end token ([SEP])."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+from vlpjax.data.tokenizer import TextTokenizer
+from vlpjax.models.decoding import Step, beam_search, greedy
+
+
+class Captioner:
+    def __init__(self, model, tokenizer: TextTokenizer, beams: int = 1):
+        if tokenizer.cls_id is None or tokenizer.sep_id is None:
+            raise ValueError("captioning starts at the tokenizer's [CLS] (or <s>) and ends at [SEP] (or </s>)")
+        self.graphdef, self.state = nnx.split(model)
+        self.model, self.tokenizer, self.beams = model, tokenizer, beams
+        self._memory = jax.jit(lambda state, images: nnx.merge(self.graphdef, state).caption_memory(images))
+
+    def generate_ids(self, images: Mapping[str, np.ndarray], max_new_tokens: int) -> np.ndarray:
+        """[B, max_new_tokens] token ids after [CLS]; [SEP] repeats after a caption's end."""
+        rows = len(next(iter(images.values())))
+        memory = self._memory(self.state, dict(images))  # once per batch of images
+        ids, mask = np.full((rows, 1), self.tokenizer.cls_id, np.int32), np.ones((rows, 1), bool)
+        cache = self.model.empty_cache(rows, 1 + max_new_tokens)
+        step, eos = Step(self.graphdef, self.state, "decode", (memory,)), self.tokenizer.sep_id
+        if self.beams > 1:
+            return np.asarray(beam_search(step, ids, mask, cache, max_new_tokens, self.beams, eos_id=eos)[0])
+        return np.asarray(greedy(step, ids, mask, cache, max_new_tokens, eos_id=eos))
+
+    def __call__(self, images: Mapping[str, np.ndarray], max_new_tokens: int) -> list[str]:
+        return [self.text(row) for row in self.generate_ids(images, max_new_tokens)]
+
+    def text(self, ids: np.ndarray) -> str:
+        ids = [int(i) for i in ids]
+        end = ids.index(self.tokenizer.sep_id) if self.tokenizer.sep_id in ids else len(ids)
+        return self.tokenizer.decode(ids[:end]).strip()
