@@ -8,9 +8,13 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from PIL import Image
 
-from tests.test_recipes import _config
+from tests.test_recipes import ROOT, _config
 from tests.tiny_models import IMAGE_SIZE, TINY_VIT
+from vlpjax import cli
+from vlpjax.data.images import normalize, resize
+from vlpjax.evaluate.captioner import Captioner
 from vlpjax.models.coca import build_coca
 from vlpjax.models.decoding import beam_search, greedy, left_pad, model_step
 from vlpjax.models.vlp import build_image_encoder, build_text_encoder
@@ -18,8 +22,10 @@ from vlpjax.objectives.registry import StepContext, TextVocab, make_objective
 from vlpjax.parallel import BATCH_AXES, AxisShards, MeshShards, make_mesh
 from vlpjax.train.loop import train
 from vlpjax.train.metrics_log import read_metrics
+from vlpjax.train.restore import trained_model
 
 VOCAB = 40
+RECIPE = f"{ROOT}/configs/coca_shapes.py:tiny"
 TEXT = {"kind": "causal", "vocab_size": VOCAB, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32, "max_len": 10}
 
 
@@ -92,7 +98,7 @@ def test_itc_and_captioning_loss_on_8_devices_equal_one_device():
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6 * scale)
 
 
-def test_coca_recipe_trains_and_reports_retrieval(tiny_shapes_dir, tmp_path):
+def test_coca_recipe_trains_reports_retrieval_and_captions_and_captions_files(tiny_shapes_dir, tmp_path, capsys):
     metrics = train(_config("coca_shapes", tiny_shapes_dir, "--config.train.steps=12"), str(tmp_path / "coca"))
     assert {"retrieval/t2i_r1", "zero_shot/top1", "caption/bleu4", "caption/cider_d", "caption/object_f1"} <= set(
         metrics
@@ -100,6 +106,29 @@ def test_coca_recipe_trains_and_reports_retrieval(tiny_shapes_dir, tmp_path):
     assert metrics["caption/images"] == 8
     logged = [m for m in read_metrics(str(tmp_path / "coca")) if "train/lm/loss" in m]
     assert len(logged) >= 2 and logged[-1]["train/lm/loss"] < logged[0]["train/lm/loss"]
+
+    # `vlpjax generate` captions image files: each caption as the Captioner makes it.
+    Image.fromarray(np.full((40, 40, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    args = [
+        "generate",
+        "--config",
+        RECIPE,
+        "--workdir",
+        str(tmp_path / "coca"),
+        f"--config.data.data_dir={tiny_shapes_dir}",
+    ]
+    capsys.readouterr()
+    assert cli.main([*args, "--image", str(tmp_path / "a.png"), "--prompt", "a", "--max_new_tokens", "5"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    model, data = trained_model(_config("coca_shapes", tiny_shapes_dir), str(tmp_path / "coca"))
+    pixels = normalize(resize(np.full((40, 40, 3), 200, np.uint8), 32))[None]
+    assert (
+        line
+        == f"{tmp_path / 'a.png'}: "
+        + " ".join(["a", Captioner(model, data.tokenizer)({"image": pixels}, 5, "a")[0]]).strip()
+    )
+    assert cli.main([*args, "--image", str(tmp_path / "a.png"), "--max_new_tokens", "40"]) == 2
+    assert "exceed model.text.max_len=32" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["bidirectional"])

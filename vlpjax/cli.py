@@ -62,12 +62,18 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--prompt_len", type=int, help="stablehlo decoders: prompt tokens (default data.text_len)")
     export.add_argument("--max_len", type=int, help="stablehlo decoders: KV cache slots (default the LM's positions)")
     export.add_argument("--num_media", type=int, help="stablehlo Flamingo: images per prompt (default data.chunks)")
-    generate = commands.add_parser("generate", help="continue a prompt about images with a Flamingo run")
+    generate = commands.add_parser(
+        "generate", help="Flamingo: continue a prompt about the images; CoCa: caption each image"
+    )
     _config_args(generate)
     generate.add_argument(
         "--image", action="append", required=True, help="an image file; repeat for several <image> markers"
     )
-    generate.add_argument("--prompt", default="", help="text with <image> markers (one is prepended if there is none)")
+    generate.add_argument(
+        "--prompt",
+        default="",
+        help="Flamingo: text with <image> markers (one is prepended if there is none); CoCa: a caption's first words",
+    )
     generate.add_argument("--max_new_tokens", type=int, default=32)
     generate.add_argument("--beams", type=int, default=1, help="1: greedy; more: beam search")
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -199,22 +205,51 @@ def _read_image(path: str):
         raise UserError(f"--image {path!r} is not an image Pillow can read ({type(err).__name__})") from None
 
 
-def _generate(config, args) -> None:
+def _continue_with_flamingo(config, args, images) -> None:
+    """One continuation of the prompt, its <image> markers standing for the images in order."""
     from vlpjax.evaluate.prompting import continue_prompt, with_image_markers
     from vlpjax.train.restore import trained_model
 
-    if config.model.family != "flamingo":
-        raise UserError(
-            f"vlpjax generate continues prompts with a Flamingo run (model.family='flamingo'); "
-            f"this recipe is {config.model.family!r}"
-        )
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
-    images = [_read_image(path) for path in args.image]
     prompt = with_image_markers(args.prompt, len(images))  # before the (slow) restore
     model, data = trained_model(config, args.workdir)
     image_size = config.data.image_size
     print(continue_prompt(model, data.tokenizer, images, prompt, image_size, args.max_new_tokens, args.beams))
+
+
+def _caption_with_coca(config, args, images) -> None:
+    """A caption of each image, starting with the prompt's words if there are any."""
+    import numpy as np
+
+    from vlpjax.data.images import normalize, resize
+    from vlpjax.evaluate.captioner import Captioner
+    from vlpjax.train.restore import trained_model
+
+    model, data = trained_model(config, args.workdir)
+    start = 1 + len(data.tokenizer.encode_plain(args.prompt))
+    if start + args.max_new_tokens > config.model.text.max_len:
+        raise UserError(
+            f"[CLS], the prompt's {start - 1} tokens and --max_new_tokens {args.max_new_tokens} exceed "
+            f"model.text.max_len={config.model.text.max_len}"
+        )
+    pixels = np.stack([normalize(resize(image, config.data.image_size)) for image in images])
+    captions = Captioner(model, data.tokenizer, args.beams)({"image": pixels}, args.max_new_tokens, args.prompt)
+    for path, caption in zip(args.image, captions, strict=True):
+        print(f"{path}: {' '.join(part for part in (args.prompt.strip(), caption) if part)}")
+
+
+# What `vlpjax generate` does with each family's run.
+GENERATE_BY_FAMILY = {"flamingo": _continue_with_flamingo, "coca": _caption_with_coca}
+
+
+def _generate(config, args) -> None:
+    if config.model.family not in GENERATE_BY_FAMILY:
+        raise UserError(
+            f"vlpjax generate works with the families {sorted(GENERATE_BY_FAMILY)}; this recipe is "
+            f"{config.model.family!r}"
+        )
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
+    GENERATE_BY_FAMILY[config.model.family](config, args, [_read_image(path) for path in args.image])
 
 
 def _setup_logging() -> None:

@@ -22,19 +22,21 @@ class Captioner:
         self.model, self.tokenizer, self.beams = model, tokenizer, beams
         self._memory = jax.jit(lambda state, images: nnx.merge(self.graphdef, state).caption_memory(images))
 
-    def generate_ids(self, images: Mapping[str, np.ndarray], max_new_tokens: int) -> np.ndarray:
-        """[B, max_new_tokens] token ids after [CLS]; [SEP] repeats after a caption's end."""
+    def generate_ids(self, images: Mapping[str, np.ndarray], max_new_tokens: int, prefix: str = "") -> np.ndarray:
+        """[B, max_new_tokens] token ids after [CLS] and the `prefix` words; [SEP] repeats
+        after a caption's end."""
         rows = len(next(iter(images.values())))
         memory = self._memory(self.state, dict(images))  # once per batch of images
-        ids, mask = np.full((rows, 1), self.tokenizer.cls_id, np.int32), np.ones((rows, 1), bool)
-        cache = self.model.empty_cache(rows, 1 + max_new_tokens)
+        start = [self.tokenizer.cls_id, *(self.tokenizer.encode_plain(prefix) if prefix.strip() else [])]
+        ids, mask = np.tile(np.asarray(start, np.int32), (rows, 1)), np.ones((rows, len(start)), bool)
+        cache = self.model.empty_cache(rows, len(start) + max_new_tokens)
         step, eos = Step(self.graphdef, self.state, "decode", (memory,)), self.tokenizer.sep_id
         if self.beams > 1:
             return np.asarray(beam_search(step, ids, mask, cache, max_new_tokens, self.beams, eos_id=eos)[0])
         return np.asarray(greedy(step, ids, mask, cache, max_new_tokens, eos_id=eos))
 
-    def __call__(self, images: Mapping[str, np.ndarray], max_new_tokens: int) -> list[str]:
-        return [self.text(row) for row in self.generate_ids(images, max_new_tokens)]
+    def __call__(self, images: Mapping[str, np.ndarray], max_new_tokens: int, prefix: str = "") -> list[str]:
+        return [self.text(row) for row in self.generate_ids(images, max_new_tokens, prefix)]
 
     def text(self, ids: np.ndarray) -> str:
         ids = [int(i) for i in ids]
