@@ -128,7 +128,7 @@ def test_coca_recipe_trains_reports_retrieval_and_captions_and_captions_files(ti
         + " ".join(["a", Captioner(model, data.tokenizer)({"image": pixels}, 5, "a")[0]]).strip()
     )
     assert cli.main([*args, "--image", str(tmp_path / "a.png"), "--max_new_tokens", "40"]) == 2
-    assert "exceed model.text.max_len=32" in capsys.readouterr().err
+    assert "exceed the model's 32 text positions" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("kind", ["bidirectional"])

@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--max_len", type=int, help="stablehlo decoders: KV cache slots (default the LM's positions)")
     export.add_argument("--num_media", type=int, help="stablehlo Flamingo: images per prompt (default data.chunks)")
     generate = commands.add_parser(
-        "generate", help="Flamingo: continue a prompt about the images; CoCa: caption each image"
+        "generate", help="Flamingo: continue a prompt about the images; CoCa, PrefixLM: caption each image"
     )
     _config_args(generate)
     generate.add_argument(
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument(
         "--prompt",
         default="",
-        help="Flamingo: text with <image> markers (one is prepended if there is none); CoCa: a caption's first words",
+        help="Flamingo: text with <image> markers (one is prepended if there is none); else a caption's first words",
     )
     generate.add_argument("--max_new_tokens", type=int, default=32)
     generate.add_argument("--beams", type=int, default=1, help="1: greedy; more: beam search")
@@ -216,7 +216,7 @@ def _continue_with_flamingo(config, args, images) -> None:
     print(continue_prompt(model, data.tokenizer, images, prompt, image_size, args.max_new_tokens, args.beams))
 
 
-def _caption_with_coca(config, args, images) -> None:
+def _caption_each_image(config, args, images) -> None:
     """A caption of each image, starting with the prompt's words if there are any."""
     import numpy as np
 
@@ -226,10 +226,10 @@ def _caption_with_coca(config, args, images) -> None:
 
     model, data = trained_model(config, args.workdir)
     start = 1 + len(data.tokenizer.encode_plain(args.prompt))
-    if start + args.max_new_tokens > config.model.text.max_len:
+    if start + args.max_new_tokens > model.max_text_len:
         raise UserError(
             f"[CLS], the prompt's {start - 1} tokens and --max_new_tokens {args.max_new_tokens} exceed "
-            f"model.text.max_len={config.model.text.max_len}"
+            f"the model's {model.max_text_len} text positions"
         )
     pixels = np.stack([normalize(resize(image, config.data.image_size)) for image in images])
     captions = Captioner(model, data.tokenizer, args.beams)({"image": pixels}, args.max_new_tokens, args.prompt)
@@ -238,7 +238,11 @@ def _caption_with_coca(config, args, images) -> None:
 
 
 # What `vlpjax generate` does with each family's run.
-GENERATE_BY_FAMILY = {"flamingo": _continue_with_flamingo, "coca": _caption_with_coca}
+GENERATE_BY_FAMILY = {
+    "flamingo": _continue_with_flamingo,
+    "coca": _caption_each_image,
+    "prefix_lm": _caption_each_image,
+}
 
 
 def _generate(config, args) -> None:

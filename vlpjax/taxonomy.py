@@ -29,10 +29,11 @@ FAMILIES: dict[str, Family] = {
     "decoder_lm": Family(objectives=("lm",), task="text"),
     "flamingo": Family(objectives=("lm",), task="interleaved"),
     "coca": Family(objectives=("itc", "lm"), task="image_text"),  # lm: the captioning loss
+    "prefix_lm": Family(objectives=("prefix_lm",), task="image_text"),
 }
 
 TASKS: dict[str, Task] = {
-    "image_text": Task(objectives=("itc", "itm", "mlm", "lm")),
+    "image_text": Task(objectives=("itc", "itm", "mlm", "lm", "prefix_lm")),
     "vqa": Task(objectives=("vqa",)),
     "text": Task(objectives=("lm",)),
     "interleaved": Task(objectives=("lm",)),
@@ -67,7 +68,7 @@ EVAL_KINDS: dict[str, EvalKind] = {
         options=dict(mode="classify", images=0, max_tokens=3, beams=1),
     ),
     "captioning": EvalKind(
-        families=("flamingo", "coca"), needs="captions", options=dict(images=0, max_tokens=32, beams=1)
+        families=("flamingo", "coca", "prefix_lm"), needs="captions", options=dict(images=0, max_tokens=32, beams=1)
     ),
     "few_shot": EvalKind(
         families=("flamingo",),

@@ -1,6 +1,7 @@
-"""Captions from a model trained to caption (CoCa): the prompt is the start token ([CLS]), the
-images' cross-attention memory is computed once per batch, and every new token reuses the KV
-cache until the end token ([SEP])."""
+"""Captions from a model trained to caption (CoCa, PrefixLM): the prompt is the start token
+([CLS]) and optional first words, the images' memory (CoCa: cross-attention keys and values;
+PrefixLM: image tokens) is computed once per batch, and every new token reuses the KV cache
+until the end token ([SEP])."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class Captioner:
         memory = self._memory(self.state, dict(images))  # once per batch of images
         start = [self.tokenizer.cls_id, *(self.tokenizer.encode_plain(prefix) if prefix.strip() else [])]
         ids, mask = np.tile(np.asarray(start, np.int32), (rows, 1)), np.ones((rows, len(start)), bool)
-        cache = self.model.empty_cache(rows, len(start) + max_new_tokens)
+        cache = self.model.empty_cache(rows, self.model.memory_slots(memory) + len(start) + max_new_tokens)
         step, eos = Step(self.graphdef, self.state, "decode", (memory,)), self.tokenizer.sep_id
         if self.beams > 1:
             return np.asarray(beam_search(step, ids, mask, cache, max_new_tokens, self.beams, eos_id=eos)[0])

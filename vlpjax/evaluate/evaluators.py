@@ -180,7 +180,7 @@ def vqa(ctx: EvalContext, name: str, spec) -> dict[str, float]:
 
 
 def _trained_captions(ctx: EvalContext, spec) -> dict[str, float]:
-    """A captioning model's (CoCa's) captions of the images, `batch_size` at a time."""
+    """A captioning model's (CoCa's, PrefixLM's) captions of the images, `batch_size` at a time."""
     examples = _first_examples(ctx.source(spec), "captions", spec.images)
     captioner = Captioner(ctx.model(), ctx.tokenizer, beams=spec.beams)
     predicted = []
@@ -195,6 +195,7 @@ def _trained_captions(ctx: EvalContext, spec) -> dict[str, float]:
 CAPTIONS_BY_FAMILY = {
     "flamingo": lambda ctx, spec: _generated(ctx, spec, "captioning", shots=0),
     "coca": _trained_captions,
+    "prefix_lm": _trained_captions,
 }
 
 

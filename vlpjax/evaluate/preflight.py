@@ -48,7 +48,8 @@ def _check_sources(ctx: EvalContext, spec) -> None:
     if spec.kind == "zero_shot":
         _check_classes(ctx, spec)
         load_templates(spec.templates if spec.templates else DEFAULT_TEMPLATES)
-    text_len = ctx.config.model.get("text", {}).get("max_len")
+    model = ctx.config.model
+    text_len = model.get("text", {}).get("max_len") or model.get("prefix_lm", {}).get("max_len")
     if spec.kind == "captioning" and text_len and spec.max_tokens + 1 > text_len:  # [CLS], then the caption
         raise InvalidInput(f"max_tokens={spec.max_tokens} and the start token exceed model.text.max_len={text_len}")
     if spec.kind == "few_shot" and spec.shots > len(ctx.source(spec, "train")):

@@ -118,6 +118,14 @@ class CoCa(DualEncoder):
         context = self.caption_context(self.encode_image(batch))
         return tuple(block.cross.keys_values(context) for block in self.decoder)
 
+    @property
+    def max_text_len(self) -> int:
+        return self.txt.config.max_len
+
+    def memory_slots(self, memory) -> int:
+        """Cache slots the image takes before the text: none, it is attended to across."""
+        return 0
+
     def empty_cache(self, batch: int, max_len: int) -> KVCache:
         """Self-attention keys and values of every text and decoder layer for `max_len` slots."""
         t = self.txt.config

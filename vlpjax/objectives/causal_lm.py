@@ -25,6 +25,22 @@ def next_token_targets(ids: jax.Array, mask: jax.Array, ignore_ids: Sequence[int
     return targets, weights
 
 
+def random_prefix_lengths(key: jax.Array, mask: jax.Array) -> jax.Array:
+    """[B] prefix lengths, uniform over 1 .. n-1 for a row of n real tokens: at least the start
+    token in the prefix and one token to predict (SimVLM's random split)."""
+    real = jnp.sum(mask.astype(jnp.int32), axis=1)
+    draw = jax.random.uniform(key, real.shape)
+    return jnp.where(real > 1, 1 + jnp.floor(draw * (real - 1)).astype(jnp.int32), real)
+
+
+def prefix_lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array, prefix_len: jax.Array, *, axis_name=None):
+    """Mean next-token cross-entropy over the suffix's real tokens (positions >= prefix_len)."""
+    targets, weights = next_token_targets(ids, mask)
+    weights &= jnp.arange(1, ids.shape[1])[None, :] >= prefix_len[:, None]
+    loss, accuracy, count = token_cross_entropy(logits[:, :-1], targets, weights, axis_name=axis_name)
+    return loss, {"prefix_lm/accuracy": accuracy, "prefix_lm/tokens": count}
+
+
 def causal_lm_loss(
     logits: jax.Array, ids: jax.Array, mask: jax.Array, *, ignore_ids: Sequence[int] = (), axis_name: AxisName = None
 ):

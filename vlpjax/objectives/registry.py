@@ -15,14 +15,14 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from vlpjax.objectives.causal_lm import causal_lm_loss
+from vlpjax.objectives.causal_lm import causal_lm_loss, prefix_lm_loss, random_prefix_lengths
 from vlpjax.objectives.contrastive import sigmoid_loss, softmax_loss
 from vlpjax.objectives.masking import mask_tokens, mlm_loss
 from vlpjax.objectives.matching import itm_loss, mine_hard_negatives
 from vlpjax.objectives.vqa import vqa_loss
 
 # Independent random streams drawn from the step key.
-_ITM_STREAM, _MLM_STREAM = 1, 2
+_ITM_STREAM, _MLM_STREAM, _PREFIX_STREAM = 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +99,14 @@ def lm(outputs, batch, ctx: StepContext):
     return ctx.shards(loss, rows=(outputs["logits"], batch["text_ids"], batch["text_mask"]))
 
 
-OBJECTIVES: dict[str, Callable] = {"itc": itc, "itm": itm, "mlm": mlm, "vqa": vqa, "lm": lm}
+def prefix_lm(outputs, batch, ctx: StepContext):
+    """SimVLM: each row's prefix length drawn at random; the suffix's next tokens are scored."""
+    prefix = random_prefix_lengths(jax.random.fold_in(ctx.key, _PREFIX_STREAM), batch["text_mask"])
+    logits = ctx.model.logits(batch, prefix)
+    return ctx.shards(prefix_lm_loss, rows=(logits, batch["text_ids"], batch["text_mask"], prefix))
+
+
+OBJECTIVES: dict[str, Callable] = {"itc": itc, "itm": itm, "mlm": mlm, "vqa": vqa, "lm": lm, "prefix_lm": prefix_lm}
 NEEDS_VOCAB = ("mlm",)
 
 

@@ -26,6 +26,7 @@ from vlpjax.models.coca import build_coca
 from vlpjax.models.flamingo import Flamingo, FlamingoConfig
 from vlpjax.models.fusion_vlp import build_fusion_vlp
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig, LanguageModel
+from vlpjax.models.prefix_lm import build_prefix_lm
 from vlpjax.models.vlp import build_dual_encoder, build_image_encoder, build_text_encoder
 from vlpjax.objectives.registry import TextVocab
 from vlpjax.parallel import make_mesh, state_shardings
@@ -190,6 +191,15 @@ def _build_coca(spec: dict, switches: dict, seed: int, vocab_size: int, num_answ
     return build_coca(spec, image_encoder=image, text_encoder=text, vocab_size=vocab_size, rngs=rngs)
 
 
+def _build_prefix_lm(spec: dict, switches: dict, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    if num_answers:
+        raise InvalidInput("VQA (data.task='vqa') needs a fusion model (model.family='fusion')")
+    rngs = nnx.Rngs(seed)
+    image = build_image_encoder({**spec["image"], **switches}, rngs=rngs)
+    spec = {**spec, "prefix_lm": {**spec["prefix_lm"], **switches}}
+    return build_prefix_lm(spec, image_encoder=image, vocab_size=vocab_size, rngs=rngs)
+
+
 # One builder per model family of vlpjax.taxonomy.FAMILIES (tests/test_taxonomy.py checks the keys).
 FAMILY_BUILDERS = {
     "dual_encoder": _build_dual_encoder,
@@ -197,6 +207,7 @@ FAMILY_BUILDERS = {
     "decoder_lm": _build_decoder_lm,
     "flamingo": _build_flamingo,
     "coca": _build_coca,
+    "prefix_lm": _build_prefix_lm,
 }
 
 
