@@ -11,8 +11,7 @@ clip = base_recipe(__file__, "clip_shapes")
 
 def get_config(arg=None):
     c = clip.get_config(arg)
-    image, text = c.model.image.to_dict(), c.model.text.to_dict()
-    image["pool"] = "cls"  # unused: CoCa pools the image tokens with its own attentional pooler
+    image, text = c.model.image.to_dict(), c.model.text.to_dict()  # all the tower's tokens reach the poolers
     c.model = dict(
         family="coca",
         image=image,

@@ -129,13 +129,24 @@ def test_coca_recipe_trains_reports_retrieval_and_captions_and_captions_files(ti
     )
     assert cli.main([*args, "--image", str(tmp_path / "a.png"), "--max_new_tokens", "40"]) == 2
     assert "exceed the model's 32 text positions" in capsys.readouterr().err
+    # By default as many tokens as the positions allow; beam search as well as greedy.
+    assert (
+        cli.main([*args, "--image", str(tmp_path / "a.png"), "--image", str(tmp_path / "a.png"), "--beams", "2"]) == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()[-2:]
+    beam = Captioner(model, data.tokenizer, beams=2)({"image": np.concatenate([pixels, pixels])}, 31)
+    assert lines == [f"{tmp_path / 'a.png'}: {caption}" for caption in beam]
 
 
-@pytest.mark.parametrize("kind", ["bidirectional"])
-def test_the_text_tower_must_be_causal(kind):
+@pytest.mark.parametrize(
+    "text",
+    [{"kind": "bidirectional"}, {"mask_padding": False}, {"pool": "first"}],
+    ids=["bidirectional", "unmasked_padding", "pooled_first"],
+)
+def test_the_text_tower_must_be_causal_masked_and_pooled_at_its_end(text):
     rngs = nnx.Rngs(0)
-    image, text = build_image_encoder(TINY_VIT, rngs=rngs), build_text_encoder({**TEXT, "kind": kind}, rngs=rngs)
-    with pytest.raises(ValueError, match="must be causal"):
+    image, text = build_image_encoder(TINY_VIT, rngs=rngs), build_text_encoder({**TEXT, **text}, rngs=rngs)
+    with pytest.raises(ValueError, match="must be causal|end token"):
         build_coca({}, image_encoder=image, text_encoder=text, vocab_size=VOCAB, rngs=rngs)
 
 

@@ -8,9 +8,10 @@ import pytest
 
 from tests.test_recipes import _config
 from vlpjax import taxonomy
+from vlpjax.cli import GENERATE_BY_FAMILY
 from vlpjax.config import ConfigError, validate
 from vlpjax.errors import InvalidInput
-from vlpjax.evaluate.evaluators import EVALUATORS
+from vlpjax.evaluate.evaluators import CAPTIONS_BY_FAMILY, EVALUATORS
 from vlpjax.evaluate.retrieval import reranked_retrieval_metrics
 from vlpjax.train.loop import train
 from vlpjax.train.metrics_log import read_metrics
@@ -18,6 +19,9 @@ from vlpjax.train.metrics_log import read_metrics
 
 def test_every_evaluator_kind_has_an_implementation():
     assert set(EVALUATORS) == set(taxonomy.EVAL_KINDS)
+    # Each family a captioning evaluator accepts can make captions, and from the command line.
+    assert set(CAPTIONS_BY_FAMILY) == set(taxonomy.EVAL_KINDS["captioning"].families)
+    assert set(CAPTIONS_BY_FAMILY) <= set(GENERATE_BY_FAMILY)
     for kind in taxonomy.EVAL_KINDS.values():
         assert set(kind.families) <= set(taxonomy.FAMILIES)
         assert not set(kind.options) & set(taxonomy.EVAL_OPTIONS)

@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help="Flamingo: text with <image> markers (one is prepended if there is none); else a caption's first words",
     )
-    generate.add_argument("--max_new_tokens", type=int, default=32)
+    generate.add_argument(
+        "--max_new_tokens", type=int, help="default: Flamingo 32; a captioner, as many as its text positions allow"
+    )
     generate.add_argument("--beams", type=int, default=1, help="1: greedy; more: beam search")
     data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     build = data.add_parser("build", help="build a dataset into --data_dir")
@@ -212,8 +214,8 @@ def _continue_with_flamingo(config, args, images) -> None:
 
     prompt = with_image_markers(args.prompt, len(images))  # before the (slow) restore
     model, data = trained_model(config, args.workdir)
-    image_size = config.data.image_size
-    print(continue_prompt(model, data.tokenizer, images, prompt, image_size, args.max_new_tokens, args.beams))
+    image_size, new_tokens = config.data.image_size, args.max_new_tokens or 32
+    print(continue_prompt(model, data.tokenizer, images, prompt, image_size, new_tokens, args.beams))
 
 
 def _caption_each_image(config, args, images) -> None:
@@ -226,13 +228,14 @@ def _caption_each_image(config, args, images) -> None:
 
     model, data = trained_model(config, args.workdir)
     start = 1 + len(data.tokenizer.encode_plain(args.prompt))
-    if start + args.max_new_tokens > model.max_text_len:
+    new_tokens = args.max_new_tokens or model.max_text_len - start
+    if new_tokens < 1 or start + new_tokens > model.max_text_len:
         raise UserError(
-            f"[CLS], the prompt's {start - 1} tokens and --max_new_tokens {args.max_new_tokens} exceed "
+            f"[CLS], the prompt's {start - 1} tokens and --max_new_tokens {new_tokens} exceed "
             f"the model's {model.max_text_len} text positions"
         )
     pixels = np.stack([normalize(resize(image, config.data.image_size)) for image in images])
-    captions = Captioner(model, data.tokenizer, args.beams)({"image": pixels}, args.max_new_tokens, args.prompt)
+    captions = Captioner(model, data.tokenizer, args.beams)({"image": pixels}, new_tokens, args.prompt)
     for path, caption in zip(args.image, captions, strict=True):
         print(f"{path}: {' '.join(part for part in (args.prompt.strip(), caption) if part)}")
 
@@ -251,7 +254,7 @@ def _generate(config, args) -> None:
             f"vlpjax generate works with the families {sorted(GENERATE_BY_FAMILY)}; this recipe is "
             f"{config.model.family!r}"
         )
-    if args.max_new_tokens < 1:
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")
     GENERATE_BY_FAMILY[config.model.family](config, args, [_read_image(path) for path in args.image])
 

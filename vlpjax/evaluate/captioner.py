@@ -5,6 +5,7 @@ until the end token ([SEP])."""
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import jax
@@ -15,19 +16,24 @@ from vlpjax.data.tokenizer import TextTokenizer
 from vlpjax.models.decoding import Step, beam_search, greedy
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _caption_memory(graphdef, state, images):
+    """Compiled once per model structure and batch shape, whatever the weights."""
+    return nnx.merge(graphdef, state).caption_memory(images)
+
+
 class Captioner:
     def __init__(self, model, tokenizer: TextTokenizer, beams: int = 1):
         if tokenizer.cls_id is None or tokenizer.sep_id is None:
             raise ValueError("captioning starts at the tokenizer's [CLS] (or <s>) and ends at [SEP] (or </s>)")
         self.graphdef, self.state = nnx.split(model)
         self.model, self.tokenizer, self.beams = model, tokenizer, beams
-        self._memory = jax.jit(lambda state, images: nnx.merge(self.graphdef, state).caption_memory(images))
 
     def generate_ids(self, images: Mapping[str, np.ndarray], max_new_tokens: int, prefix: str = "") -> np.ndarray:
         """[B, max_new_tokens] token ids after [CLS] and the `prefix` words; [SEP] repeats
         after a caption's end."""
         rows = len(next(iter(images.values())))
-        memory = self._memory(self.state, dict(images))  # once per batch of images
+        memory = _caption_memory(self.graphdef, self.state, dict(images))  # once per batch of images
         start = [self.tokenizer.cls_id, *(self.tokenizer.encode_plain(prefix) if prefix.strip() else [])]
         ids, mask = np.tile(np.asarray(start, np.int32), (rows, 1)), np.ones((rows, len(start)), bool)
         cache = self.model.empty_cache(rows, self.model.memory_slots(memory) + len(start) + max_new_tokens)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.context import EvalContext
 from vlpjax.evaluate.zero_shot import DEFAULT_TEMPLATES, load_templates
+from vlpjax.models.prefix_lm import PrefixLMConfig
+from vlpjax.models.text import TextTransformerConfig
 from vlpjax.taxonomy import EVAL_KINDS
 
 
@@ -48,12 +50,30 @@ def _check_sources(ctx: EvalContext, spec) -> None:
     if spec.kind == "zero_shot":
         _check_classes(ctx, spec)
         load_templates(spec.templates if spec.templates else DEFAULT_TEMPLATES)
-    model = ctx.config.model
-    text_len = model.get("text", {}).get("max_len") or model.get("prefix_lm", {}).get("max_len")
-    if spec.kind == "captioning" and text_len and spec.max_tokens + 1 > text_len:  # [CLS], then the caption
-        raise InvalidInput(f"max_tokens={spec.max_tokens} and the start token exceed model.text.max_len={text_len}")
+    if spec.kind == "captioning" and ctx.config.model.family in TEXT_POSITIONS:
+        _check_caption_length(ctx, spec)
     if spec.kind == "few_shot" and spec.shots > len(ctx.source(spec, "train")):
         raise InvalidInput(f"shots={spec.shots}, but the train split has {len(ctx.source(spec, 'train'))} examples")
+
+
+# Where a captioning family's text positions are set, and their default (models/text.py, prefix_lm.py).
+TEXT_POSITIONS = {
+    "coca": ("text", TextTransformerConfig.max_len),
+    "prefix_lm": ("prefix_lm", PrefixLMConfig.max_len),
+}
+
+
+def _check_caption_length(ctx: EvalContext, spec) -> None:
+    """[CLS] and `max_tokens` new tokens must fit the trained positions; the tokenizer must
+    have the start and end tokens the captioner uses."""
+    section, default = TEXT_POSITIONS[ctx.config.model.family]
+    positions = ctx.config.model[section].get("max_len", default)
+    if spec.max_tokens + 1 > positions:
+        raise InvalidInput(
+            f"max_tokens={spec.max_tokens} and the start token exceed model.{section}.max_len={positions}"
+        )
+    if ctx.tokenizer.cls_id is None or ctx.tokenizer.sep_id is None:
+        raise InvalidInput("captions start at the tokenizer's [CLS] (or <s>) and end at [SEP] (or </s>); it has none")
 
 
 def _check_classes(ctx: EvalContext, spec) -> None:

@@ -21,7 +21,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.attention import Mask, key_padding
-from vlpjax.models.layers import Encoded, MultiHeadAttention, PreLNBlock, dense, layer_norm, with_axes
+from vlpjax.models.layers import (
+    Encoded,
+    MultiHeadAttention,
+    PreLNBlock,
+    dense,
+    float32_logits,
+    layer_norm,
+    with_axes,
+)
 from vlpjax.models.lm import KVCache, causal_mask
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import TextTransformer
@@ -65,21 +73,23 @@ class CoCa(DualEncoder):
         rngs: nnx.Rngs,
         **dual_encoder: Any,
     ):
-        t = text_encoder.config
-        if not (t.causal and t.mask_padding):
+        t = getattr(text_encoder, "config", None)
+        if not (isinstance(text_encoder, TextTransformer) and t.causal and t.mask_padding):
             raise ValueError(
                 "CoCa's text tower must be causal (model.text.kind='causal') and mask its padding: the decoder "
                 "continues it, a token at a time when generating"
             )
+        if t.pool not in ("last_real", "eos", "argmax"):
+            raise ValueError(f"CoCa's text embedding is its end token's feature: model.text.pool={t.pool!r} is not")
         image_dim, dtype = image_encoder.out_dim, jnp.dtype(t.dtype)
         super().__init__(image_encoder, text_encoder, rngs=rngs, **dual_encoder)
         self.config = config
-        pool = dict(dtype=dtype, attention=t.attention, rngs=rngs)
-        self.contrastive_pool = AttentionalPooler(image_dim, 1, config.pool_heads, **pool)
-        self.caption_pool = AttentionalPooler(image_dim, config.decoder_queries, config.pool_heads, **pool)
+        common = dict(dtype=dtype, attention=t.attention, rngs=rngs)
+        self.contrastive_pool = AttentionalPooler(image_dim, 1, config.pool_heads, **common)
+        self.caption_pool = AttentionalPooler(image_dim, config.decoder_queries, config.pool_heads, **common)
         self.decoder = nnx.List(
             [
-                PreLNBlock(t.width, t.num_heads, t.mlp_dim, act=t.act, eps=t.eps, context_dim=image_dim, **pool)
+                PreLNBlock(t.width, t.num_heads, t.mlp_dim, act=t.act, eps=t.eps, context_dim=image_dim, **common)
                 for _ in range(config.decoder_depth)
             ]
         )
@@ -108,7 +118,7 @@ class CoCa(DualEncoder):
             return block(x, mask=mask, context=context)
 
         x = run_stack(self.decoder, text.tokens, layer_fn, remat=s.remat, scan=s.scan_layers)
-        return self.lm_head(self.ln_decoder(x)).astype(jnp.float32)
+        return float32_logits(self.lm_head, self.ln_decoder(x))
 
     # --- generation: models/decoding.py calls `decode` with the memory as its fixed input ---------
 
@@ -137,23 +147,25 @@ class CoCa(DualEncoder):
         """Logits [B, L, vocab] of left-padded new tokens given the cache and the images'
         `caption_memory`; the same as `caption_logits` on the whole text, a token at a time."""
         t, mask = self.txt, mask.astype(bool)
-        if cache.keys[0].shape[1] > t.config.max_len:  # positions past the table would be clamped silently
+        # Conservative: every slot may hold a real token, and each must have a trained position.
+        if cache.keys[0].shape[1] > t.config.max_len:
             raise ValueError(f"a cache of {cache.keys[0].shape[1]} slots exceeds the text tower's max_len")
         positions = jnp.maximum(cache.positions(mask), 0)  # a token's position: the real tokens before it
         key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.length, axis=1)
         attention = causal_mask(key_mask, ids.shape[1], cached=True, offset=cache.length)
         x = (t.token_embed(ids) + jnp.take(t.pos_embed[...], positions, axis=0)).astype(jnp.dtype(t.config.dtype))
-        keys, values = [], []
-        for i, block in enumerate([*t.blocks, *self.decoder]):
-            decoder_layer = i - t.config.depth
-            memory_i = memory[decoder_layer] if decoder_layer >= 0 else None
-            x, (k, v) = block.step(x, (cache.keys[i], cache.values[i]), attention, cache.length, memory_i)
-            keys.append(k)
-            values.append(v)
-            if decoder_layer == -1:
-                x = t.ln_final(x)  # the unimodal tower's output, as the decoder reads it in training
-        logits = self.lm_head(self.ln_decoder(x)).astype(jnp.float32)
-        return logits, KVCache(tuple(keys), tuple(values), key_mask, cache.length + ids.shape[1])
+        past = list(zip(cache.keys, cache.values, strict=True))
+        updated = []
+        for block in t.blocks:  # the unimodal tower
+            x, kv = block.step(x, past[len(updated)], attention, cache.length)
+            updated.append(kv)
+        x = t.ln_final(x)  # the tower's output, as the decoder reads it in training
+        for block, block_memory in zip(self.decoder, memory, strict=True):
+            x, kv = block.step(x, past[len(updated)], attention, cache.length, block_memory)
+            updated.append(kv)
+        logits = float32_logits(self.lm_head, self.ln_decoder(x))
+        keys, values = (tuple(part) for part in zip(*updated, strict=True))
+        return logits, KVCache(keys, values, key_mask, cache.length + ids.shape[1])
 
     def __call__(self, batch: Mapping[str, Array]) -> dict[str, Array]:
         image = self.encode_image(batch)  # once, for both poolers

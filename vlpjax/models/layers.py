@@ -73,6 +73,13 @@ def dense(
     return Dense(in_dim, out_dim, kernel_init=with_axes(init, axes), bias_init=bias_init, dtype=dtype, rngs=rngs)
 
 
+def float32_logits(head: Dense, x: Array) -> Array:
+    """A (bias-free) vocabulary head's logits accumulated in float32 whatever the compute dtype:
+    the cross-entropy must not read logits rounded to bfloat16."""
+    kernel = head.kernel[...].astype(x.dtype)
+    return jnp.einsum("...d,dv->...v", x, kernel, preferred_element_type=jnp.float32)
+
+
 def layer_norm(dim: int, *, rngs: nnx.Rngs, eps: float = 1e-6, dtype=jnp.float32) -> nnx.LayerNorm:
     """Statistics in float32 whatever `dtype`, the dtype of the output (flax promotes them)."""
     return nnx.LayerNorm(
@@ -156,18 +163,19 @@ class MultiHeadAttention(nnx.Module):
         caches (a cross-attention memory is computed once per image)."""
         return self._heads(self.key(context)), self._heads(self.value(context))
 
-    def step(self, x: Array, keys: Array, values: Array, mask: Mask | None, offset: Array | None = None):
-        """Decoding: x's queries over cached `keys` / `values`. With `offset`, this is
-        self-attention and x's own keys and values are written into the cache at slots
-        offset..; returns (output, (keys, values))."""
-        if offset is None:
-            q = self._heads(self.query(x))
-        else:
-            q, k, v = self._fused_qkv(x)
-            keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), offset, axis=1)
-            values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), offset, axis=1)
+    def cached_self_attention(self, x: Array, keys: Array, values: Array, mask: Mask, offset: Array):
+        """Decoding: x's keys and values written into the cache at slots offset.., then x's
+        queries over the whole cache. Returns (output, (keys, values))."""
+        q, k, v = self._fused_qkv(x)
+        keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), offset, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), offset, axis=1)
         attended = attend(q, keys, values, mask, kernel=self.kernel_name)
         return self.out(attended.reshape(*x.shape[:-1], -1)), (keys, values)
+
+    def memory_attention(self, x: Array, keys: Array, values: Array) -> Array:
+        """Decoding: x's queries over a context's precomputed `keys_values` (all of it)."""
+        attended = attend(self._heads(self.query(x)), keys, values, None, kernel=self.kernel_name)
+        return self.out(attended.reshape(*x.shape[:-1], -1))
 
 
 # A block's output: split over the batch, whole along the sequence and the model dimension.
@@ -234,12 +242,12 @@ class PreLNBlock(nnx.Module):
         """`__call__` for new tokens x at cache slots offset..: self-attention over the cached
         keys and values `past`, cross-attention over `memory` (the context's keys and values,
         `cross.keys_values`). Returns (x, the updated (keys, values))."""
-        h, past = self.attn.step(self.ln_attn(x), *past, mask, offset)
+        h, past = self.attn.cached_self_attention(self.ln_attn(x), *past, mask, offset)
         x = x + h
         if self.has_cross:
             _require_context(memory)
-            x = x + self.cross.step(self.ln_cross(x), *memory, None)[0]
-        return x + self.mlp(self.ln_mlp(x)), past
+            x = x + self.cross.memory_attention(self.ln_cross(x), *memory)
+        return constrain(x + self.mlp(self.ln_mlp(x)), BLOCK_OUTPUT), past
 
 
 class PostLNBlock(nnx.Module):

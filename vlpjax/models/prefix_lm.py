@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.attention import Mask
-from vlpjax.models.layers import PreLNBlock, dense, layer_norm, with_axes
+from vlpjax.models.layers import PreLNBlock, dense, float32_logits, layer_norm, with_axes
 from vlpjax.models.lm import KVCache, causal_mask
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import _embedding
@@ -92,7 +92,7 @@ class PrefixLM(nnx.Module):
         x = jnp.concatenate([image, self.text_vectors(batch["text_ids"])], axis=1).astype(jnp.dtype(c.dtype))
         mask = prefix_visibility(image.shape[1], batch["text_mask"], prefix_len)
         x = run_stack(self.blocks, x, lambda block, x: block(x, mask=mask), remat=c.remat, scan=c.scan_layers)
-        return self.lm_head(self.ln_final(x[:, image.shape[1] :])).astype(jnp.float32)
+        return float32_logits(self.lm_head, self.ln_final(x[:, image.shape[1] :]))
 
     def __call__(self, batch: Mapping[str, Array]) -> dict[str, Array]:
         """Nothing: the prefix_lm objective draws each row's prefix and runs `logits` itself."""
@@ -150,7 +150,7 @@ class PrefixLM(nnx.Module):
             x, (k, v) = block.step(x, (cache.keys[i], cache.values[i]), attention, offset)
             keys.append(k)
             values.append(v)
-        logits = self.lm_head(self.ln_final(x)).astype(jnp.float32)
+        logits = float32_logits(self.lm_head, self.ln_final(x))
         return logits, KVCache(tuple(keys), tuple(values), key_mask, offset + x.shape[1])
 
 
