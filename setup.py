@@ -30,7 +30,8 @@ setup(
         # torch is pinned: 2.13.0 is the CPU build; an open range pulls a CUDA build.
         # ruff is pinned: its rule set changes between releases, and `make lint` must not drift.
         # pycocoevalcap: the COCO caption evaluation, the reference the BLEU / CIDEr-D tests compare with.
-        "test": ["pytest>=8,<10", "torch==2.13.0", "ruff==0.17.6", "pycocoevalcap==1.2"],
+        # pytest-xdist: `make test` runs the suite on 2 workers (compile-bound, one core each).
+        "test": ["pytest>=8,<10", "pytest-xdist==3.8.0", "torch==2.13.0", "ruff==0.17.6", "pycocoevalcap==1.2"],
     },
     entry_points={"console_scripts": ["vlpjax=vlpjax.cli:main"]},
 )
