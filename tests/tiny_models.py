@@ -1,5 +1,6 @@
 """Tiny model configs and random batches shared by the tests."""
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -49,4 +50,16 @@ def random_batch(seed: int, batch: int):
         "image": rng.normal(size=(batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32),
         "text_ids": ids,
         "text_mask": mask,
+    }
+
+
+def caption_batch(vocab: int, rows: int = 16, length: int = 9, seed: int = 0) -> dict:
+    """Images and captions of 3..length real tokens (non-zero ids, no pad token in the ids):
+    the batches the captioning models' tests run."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, length + 1, size=rows)
+    return {
+        "image": jnp.asarray(rng.normal(size=(rows, IMAGE_SIZE, IMAGE_SIZE, 3)), jnp.float32),
+        "text_ids": jnp.asarray(rng.integers(1, vocab, size=(rows, length)), jnp.int32),
+        "text_mask": jnp.asarray(np.arange(length)[None] < lengths[:, None]),
     }

@@ -24,10 +24,10 @@ from vlpjax.models.attention import Mask, key_padding
 from vlpjax.models.layers import (
     Encoded,
     MultiHeadAttention,
-    PreLNBlock,
     dense,
     float32_logits,
     layer_norm,
+    pre_ln_blocks,
     with_axes,
 )
 from vlpjax.models.lm import KVCache, causal_mask
@@ -87,11 +87,8 @@ class CoCa(DualEncoder):
         common = dict(dtype=dtype, attention=t.attention, rngs=rngs)
         self.contrastive_pool = AttentionalPooler(image_dim, 1, config.pool_heads, **common)
         self.caption_pool = AttentionalPooler(image_dim, config.decoder_queries, config.pool_heads, **common)
-        self.decoder = nnx.List(
-            [
-                PreLNBlock(t.width, t.num_heads, t.mlp_dim, act=t.act, eps=t.eps, context_dim=image_dim, **common)
-                for _ in range(config.decoder_depth)
-            ]
+        self.decoder = pre_ln_blocks(
+            config.decoder_depth, t.width, t.num_heads, t.mlp_dim, act=t.act, eps=t.eps, context_dim=image_dim, **common
         )
         self.ln_decoder = layer_norm(t.width, eps=t.eps, dtype=dtype, rngs=rngs)
         self.lm_head = dense(t.width, vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype, rngs=rngs)

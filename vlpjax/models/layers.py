@@ -250,6 +250,11 @@ class PreLNBlock(nnx.Module):
         return constrain(x + self.mlp(self.ln_mlp(x)), BLOCK_OUTPUT), past
 
 
+def pre_ln_blocks(depth: int, dim: int, num_heads: int, mlp_dim: int, **block) -> nnx.List:
+    """`depth` PreLNBlocks of one shape (a text tower, a decoder, a single-stream stack)."""
+    return nnx.List([PreLNBlock(dim, num_heads, mlp_dim, **block) for _ in range(depth)])
+
+
 class PostLNBlock(nnx.Module):
     """LN(x + attn(x)) [then LN(x + cross_attn(x, context))] then LN(x + mlp(x)): BERT's layout."""
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.attention import Mask
-from vlpjax.models.layers import PreLNBlock, dense, float32_logits, layer_norm, with_axes
+from vlpjax.models.layers import dense, float32_logits, layer_norm, pre_ln_blocks, with_axes
 from vlpjax.models.lm import KVCache, causal_mask
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import _embedding
@@ -64,13 +64,16 @@ class PrefixLM(nnx.Module):
         self.pos_embed = nnx.Param(
             with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (c.max_len, c.width))
         )
-        self.blocks = nnx.List(
-            [
-                PreLNBlock(
-                    c.width, c.num_heads, c.mlp_dim, act=c.act, eps=c.eps, dtype=dtype, attention=c.attention, rngs=rngs
-                )
-                for _ in range(c.depth)
-            ]
+        self.blocks = pre_ln_blocks(
+            c.depth,
+            c.width,
+            c.num_heads,
+            c.mlp_dim,
+            act=c.act,
+            eps=c.eps,
+            dtype=dtype,
+            attention=c.attention,
+            rngs=rngs,
         )
         self.ln_final = layer_norm(c.width, eps=c.eps, dtype=dtype, rngs=rngs)
         self.lm_head = dense(c.width, c.vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype, rngs=rngs)

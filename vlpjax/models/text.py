@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.attention import Mask, key_padding
-from vlpjax.models.layers import Encoded, PostLNBlock, PreLNBlock, layer_norm, with_axes
+from vlpjax.models.layers import Encoded, PostLNBlock, layer_norm, pre_ln_blocks, with_axes
 from vlpjax.models.stack import run_stack
 
 
@@ -200,13 +200,16 @@ class TextTransformer(nnx.Module):
         self.pos_embed = nnx.Param(
             with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (c.max_len, c.width))
         )
-        self.blocks = nnx.List(
-            [
-                PreLNBlock(
-                    c.width, c.num_heads, c.mlp_dim, act=c.act, eps=c.eps, dtype=dtype, attention=c.attention, rngs=rngs
-                )
-                for _ in range(c.depth)
-            ]
+        self.blocks = pre_ln_blocks(
+            c.depth,
+            c.width,
+            c.num_heads,
+            c.mlp_dim,
+            act=c.act,
+            eps=c.eps,
+            dtype=dtype,
+            attention=c.attention,
+            rngs=rngs,
         )
         self.ln_final = layer_norm(c.width, eps=c.eps, rngs=rngs)
 
