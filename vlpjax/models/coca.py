@@ -93,9 +93,6 @@ class CoCa(DualEncoder):
         self.ln_decoder = layer_norm(t.width, eps=t.eps, dtype=dtype, rngs=rngs)
         self.lm_head = dense(t.width, vocab_size, ("embed", "vocab"), use_bias=False, dtype=dtype, rngs=rngs)
 
-    def encode_image(self, batch: Mapping[str, Array]) -> Encoded:
-        return self.img(*[batch[k] for k in self.img.input_keys])
-
     def embed_image(self, batch: Mapping[str, Array]) -> Array:
         return self._image_embedding(self.encode_image(batch))
 

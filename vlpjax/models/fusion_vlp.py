@@ -26,7 +26,7 @@ from vlpjax.models.heads import AnswerHead, MaskedLMHead, MatchingHead, Projecti
 from vlpjax.models.layers import Encoded, sincos_2d
 from vlpjax.models.text import BertConfig, BertEncoder
 from vlpjax.models.vit import ViTConfig
-from vlpjax.models.vlp import MAX_LOGIT_SCALE, build_image_encoder
+from vlpjax.models.vlp import MAX_LOGIT_SCALE, build_image_encoder, encode_image_batch
 
 LAYOUTS = ("albef", "merged", "co_attention")
 
@@ -64,7 +64,7 @@ class FusionVLP(nnx.Module):
 
     # --- unimodal -------------------------------------------------------------------------
     def encode_image(self, batch: Mapping[str, jax.Array]) -> Encoded:
-        return self.img(*[batch[k] for k in self.img.input_keys])
+        return encode_image_batch(self.img, batch)
 
     def encode_text(self, ids: jax.Array, mask: jax.Array) -> Encoded:
         return self.txt.encode(ids, mask)

@@ -17,10 +17,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.attention import Mask
-from vlpjax.models.layers import dense, float32_logits, layer_norm, pre_ln_blocks, with_axes
+from vlpjax.models.layers import dense, float32_logits, layer_norm, pre_ln_blocks
 from vlpjax.models.lm import KVCache, causal_mask
 from vlpjax.models.stack import run_stack
-from vlpjax.models.text import _embedding
+from vlpjax.models.text import learned_positions, token_embedding
+from vlpjax.models.vlp import encode_image_batch
 
 Array = jax.Array
 
@@ -60,10 +61,8 @@ class PrefixLM(nnx.Module):
         dtype = jnp.dtype(c.dtype)
         self.img = image_encoder
         self.img_in = dense(image_encoder.out_dim, c.width, (None, "embed"), dtype=dtype, rngs=rngs)
-        self.token_embed = _embedding(c.vocab_size, c.width, rngs)
-        self.pos_embed = nnx.Param(
-            with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (c.max_len, c.width))
-        )
+        self.token_embed = token_embedding(c.vocab_size, c.width, rngs)
+        self.pos_embed = learned_positions(c.max_len, c.width, rngs)
         self.blocks = pre_ln_blocks(
             c.depth,
             c.width,
@@ -80,7 +79,7 @@ class PrefixLM(nnx.Module):
 
     def image_tokens(self, batch: Mapping[str, Array]) -> Array:
         """[B, T, width]: the image tower's tokens in the transformer's width."""
-        return self.img_in(self.img(*[batch[k] for k in self.img.input_keys]).tokens)
+        return self.img_in(encode_image_batch(self.img, batch).tokens)
 
     def text_vectors(self, ids: Array) -> Array:
         if ids.shape[1] > self.config.max_len:

@@ -19,7 +19,12 @@ from vlpjax.models.layers import Encoded, PostLNBlock, layer_norm, pre_ln_blocks
 from vlpjax.models.stack import run_stack
 
 
-def _embedding(num: int, dim: int, rngs: nnx.Rngs, axes=("vocab", "embed")) -> nnx.Embed:
+def learned_positions(max_len: int, dim: int, rngs: nnx.Rngs) -> nnx.Param:
+    """[max_len, dim] learned position embeddings (CLIP's text tower, PrefixLM)."""
+    return nnx.Param(with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (max_len, dim)))
+
+
+def token_embedding(num: int, dim: int, rngs: nnx.Rngs, axes=("vocab", "embed")) -> nnx.Embed:
     return nnx.Embed(
         num,
         dim,
@@ -56,9 +61,9 @@ class BertEncoder(nnx.Module):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
         self.out_dim = c.hidden_size
-        self.word_embeddings = _embedding(c.vocab_size, c.hidden_size, rngs)
-        self.position_embeddings = _embedding(c.max_position_embeddings, c.hidden_size, rngs, (None, "embed"))
-        self.token_type_embeddings = _embedding(c.type_vocab_size, c.hidden_size, rngs, (None, "embed"))
+        self.word_embeddings = token_embedding(c.vocab_size, c.hidden_size, rngs)
+        self.position_embeddings = token_embedding(c.max_position_embeddings, c.hidden_size, rngs, (None, "embed"))
+        self.token_type_embeddings = token_embedding(c.type_vocab_size, c.hidden_size, rngs, (None, "embed"))
         self.ln_embed = layer_norm(c.hidden_size, eps=c.layer_norm_eps, rngs=rngs)
         first_cross = c.num_hidden_layers if c.cross_attention_from is None else c.cross_attention_from
         self.layers = nnx.List(
@@ -196,10 +201,8 @@ class TextTransformer(nnx.Module):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
         self.out_dim = c.width
-        self.token_embed = _embedding(c.vocab_size, c.width, rngs)
-        self.pos_embed = nnx.Param(
-            with_axes(nnx.initializers.normal(0.01), (None, "embed"))(rngs.params(), (c.max_len, c.width))
-        )
+        self.token_embed = token_embedding(c.vocab_size, c.width, rngs)
+        self.pos_embed = learned_positions(c.max_len, c.width, rngs)
         self.blocks = pre_ln_blocks(
             c.depth,
             c.width,

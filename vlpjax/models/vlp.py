@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vlpjax.models.heads import Projection
+from vlpjax.models.layers import Encoded
 from vlpjax.models.regions import RegionConfig, RegionEncoder
 from vlpjax.models.resnet import ResNet, ResNetConfig
 from vlpjax.models.text import BertConfig, BertEncoder, TextTransformer, TextTransformerConfig
@@ -38,6 +39,11 @@ def build_image_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Modul
     if kind == "regions":
         return RegionEncoder(RegionConfig(**fields), rngs=rngs)
     raise ValueError(f"unknown image encoder kind {kind!r}; choose vit, resnet or regions")
+
+
+def encode_image_batch(image_encoder: nnx.Module, batch: Mapping[str, Any]) -> Encoded:
+    """The image encoder on the batch keys it reads (`input_keys`: pixels, or regions and boxes)."""
+    return image_encoder(*[batch[k] for k in image_encoder.input_keys])
 
 
 def build_text_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
@@ -83,9 +89,11 @@ class DualEncoder(nnx.Module):
             self.logit_scale = nnx.Param(jnp.asarray(math.log(10.0), jnp.float32))
             self.logit_bias = nnx.Param(jnp.asarray(-10.0, jnp.float32))
 
+    def encode_image(self, batch: Mapping[str, jax.Array]) -> Encoded:
+        return encode_image_batch(self.img, batch)
+
     def embed_image(self, batch: Mapping[str, jax.Array]) -> jax.Array:
-        encoded = self.img(*[batch[k] for k in self.img.input_keys])
-        return self.img_proj(encoded.pooled)
+        return self.img_proj(self.encode_image(batch).pooled)
 
     def embed_text(self, batch: Mapping[str, jax.Array]) -> jax.Array:
         return self.txt_proj(self.txt.encode(batch["text_ids"], batch["text_mask"]).pooled)
