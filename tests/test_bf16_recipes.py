@@ -19,7 +19,7 @@ from vlpjax.models.lm import DecoderLM, DecoderLMConfig
 STEPS = 30
 RECIPES = (
     "clip_shapes", "siglip_shapes", "lit_shapes", "albef_shapes", "meter_shapes", "vilt_shapes", "uniter_regions",
-    "vqa_shapes", "lm_shapes", "flamingo_shapes", "coca_shapes", "prefixlm_shapes",
+    "vqa_shapes", "lm_shapes", "flamingo_shapes", "coca_shapes", "prefixlm_shapes", "blip_shapes", "vqa_gen_shapes",
 )  # fmt: skip
 
 

@@ -122,7 +122,7 @@ def test_generate_names_each_bad_argument(tmp_path, capsys):
     assert str(not_image) in _one_line_error(capsys, *base, "--image", str(not_image))
     assert "does not exist" in _one_line_error(capsys, *base, "--image", str(tmp_path / "nope.png"))
     err = _one_line_error(capsys, "generate", "--config", CLIP, "--workdir", workdir, "--image", str(image))
-    assert "works with the families ['coca', 'flamingo', 'prefix_lm']" in err and "'dual_encoder'" in err
+    assert "works with the families ['coca', 'flamingo', 'fusion', 'prefix_lm']" in err and "'dual_encoder'" in err
 
 
 def test_a_prompt_past_the_position_limit_is_refused(tmp_path):

@@ -79,8 +79,10 @@ def test_a_recipe_with_the_old_eval_section_is_told_what_replaced_it(tiny_shapes
 
 
 def test_an_evaluator_must_fit_the_model_family(tiny_shapes_dir):
-    with pytest.raises(ConfigError, match=r"evals.vqa \(vqa\) scores the families \('flamingo',\)"):
-        _config("vqa_shapes", tiny_shapes_dir, "--config.evals.vqa.mode='generate'")
+    with pytest.raises(ConfigError, match=r"evals.caption \(few_shot\) scores the families \('flamingo',\)"):
+        _config("coca_shapes", tiny_shapes_dir, "--config.evals.caption.kind='few_shot'")
+    with pytest.raises(ConfigError, match=r"evals.vqa \(vqa, mode rank\) generates text: a fusion model needs"):
+        _config("vqa_shapes", tiny_shapes_dir, "--config.evals.vqa.mode='rank'")
     with pytest.raises(ConfigError, match=r"evals.lm \(retrieval\) has no option 'limit'"):
         _config("lm_shapes", tiny_shapes_dir, "--config.evals.lm.kind='retrieval'")
 

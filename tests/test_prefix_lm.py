@@ -44,18 +44,18 @@ def test_prefix_tokens_see_each_other_and_suffix_tokens_are_causal():
     model, batch = _model(), _batch(rows=2)
     batch["text_mask"] = jnp.ones_like(batch["text_mask"])
     prefix = jnp.asarray([4, 4])
-    base = np.asarray(model.logits(batch, prefix))
+    base = np.asarray(model.text_logits(batch, prefix))
 
     def changed(position):
         ids = batch["text_ids"].at[:, position].set((batch["text_ids"][:, position] + 5) % VOCAB)
-        return np.asarray(model.logits(dict(batch, text_ids=ids), prefix))
+        return np.asarray(model.text_logits(dict(batch, text_ids=ids), prefix))
 
     later = changed(6)  # a suffix token: nothing before it moves
     np.testing.assert_array_equal(later[:, :6], base[:, :6])
     assert not np.allclose(later[:, 6:], base[:, 6:])
     inside = changed(3)  # a prefix token: the whole prefix reads it, earlier positions too
     assert not np.allclose(inside[:, :3], base[:, :3])
-    other_image = np.asarray(model.logits(dict(batch, image=batch["image"][::-1]), prefix))
+    other_image = np.asarray(model.text_logits(dict(batch, image=batch["image"][::-1]), prefix))
     assert not np.allclose(other_image, base)
 
 
@@ -86,7 +86,7 @@ def _whole_pass(model, batch, row, ids):
     """The training forward on one row's image with `ids` as its text: [CLS]-prompt as prefix."""
     one = {"image": batch["image"][row : row + 1], "text_ids": jnp.asarray([ids], jnp.int32)}
     one["text_mask"] = jnp.ones_like(one["text_ids"], bool)
-    return model.logits(one, jnp.asarray([PROMPT_LENS[row]]))[0]
+    return model.text_logits(one, jnp.asarray([PROMPT_LENS[row]]))[0]
 
 
 PROMPTS = [[1, 9, 3], [1]]

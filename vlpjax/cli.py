@@ -21,6 +21,7 @@ import sys
 from collections import Counter
 
 from vlpjax.errors import UserError
+from vlpjax.taxonomy import FAMILIES
 
 # builders.DATASETS, spelled out: importing the builders (TFDS) for every command is slow.
 DATASET_KINDS = ["synthetic_shapes", "image_text_folder", "interleaved_folder", "image_class_folder", "webdataset"]
@@ -63,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--max_len", type=int, help="stablehlo decoders: KV cache slots (default the LM's positions)")
     export.add_argument("--num_media", type=int, help="stablehlo Flamingo: images per prompt (default data.chunks)")
     generate = commands.add_parser(
-        "generate", help="Flamingo: continue a prompt about the images; CoCa, PrefixLM: caption each image"
+        "generate",
+        help="Flamingo: continue a prompt about the images; CoCa, PrefixLM, BLIP's decoder: caption each image "
+        "or answer --question",
     )
     _config_args(generate)
     generate.add_argument(
@@ -73,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         "--prompt",
         default="",
         help="Flamingo: text with <image> markers (one is prepended if there is none); else a caption's first words",
+    )
+    generate.add_argument(
+        "--question", help="CoCa, PrefixLM, BLIP's decoder: answer this question about each image (a VQA recipe's run)"
     )
     generate.add_argument(
         "--max_new_tokens", type=int, help="default: Flamingo 32; a captioner, as many as its text positions allow"
@@ -219,25 +225,33 @@ def _continue_with_flamingo(config, args, images) -> None:
 
 
 def _caption_each_image(config, args, images) -> None:
-    """A caption of each image, starting with the prompt's words if there are any."""
+    """A caption of each image, starting with the prompt's words if there are any; with
+    --question, an answer to it instead."""
     import numpy as np
 
     from vlpjax.data.images import normalize, resize
+    from vlpjax.data.question_answer import question_prompt
     from vlpjax.evaluate.captioner import Captioner
     from vlpjax.train.restore import trained_model
 
+    if args.question and args.prompt:
+        raise UserError("give --prompt (a caption's first words) or --question, not both")
     model, data = trained_model(config, args.workdir)
-    start = 1 + len(data.tokenizer.encode_plain(args.prompt))
-    new_tokens = args.max_new_tokens or model.max_text_len - start
-    if new_tokens < 1 or start + new_tokens > model.max_text_len:
+    captioner = Captioner(model, data.tokenizer, args.beams)
+    if args.question:
+        prompt = question_prompt(data.tokenizer, args.question, model.max_text_len - 1)
+    else:
+        prompt = captioner.caption_prompt(args.prompt)
+    new_tokens = args.max_new_tokens or model.max_text_len - len(prompt)
+    if new_tokens < 1 or len(prompt) + new_tokens > model.max_text_len:
         raise UserError(
-            f"[CLS], the prompt's {start - 1} tokens and --max_new_tokens {new_tokens} exceed "
+            f"the prompt's {len(prompt)} tokens and --max_new_tokens {new_tokens} exceed "
             f"the model's {model.max_text_len} text positions"
         )
     pixels = np.stack([normalize(resize(image, config.data.image_size)) for image in images])
-    captions = Captioner(model, data.tokenizer, args.beams)({"image": pixels}, new_tokens, args.prompt)
-    for path, caption in zip(args.image, captions, strict=True):
-        print(f"{path}: {' '.join(part for part in (args.prompt.strip(), caption) if part)}")
+    texts = captioner.texts(captioner.generate_ids({"image": pixels}, new_tokens, [prompt] * len(images)))
+    for path, text in zip(args.image, texts, strict=True):
+        print(f"{path}: {' '.join(part for part in (args.prompt.strip(), text) if part)}")
 
 
 # What `vlpjax generate` does with each family's run.
@@ -245,6 +259,7 @@ GENERATE_BY_FAMILY = {
     "flamingo": _continue_with_flamingo,
     "coca": _caption_each_image,
     "prefix_lm": _caption_each_image,
+    "fusion": _caption_each_image,  # with model.decoder (BLIP)
 }
 
 
@@ -253,6 +268,11 @@ def _generate(config, args) -> None:
         raise UserError(
             f"vlpjax generate works with the families {sorted(GENERATE_BY_FAMILY)}; this recipe is "
             f"{config.model.family!r}"
+        )
+    switch = FAMILIES[config.model.family].decoder_switch
+    if switch and not config.model.get(switch):
+        raise UserError(
+            f"vlpjax generate needs a text decoder: this {config.model.family} recipe has no model.{switch}"
         )
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError(f"--max_new_tokens must be at least 1, got {args.max_new_tokens}")

@@ -151,7 +151,9 @@ EVAL_OPTION_CHECKS = {
     **dict.fromkeys(
         ("every", "images", "shots", "itm_top_k", "png_queries"), ("a whole number >= 0", lambda v: _whole(v, 0))
     ),
-    **dict.fromkeys(("batch_size", "max_tokens", "beams", "limit"), ("a whole number >= 1", lambda v: _whole(v, 1))),
+    **dict.fromkeys(
+        ("batch_size", "max_tokens", "beams", "limit", "candidates"), ("a whole number >= 1", lambda v: _whole(v, 1))
+    ),
     **dict.fromkeys(("kind", "split", "mode", "task"), ("a string", lambda v: isinstance(v, str))),
     "templates": ("a list of strings or a file of them", lambda v: v is None or isinstance(v, str) or _strings(v)),
     "classes": ("a list of class names", lambda v: v is None or _strings(v)),
@@ -220,6 +222,10 @@ def _check_eval_family(config: ml_collections.ConfigDict, name: str, spec: ml_co
         families = taxonomy.VQA_MODES[spec.mode]
         if spec.mode == "classify" and config.data.task != "vqa":
             raise ConfigError(f"evals.{name} (vqa, mode classify) scores an answer head: it needs data.task='vqa'")
+        if spec.mode in taxonomy.GENERATING_VQA_MODES and family in families:
+            _require_decoder(config, f"evals.{name} (vqa, mode {spec.mode})")
+    if spec.kind in taxonomy.GENERATING_EVALS and family in families:
+        _require_decoder(config, f"evals.{name} ({spec.kind})")
     if spec.kind == "few_shot" and spec.task not in taxonomy.FEW_SHOT_TASKS:
         raise ConfigError(f"evals.{name}.task must be one of {taxonomy.FEW_SHOT_TASKS}, got {spec.task!r}")
     if family not in families:
@@ -246,13 +252,22 @@ def _validate_objectives(config: ml_collections.ConfigDict) -> None:
         taxonomy.check_choice("data.task", task, taxonomy.TASKS)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    needed_task = taxonomy.FAMILIES[family].task
-    if needed_task not in (None, task):
-        raise ConfigError(f"model.family={family!r} trains on data.task={needed_task!r}, got data.task={task!r}")
+    tasks = taxonomy.FAMILIES[family].tasks
+    if tasks is not None and task not in tasks:
+        raise ConfigError(f"model.family={family!r} trains on data.task among {tasks}, got data.task={task!r}")
     for name in config.objectives:
         problem = taxonomy.objective_problem(name, family, task)
         if problem:
             raise ConfigError(problem)
+        if name in taxonomy.GENERATING_OBJECTIVES:
+            _require_decoder(config, f"objectives.{name}")
+
+
+def _require_decoder(config: ml_collections.ConfigDict, what: str) -> None:
+    """`what` generates text: the family's optional decoder must be switched on."""
+    switch = taxonomy.FAMILIES[config.model.family].decoder_switch
+    if switch and not config.model.get(switch):
+        raise ConfigError(f"{what} generates text: a {config.model.family} model needs model.{switch}=True")
 
 
 def _validate_train(config: ml_collections.ConfigDict) -> None:

@@ -15,7 +15,11 @@ import dataclasses
 @dataclasses.dataclass(frozen=True)
 class Family:
     objectives: tuple[str, ...]  # the objectives its outputs feed
-    task: str | None = None  # the only data task that produces its inputs; None: any task
+    tasks: tuple[str, ...] | None = None  # the data tasks that produce its inputs; None: any task
+    # The model field that gives the family a text decoder where it is optional (fusion:
+    # BLIP's decoder); what generates text (the `lm` objective, captioning, generated VQA)
+    # needs it set. None: the family always has its decoder, or never.
+    decoder_switch: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,19 +29,24 @@ class Task:
 
 FAMILIES: dict[str, Family] = {
     "dual_encoder": Family(objectives=("itc",)),
-    "fusion": Family(objectives=("itc", "itm", "mlm", "vqa")),
-    "decoder_lm": Family(objectives=("lm",), task="text"),
-    "flamingo": Family(objectives=("lm",), task="interleaved"),
-    "coca": Family(objectives=("itc", "lm"), task="image_text"),  # lm: the captioning loss
-    "prefix_lm": Family(objectives=("prefix_lm",), task="image_text"),
+    "fusion": Family(objectives=("itc", "itm", "mlm", "vqa", "lm"), decoder_switch="decoder"),
+    "decoder_lm": Family(objectives=("lm",), tasks=("text",)),
+    "flamingo": Family(objectives=("lm",), tasks=("interleaved",)),
+    "coca": Family(objectives=("itc", "lm"), tasks=("image_text", "question_answer")),  # lm: the captioning loss
+    "prefix_lm": Family(objectives=("prefix_lm",), tasks=("image_text", "question_answer")),
 }
 
 TASKS: dict[str, Task] = {
     "image_text": Task(objectives=("itc", "itm", "mlm", "lm", "prefix_lm")),
-    "vqa": Task(objectives=("vqa",)),
+    "vqa": Task(objectives=("vqa",)),  # answer classification
+    # Generated VQA: "[CLS] question [SEP] answer [SEP]" rows whose answer is predicted.
+    "question_answer": Task(objectives=("lm", "prefix_lm")),
     "text": Task(objectives=("lm",)),
     "interleaved": Task(objectives=("lm",)),
 }
+# What generates text, and so needs a family's decoder_switch set: objectives, evaluator kinds.
+GENERATING_OBJECTIVES = ("lm",)
+GENERATING_EVALS = ("captioning",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +72,14 @@ EVAL_KINDS: dict[str, EvalKind] = {
         families=("dual_encoder", "fusion", "coca"), needs="labels", options=dict(classes=None, templates=None)
     ),
     "vqa": EvalKind(
-        families=("fusion", "flamingo"),
+        families=("fusion", "flamingo", "coca", "prefix_lm"),
         needs="questions",
-        options=dict(mode="classify", images=0, max_tokens=3, beams=1),
+        options=dict(mode="classify", images=0, max_tokens=3, beams=1, candidates=128),
     ),
     "captioning": EvalKind(
-        families=("flamingo", "coca", "prefix_lm"), needs="captions", options=dict(images=0, max_tokens=32, beams=1)
+        families=("flamingo", "coca", "prefix_lm", "fusion"),
+        needs="captions",
+        options=dict(images=0, max_tokens=32, beams=1),
     ),
     "few_shot": EvalKind(
         families=("flamingo",),
@@ -77,7 +88,14 @@ EVAL_KINDS: dict[str, EvalKind] = {
     ),
     "perplexity": EvalKind(families=("decoder_lm", "flamingo"), needs="text", options=dict(limit=1000)),
 }
-VQA_MODES = {"classify": ("fusion",), "generate": ("flamingo",)}  # mode -> the families it scores
+# mode -> the families it scores: the answer head's class; an answer generated after the
+# question; the training answers ranked by likelihood (BLIP: the `candidates` likeliest first tokens).
+VQA_MODES = {
+    "classify": ("fusion",),
+    "generate": ("flamingo", "fusion", "coca", "prefix_lm"),
+    "rank": ("fusion", "coca", "prefix_lm"),
+}
+GENERATING_VQA_MODES = ("generate", "rank")
 FEW_SHOT_TASKS = ("captioning", "vqa")
 
 # The scale switches every recipe has (README, "Scale switches"): what each can be set to.

@@ -12,10 +12,11 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from vlpjax.data.answers import answer_vocabulary, target_scores
+from vlpjax.data.answers import answer_vocabulary, normalize_answer, target_scores
 from vlpjax.data.fields import question_rows
 from vlpjax.data.images import decode_image, model_pixels, normalize, resize
 from vlpjax.data.interleaved import DocumentTransform, InterleavedTransform, TextTransform
+from vlpjax.data.question_answer import question_answer_ids
 from vlpjax.data.regions import flip_boxes, region_arrays
 from vlpjax.data.shapes import swap_left_right
 from vlpjax.data.tokenizer import TextTokenizer, as_text
@@ -32,7 +33,8 @@ class PipelineConfig:
     crop_scale: tuple[float, float] = (1.0, 1.0)  # random resized crop area range; (1, 1) is off
     flip: bool = False  # horizontal flip; shapes captions swap left/right with it
     flip_swaps_words: bool = True
-    task: str = "image_text"  # "vqa": (image, question, answer scores) rows; "interleaved": Flamingo
+    task: str = "image_text"  # "vqa": (image, question, answer scores) rows; "question_answer":
+    # (image, question + answer text) rows; "interleaved": Flamingo
     # sequences of `chunks` images with their texts; "text": captions and QA as plain text
     chunks: int = 2
     lm_vocab_size: int = 0  # interleaved: the LM's vocabulary size (0: the tokenizer's)
@@ -68,11 +70,16 @@ def random_resized_crop(
     return resize(image, out_size)
 
 
+# Tasks whose rows are an image's questions: classified answers (vqa) or generated ones.
+QUESTION_TASKS = ("vqa", "question_answer")
+
+
 class TrainTransform:
     """Decode, augment and tokenize one example; its randomness comes from grain's per-index rng.
 
     image_text: a random caption of the image. vqa: a random question of the image, with the
-    soft scores of its answers over `answers` (the answer vocabulary).
+    soft scores of its answers over `answers` (the answer vocabulary). question_answer: a random
+    question and one of its answers as one text (data/question_answer.py).
     """
 
     def __init__(self, config: PipelineConfig, tokenizer: TextTokenizer, answers: Sequence[str] = ()):
@@ -94,14 +101,11 @@ class TrainTransform:
             out.update(
                 region_arrays(out["image"], flip_boxes(boxes) if flipped else boxes, c.region_grid, c.max_regions)
             )
-        if c.task == "vqa":
+        if c.task in QUESTION_TASKS:
             question, references = question_rows(example)[rng.integers(len(example["questions"]))]
             if flipped and c.flip_swaps_words:
                 question, references = swap_left_right(question), [swap_left_right(a) for a in references]
-            ids, mask = self.tokenizer([question], c.text_len)
-            out.update(
-                question_ids=ids[0], question_mask=mask[0], answer_scores=target_scores(references, self.answers)
-            )
+            out.update(self._question_fields(question, references, rng))
             return out
         captions = [as_text(t) for t in example["captions"]]
         caption = captions[rng.integers(len(captions))]
@@ -110,6 +114,19 @@ class TrainTransform:
         ids, mask = self.tokenizer([caption], c.text_len)
         out.update(text_ids=ids[0], text_mask=mask[0])
         return out
+
+    def _question_fields(self, question: str, references: Sequence[str], rng: np.random.Generator) -> dict:
+        c = self.config
+        if c.task == "vqa":
+            ids, mask = self.tokenizer([question], c.text_len)
+            return dict(
+                question_ids=ids[0], question_mask=mask[0], answer_scores=target_scores(references, self.answers)
+            )
+        # question_answer: one reference drawn at random, so answers are learned in proportion
+        # to how many annotators gave them (the VQA score's weighting).
+        answer = normalize_answer(references[rng.integers(len(references))])
+        ids, mask, prefix_len = question_answer_ids(self.tokenizer, question, answer, c.text_len)
+        return dict(text_ids=ids, text_mask=mask, prefix_len=np.int32(prefix_len))
 
 
 class NonEmptySubset:
@@ -159,8 +176,8 @@ def train_dataset(
         raise InvalidInput(
             "a horizontal flip changes the meaning of left/right words: turn flip off or let it swap words"
         )
-    if filter_empty and config.task in ("image_text", "vqa"):  # interleaved / text rows take captions or questions
-        source = NonEmptySubset(source, "questions" if config.task == "vqa" else "captions")
+    if filter_empty and config.task in ("image_text", *QUESTION_TASKS):  # interleaved / text rows take either
+        source = NonEmptySubset(source, "questions" if config.task in QUESTION_TASKS else "captions")
     ds = grain.MapDataset.source(source)
     global_batch = config.batch_size * process_count
     if len(ds) < global_batch:

@@ -132,6 +132,10 @@ class TextTokenizer:
     def token(self, token_id: int) -> str:
         return self._fast.id_to_token(token_id)
 
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text` in the tokenizer's template ([CLS] ... [SEP]), untruncated."""
+        return self._fast.encode(text).ids
+
     def encode_plain(self, text: str) -> list[int]:
         """Token ids of `text` without the [CLS] ... [SEP] template (a chunk inside a sequence)."""
         return self._fast.encode(text, add_special_tokens=False).ids

@@ -16,14 +16,16 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
+from vlpjax.data.answers import answer_score
 from vlpjax.data.fields import question_rows
 from vlpjax.data.interleaved import DocumentTransform
-from vlpjax.data.pipeline import image_arrays
+from vlpjax.data.pipeline import image_arrays, training_answers
 from vlpjax.data.tokenizer import as_text
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.captioner import Captioner
 from vlpjax.evaluate.captions import caption_metrics
 from vlpjax.evaluate.context import EvalContext
+from vlpjax.evaluate.decoded_vqa import AnswerRanker, generated_answers
 from vlpjax.evaluate.generation import caption_eval, shot_examples, vqa_eval
 from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
 from vlpjax.evaluate.report import top_k_png
@@ -136,25 +138,55 @@ def _first_examples(source, field: str, limit: int) -> list:
     return examples
 
 
-def _classified_answers(ctx: EvalContext, spec) -> dict[str, float]:
-    """The answer head's top answer for every question, the images of `batch_size` examples
-    decoded at a time."""
-    source, inference = ctx.source(spec), ctx.inference(spec.batch_size)
+def _question_batches(ctx: EvalContext, spec):
+    """(images of `batch_size` examples, each question's image row, questions, references)
+    over the split's first `images` examples (0: all), the images decoded a batch at a time."""
+    source = ctx.source(spec)
     count = len(source) if not spec.images else min(spec.images, len(source))
-    credits, questions = [], []
     for start in tqdm(range(0, count, spec.batch_size), desc="vqa", leave=False):
         examples = [source[i] for i in range(start, min(start + spec.batch_size, count))]
         rows = [(i, q, refs) for i, e in enumerate(examples) for q, refs in question_rows(e)]
-        if not rows:
-            continue
-        ids, mask = ctx.tokenizer([q for _, q, _ in rows], ctx.pipeline.text_len)
-        image_rows = np.array([i for i, _, _ in rows], np.int64)
-        logits = inference.answer_logits(image_arrays(examples, ctx.pipeline), image_rows, ids, mask)
-        credits.append(answer_credits(logits, ctx.data.answers, [refs for _, _, refs in rows]))
-        questions += [q for _, q, _ in rows]
+        if rows:
+            image_rows = np.array([i for i, _, _ in rows], np.int64)
+            yield image_arrays(examples, ctx.pipeline), image_rows, [q for _, q, _ in rows], [r for _, _, r in rows]
+
+
+def _scored(questions: list[str], score_batches, split: str) -> dict[str, float]:
     if not questions:
-        raise InvalidInput(f"the {spec.split} split has no questions to evaluate on")
-    return accuracy_metrics(np.concatenate(credits), questions)
+        raise InvalidInput(f"the {split} split has no questions to evaluate on")
+    return accuracy_metrics(np.concatenate(score_batches), questions)
+
+
+def _classified_answers(ctx: EvalContext, spec) -> dict[str, float]:
+    """The answer head's top answer for every question."""
+    inference, credits, questions = ctx.inference(spec.batch_size), [], []
+    for images, image_rows, batch_questions, references in _question_batches(ctx, spec):
+        ids, mask = ctx.tokenizer(batch_questions, ctx.pipeline.text_len)
+        logits = inference.answer_logits(images, image_rows, ids, mask)
+        credits.append(answer_credits(logits, ctx.data.answers, references))
+        questions += batch_questions
+    return _scored(questions, credits, spec.split)
+
+
+def _decoded_answers(ctx: EvalContext, spec) -> dict[str, float]:
+    """Answers written by the model after each question (`generate`), or the likeliest of the
+    training answers (`rank`)."""
+    model, tokenizer = ctx.model(), ctx.tokenizer
+    if spec.mode == "rank":
+        answers = training_answers(ctx.source(spec, "train"))
+        ranker = AnswerRanker(model, tokenizer, answers, ctx.pipeline.text_len, spec.candidates, spec.batch_size)
+    else:
+        captioner = Captioner(model, tokenizer, beams=spec.beams)
+    credits, questions = [], []
+    for images, image_rows, batch_questions, references in _question_batches(ctx, spec):
+        rows = {k: v[image_rows] for k, v in images.items()}
+        if spec.mode == "rank":
+            predicted = ranker(rows, batch_questions)
+        else:
+            predicted = generated_answers(captioner, rows, batch_questions, spec.max_tokens)
+        credits.append(np.array([answer_score(p, r) for p, r in zip(predicted, references, strict=True)]))
+        questions += batch_questions
+    return _scored(questions, credits, spec.split)
 
 
 def _generated(ctx: EvalContext, spec, task: str, shots: int) -> dict[str, float]:
@@ -171,16 +203,28 @@ def _generated(ctx: EvalContext, spec, task: str, shots: int) -> dict[str, float
     return vqa_eval(generate, examples, solved, size, spec.batch_size, spec.max_tokens)[0]
 
 
+# How each family answers a question in words (modes generate and rank; Flamingo generates
+# after a prompt of the image and the question).
+ANSWERS_BY_FAMILY = {
+    "flamingo": lambda ctx, spec: _generated(ctx, spec, "vqa", shots=0),
+    "fusion": _decoded_answers,
+    "coca": _decoded_answers,
+    "prefix_lm": _decoded_answers,
+}
+
+
 def vqa(ctx: EvalContext, name: str, spec) -> dict[str, float]:
     """VQA accuracy (min(#humans/3, 1) per question): the answer head's top answer
-    (`mode='classify'`), or an answer generated from the image and question (`'generate'`)."""
+    (`mode='classify'`), an answer generated from the image and question (`'generate'`), or
+    the likeliest training answer (`'rank'`)."""
     if spec.mode == "classify":
         return _classified_answers(ctx, spec)
-    return _generated(ctx, spec, "vqa", shots=0)
+    return ANSWERS_BY_FAMILY[ctx.config.model.family](ctx, spec)
 
 
 def _trained_captions(ctx: EvalContext, spec) -> dict[str, float]:
-    """A captioning model's (CoCa's, PrefixLM's) captions of the images, `batch_size` at a time."""
+    """A captioning model's (CoCa's, PrefixLM's, BLIP's decoder's) captions of the images,
+    `batch_size` at a time."""
     examples = _first_examples(ctx.source(spec), "captions", spec.images)
     captioner = Captioner(ctx.model(), ctx.tokenizer, beams=spec.beams)
     predicted = []
@@ -196,6 +240,7 @@ CAPTIONS_BY_FAMILY = {
     "flamingo": lambda ctx, spec: _generated(ctx, spec, "captioning", shots=0),
     "coca": _trained_captions,
     "prefix_lm": _trained_captions,
+    "fusion": _trained_captions,  # BLIP's image-grounded decoder
 }
 
 

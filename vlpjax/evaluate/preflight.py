@@ -8,8 +8,8 @@ from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.context import EvalContext
 from vlpjax.evaluate.zero_shot import DEFAULT_TEMPLATES, load_templates
 from vlpjax.models.prefix_lm import PrefixLMConfig
-from vlpjax.models.text import TextTransformerConfig
-from vlpjax.taxonomy import EVAL_KINDS
+from vlpjax.models.text import BertConfig, TextTransformerConfig
+from vlpjax.taxonomy import EVAL_KINDS, GENERATING_VQA_MODES
 
 
 def check_evaluators(ctx: EvalContext, specs: dict) -> None:
@@ -50,30 +50,35 @@ def _check_sources(ctx: EvalContext, spec) -> None:
     if spec.kind == "zero_shot":
         _check_classes(ctx, spec)
         load_templates(spec.templates if spec.templates else DEFAULT_TEMPLATES)
-    if spec.kind == "captioning" and ctx.config.model.family in TEXT_POSITIONS:
-        _check_caption_length(ctx, spec)
+    if ctx.config.model.family in TEXT_POSITIONS:
+        if spec.kind == "captioning":
+            _check_written_length(ctx, spec, "the start token", 1)
+        if spec.kind == "vqa" and spec.mode in GENERATING_VQA_MODES:
+            # A question keeps at least [CLS], a word and [SEP] before the answer.
+            _check_written_length(ctx, spec, "the shortest question prompt (3 tokens)", 3)
     if spec.kind == "few_shot" and spec.shots > len(ctx.source(spec, "train")):
         raise InvalidInput(f"shots={spec.shots}, but the train split has {len(ctx.source(spec, 'train'))} examples")
 
 
-# Where a captioning family's text positions are set, and their default (models/text.py, prefix_lm.py).
+# Where a text-writing family's text positions are set: (section, field, default).
 TEXT_POSITIONS = {
-    "coca": ("text", TextTransformerConfig.max_len),
-    "prefix_lm": ("prefix_lm", PrefixLMConfig.max_len),
+    "coca": ("text", "max_len", TextTransformerConfig.max_len),
+    "prefix_lm": ("prefix_lm", "max_len", PrefixLMConfig.max_len),
+    "fusion": ("text", "max_position_embeddings", BertConfig.max_position_embeddings),  # BLIP's decoder
 }
 
 
-def _check_caption_length(ctx: EvalContext, spec) -> None:
-    """[CLS] and `max_tokens` new tokens must fit the trained positions; the tokenizer must
-    have the start and end tokens the captioner uses."""
-    section, default = TEXT_POSITIONS[ctx.config.model.family]
-    positions = ctx.config.model[section].get("max_len", default)
-    if spec.max_tokens + 1 > positions:
-        raise InvalidInput(
-            f"max_tokens={spec.max_tokens} and the start token exceed model.{section}.max_len={positions}"
-        )
+def _check_written_length(ctx: EvalContext, spec, opening: str, opening_tokens: int) -> None:
+    """The opening tokens and `max_tokens` new ones must fit the trained positions; the
+    tokenizer must have the start and end tokens the captioner uses."""
+    section, field, default = TEXT_POSITIONS[ctx.config.model.family]
+    positions = ctx.config.model[section].get(field, default)
+    if spec.max_tokens + opening_tokens > positions:
+        raise InvalidInput(f"max_tokens={spec.max_tokens} and {opening} exceed model.{section}.{field}={positions}")
     if ctx.tokenizer.cls_id is None or ctx.tokenizer.sep_id is None:
-        raise InvalidInput("captions start at the tokenizer's [CLS] (or <s>) and end at [SEP] (or </s>); it has none")
+        raise InvalidInput(
+            "generated text starts at the tokenizer's [CLS] (or <s>) and ends at [SEP] (or </s>); it has none"
+        )
 
 
 def _check_classes(ctx: EvalContext, spec) -> None:

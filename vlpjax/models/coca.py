@@ -114,6 +114,12 @@ class CoCa(DualEncoder):
         x = run_stack(self.decoder, text.tokens, layer_fn, remat=s.remat, scan=s.scan_layers)
         return float32_logits(self.lm_head, self.ln_decoder(x))
 
+    def text_logits(self, batch: Mapping[str, Array], prefix_len: Array | None = None) -> Array:
+        """`caption_logits` of batch['text_ids'] given batch's images (causal throughout: a
+        prompt needs no `prefix_len`)."""
+        text = self.txt.encode(batch["text_ids"], batch["text_mask"])
+        return self.caption_logits(text, self.caption_context(self.encode_image(batch)))
+
     # --- generation: models/decoding.py calls `decode` with the memory as its fixed input ---------
 
     def caption_memory(self, batch: Mapping[str, Array]) -> tuple[tuple[Array, Array], ...]:

@@ -172,9 +172,9 @@ class MultiHeadAttention(nnx.Module):
         attended = attend(q, keys, values, mask, kernel=self.kernel_name)
         return self.out(attended.reshape(*x.shape[:-1], -1)), (keys, values)
 
-    def memory_attention(self, x: Array, keys: Array, values: Array) -> Array:
-        """Decoding: x's queries over a context's precomputed `keys_values` (all of it)."""
-        attended = attend(self._heads(self.query(x)), keys, values, None, kernel=self.kernel_name)
+    def memory_attention(self, x: Array, keys: Array, values: Array, mask: Mask | None = None) -> Array:
+        """Decoding: x's queries over a context's precomputed `keys_values` (its real keys: `mask`)."""
+        attended = attend(self._heads(self.query(x)), keys, values, mask, kernel=self.kernel_name)
         return self.out(attended.reshape(*x.shape[:-1], -1))
 
 
@@ -289,10 +289,21 @@ class PostLNBlock(nnx.Module):
         context: Array | None = None,
         context_mask: Mask | None = None,
     ) -> Array:
-        x = self.ln_attn(x + self.attn(x, mask=mask))
+        return self.after_self_attention(self.ln_attn(x + self.attn(x, mask=mask)), context, context_mask)
+
+    def after_self_attention(
+        self, x: Array, context: Array | None = None, context_mask: Mask | None = None, memory=None
+    ) -> Array:
+        """The layer past its self-attention: cross-attention to `context` (or to its cached
+        `memory`, (keys, values, key mask)), then the MLP. BLIP's decoder runs this part of the
+        encoder's layers after a self-attention of its own."""
         if self.has_cross:
-            _require_context(context)
-            x = self.ln_cross(x + self.cross(x, context, mask=context_mask))
+            if memory is None:
+                _require_context(context)
+                x = self.ln_cross(x + self.cross(x, context, mask=context_mask))
+            else:
+                keys, values, memory_mask = memory
+                x = self.ln_cross(x + self.cross.memory_attention(x, keys, values, memory_mask))
         return constrain(self.ln_mlp(x + self.mlp(x)), BLOCK_OUTPUT)
 
 

@@ -86,7 +86,7 @@ class PrefixLM(nnx.Module):
             raise ValueError(f"text length {ids.shape[1]} exceeds the PrefixLM's max_len={self.config.max_len}")
         return self.token_embed(ids) + self.pos_embed[: ids.shape[1]][None]
 
-    def logits(self, batch: Mapping[str, Array], prefix_len: Array) -> Array:
+    def text_logits(self, batch: Mapping[str, Array], prefix_len: Array) -> Array:
         """[B, L, vocab]: text position t's prediction of token t + 1, with the image and the
         first prefix_len[b] text tokens as the bidirectional prefix of row b."""
         image = self.image_tokens(batch)
@@ -97,7 +97,7 @@ class PrefixLM(nnx.Module):
         return float32_logits(self.lm_head, self.ln_final(x[:, image.shape[1] :]))
 
     def __call__(self, batch: Mapping[str, Array]) -> dict[str, Array]:
-        """Nothing: the prefix_lm objective draws each row's prefix and runs `logits` itself."""
+        """Nothing: the prefix_lm objective draws each row's prefix and runs `text_logits` itself."""
         return {}
 
     # --- generation: models/decoding.py calls `decode` with the image tokens as its fixed input ---

@@ -83,7 +83,11 @@ class BertEncoder(nnx.Module):
             ]
         )
 
-    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None = None) -> jax.Array:
+    def embed(
+        self, input_ids: jax.Array, token_type_ids: jax.Array | None = None, positions: jax.Array | None = None
+    ) -> jax.Array:
+        """Token, position and type embeddings, normalised. `positions` [B, L]: each token's
+        position (decoding left-padded prompts); None: 0 .. L-1."""
         length = input_ids.shape[1]
         if length > self.config.max_position_embeddings:
             raise ValueError(
@@ -91,11 +95,9 @@ class BertEncoder(nnx.Module):
             )
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
-        x = (
-            self.word_embeddings(input_ids)
-            + self.position_embeddings.embedding[:length][None]
-            + self.token_type_embeddings(token_type_ids)
-        )
+        table = self.position_embeddings.embedding[...]
+        position = table[:length][None] if positions is None else jnp.take(table, positions, axis=0)
+        x = self.word_embeddings(input_ids) + position + self.token_type_embeddings(token_type_ids)
         return self.ln_embed(x).astype(jnp.dtype(self.config.dtype))
 
     def __call__(

@@ -35,16 +35,24 @@ def random_prefix_lengths(key: jax.Array, mask: jax.Array) -> jax.Array:
 
 def prefix_lm_loss(logits: jax.Array, ids: jax.Array, mask: jax.Array, prefix_len: jax.Array, *, axis_name=None):
     """Mean next-token cross-entropy over the suffix's real tokens (positions >= prefix_len)."""
-    targets, weights = next_token_targets(ids, mask)
-    weights &= jnp.arange(1, ids.shape[1])[None, :] >= prefix_len[:, None]
-    loss, accuracy, count = token_cross_entropy(logits[:, :-1], targets, weights, axis_name=axis_name)
-    return loss, {"prefix_lm/accuracy": accuracy, "prefix_lm/tokens": count}
+    return causal_lm_loss(logits, ids, mask, prefix_len, axis_name=axis_name, name="prefix_lm")
 
 
 def causal_lm_loss(
-    logits: jax.Array, ids: jax.Array, mask: jax.Array, *, ignore_ids: Sequence[int] = (), axis_name: AxisName = None
+    logits: jax.Array,
+    ids: jax.Array,
+    mask: jax.Array,
+    prefix_len: jax.Array | None = None,
+    *,
+    ignore_ids: Sequence[int] = (),
+    axis_name: AxisName = None,
+    name: str = "lm",
 ):
-    """Mean next-token cross-entropy over the counted positions of the global batch."""
+    """Mean next-token cross-entropy over the counted positions of the global batch: every
+    real token after the first, or with `prefix_len` [B] only those at positions >= it (a
+    question's answer, a PrefixLM's suffix)."""
     targets, weights = next_token_targets(ids, mask, ignore_ids)
+    if prefix_len is not None:
+        weights &= jnp.arange(1, ids.shape[1])[None, :] >= prefix_len[:, None]
     loss, accuracy, count = token_cross_entropy(logits[:, :-1], targets, weights, axis_name=axis_name)
-    return loss, {"lm/accuracy": accuracy, "lm/tokens": count}
+    return loss, {f"{name}/accuracy": accuracy, f"{name}/tokens": count}

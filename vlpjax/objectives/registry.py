@@ -94,15 +94,21 @@ def vqa(outputs, batch, ctx: StepContext):
 
 
 def lm(outputs, batch, ctx: StepContext):
-    """Next-token prediction of the text (Flamingo: conditioned on the images before it)."""
+    """Next-token prediction of the text (Flamingo: conditioned on the images before it); on
+    question_answer rows (`prefix_len`), of the answer after its question."""
     loss = functools.partial(causal_lm_loss, ignore_ids=getattr(ctx.model, "ignored_targets", ()))
-    return ctx.shards(loss, rows=(outputs["logits"], batch["text_ids"], batch["text_mask"]))
+    rows = (outputs["logits"], batch["text_ids"], batch["text_mask"])
+    return ctx.shards(loss, rows=rows + ((batch["prefix_len"],) if "prefix_len" in batch else ()))
 
 
 def prefix_lm(outputs, batch, ctx: StepContext):
-    """SimVLM: each row's prefix length drawn at random; the suffix's next tokens are scored."""
-    prefix = random_prefix_lengths(jax.random.fold_in(ctx.key, _PREFIX_STREAM), batch["text_mask"])
-    logits = ctx.model.logits(batch, prefix)
+    """SimVLM: each row's prefix length drawn at random (question_answer rows: the question),
+    the suffix's next tokens scored."""
+    if "prefix_len" in batch:
+        prefix = batch["prefix_len"]
+    else:
+        prefix = random_prefix_lengths(jax.random.fold_in(ctx.key, _PREFIX_STREAM), batch["text_mask"])
+    logits = ctx.model.text_logits(batch, prefix)
     return ctx.shards(prefix_lm_loss, rows=(logits, batch["text_ids"], batch["text_mask"], prefix))
 
 
