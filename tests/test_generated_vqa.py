@@ -163,10 +163,17 @@ def test_rank_mode_picks_the_likeliest_answer_of_the_first_token_shortlist(token
     assert AnswerRanker(model, tokenizer, ANSWERS, LENGTH, candidates=2, chunk=5)(images, QUESTIONS) == expected
 
 
-def test_rank_mode_gives_no_answer_when_no_likelihood_is_finite(tokenizer):
+def test_rank_mode_never_picks_a_non_finite_likelihood(tokenizer):
     model = _prefix_lm(tokenizer.vocab_size)
-    model.lm_head.kernel[...] = jnp.full(model.lm_head.kernel.shape, jnp.nan)
     images = {"image": np.zeros((3, 8, 8, 3), np.float32)}
+    # One answer's first token embeds to NaN: its likelihood is NaN, the others' stay finite.
+    poisoned = [*tokenizer.encode_plain("blue"), tokenizer.sep_id][0]
+    table = model.token_embed.embedding
+    table[...] = table[...].at[poisoned].set(jnp.nan)
+    picked = AnswerRanker(model, tokenizer, ANSWERS, LENGTH, candidates=len(ANSWERS), chunk=4)(images, QUESTIONS)
+    assert all(answer in ANSWERS and answer != "blue" for answer in picked), picked
+    # None finite: no answer at all (it scores 0).
+    model.lm_head.kernel[...] = jnp.full(model.lm_head.kernel.shape, jnp.nan)
     assert AnswerRanker(model, tokenizer, ANSWERS, LENGTH, candidates=3, chunk=4)(images, QUESTIONS) == [""] * 3
 
 
