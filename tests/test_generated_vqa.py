@@ -9,12 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from PIL import Image
 
 from tests.test_blip_decoder import _model as blip_model
-from tests.test_recipes import _config
+from tests.test_recipes import ROOT, _config
 from tests.tiny_models import TINY_VIT
 from tests.train_helpers import objective_on_one_and_eight_devices
+from vlpjax import cli
 from vlpjax.data.builders import dataset_dir, load_dataset
+from vlpjax.data.images import normalize, resize
 from vlpjax.data.pipeline import PipelineConfig, train_dataset
 from vlpjax.data.question_answer import question_answer_ids
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer, train_wordpiece
@@ -26,6 +29,7 @@ from vlpjax.models.vlp import build_image_encoder
 from vlpjax.objectives.registry import StepContext, TextVocab, make_objective
 from vlpjax.parallel import AxisShards
 from vlpjax.train.loop import train
+from vlpjax.train.restore import trained_model
 
 QUESTIONS = ["what colour is the circle ?", "how many squares are there ?", "is there a red star ?"]
 ANSWERS = ["red", "blue", "two", "three", "yes", "no", "dark green"]
@@ -190,9 +194,23 @@ def test_generated_answers_in_a_batch_equal_each_question_alone(tokenizer):
     assert together[0] == captioner.text(ids)
 
 
-def test_vqa_gen_recipe_trains_from_blip_and_reports_both_modes(tiny_shapes_dir, tmp_path):
+def test_vqa_gen_recipe_trains_from_blip_and_reports_both_modes(tiny_shapes_dir, tmp_path, capsys):
     train(_config("blip_shapes", tiny_shapes_dir, "--config.train.steps=2"), str(tmp_path / "blip"))
     config = _config("vqa_gen_shapes", tiny_shapes_dir, f"--config.init.checkpoint={tmp_path / 'blip'}")
     metrics = train(config, str(tmp_path / "vqa"))
     assert metrics["vqa/questions"] == metrics["vqa_rank/questions"] > 0
     assert {"vqa/accuracy", "vqa_rank/accuracy", "vqa_rank/accuracy_what_colour"} <= set(metrics)
+
+    # `vlpjax generate --question` answers about each image file as the evaluator's generator does.
+    Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tmp_path / "a.png")
+    args = ["generate", "--config", f"{ROOT}/configs/vqa_gen_shapes.py:tiny", "--workdir", str(tmp_path / "vqa")]
+    args += [f"--config.data.data_dir={tiny_shapes_dir}", "--image", str(tmp_path / "a.png")]
+    capsys.readouterr()
+    assert cli.main([*args, "--question", "what shape is there?", "--max_new_tokens", "3"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    model, data = trained_model(config, str(tmp_path / "vqa"))
+    pixels = normalize(resize(np.full((40, 40, 3), 90, np.uint8), config.data.image_size))[None]
+    answer = generated_answers(Captioner(model, data.tokenizer), {"image": pixels}, ["what shape is there?"], 3)[0]
+    assert line == f"{tmp_path / 'a.png'}: {answer}".strip()
+    assert cli.main([*args, "--question", "what?", "--prompt", "a"]) == 2
+    assert "not both" in capsys.readouterr().err
