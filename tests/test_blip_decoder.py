@@ -26,7 +26,7 @@ LENGTH = 10
 LAYERS = 3  # layer 0 text-only, layers 1 and 2 with cross-attention
 
 
-def _spec(decoder=True, vocab=VOCAB, length=LENGTH):
+def _spec(decoder=True, vocab=VOCAB, length=LENGTH, **more):
     return {
         "image": {**TINY_VIT, "pool": "gap"},
         "text": dict(
@@ -42,11 +42,12 @@ def _spec(decoder=True, vocab=VOCAB, length=LENGTH):
         "fusion": {"layout": "albef"},
         "embed_dim": 8,
         "decoder": decoder,
+        **more,
     }
 
 
-def _model(decoder=True, seed=0, vocab=VOCAB, length=LENGTH):
-    return build_fusion_vlp(_spec(decoder, vocab, length), rngs=nnx.Rngs(seed))
+def _model(decoder=True, seed=0, vocab=VOCAB, length=LENGTH, **more):
+    return build_fusion_vlp(_spec(decoder, vocab, length, **more), rngs=nnx.Rngs(seed))
 
 
 def _batch(rows=8):
@@ -143,7 +144,8 @@ def _whole_pass(model, ids, image_row):
 
 
 def test_cached_decoding_equals_the_whole_forward_pass_token_by_token():
-    model, batch = _model(), _batch(rows=2)
+    # fusion_posemb: the image memory must carry the positions the training pass adds.
+    model, batch = _model(fusion_posemb=True), _batch(rows=2)
     memory = model.caption_memory(batch)
     prompts = [[2, 9, 13], [2]]
     ids, mask = left_pad(prompts)

@@ -28,8 +28,9 @@ from vlpjax.models.prefix_lm import build_prefix_lm
 from vlpjax.models.vlp import build_image_encoder
 from vlpjax.objectives.registry import StepContext, TextVocab, make_objective
 from vlpjax.parallel import AxisShards
-from vlpjax.train.loop import train
+from vlpjax.train.loop import _close, open_run, train
 from vlpjax.train.restore import trained_model
+from vlpjax.train.steps import DATA_KEYS
 
 QUESTIONS = ["what colour is the circle ?", "how many squares are there ?", "is there a red star ?"]
 ANSWERS = ["red", "blue", "two", "three", "yes", "no", "dark green"]
@@ -52,8 +53,11 @@ def test_a_row_is_the_question_then_the_answer_and_the_question_gives_way(tokeni
     short, short_mask, short_prefix = question_answer_ids(tokenizer, QUESTIONS[0], "dark green", 3 + len(answer) + 1)
     assert list(short[short_mask]) == [tokenizer.cls_id, question[1], tokenizer.sep_id, *answer, tokenizer.sep_id]
     assert short_prefix == 3
-    with pytest.raises(InvalidInput, match="leaves no room for its question"):
-        question_answer_ids(tokenizer, QUESTIONS[0], "dark green", len(answer) + 2)
+    # Shorter still, the answer is cut too (it keeps its [SEP]); too short for both, an error.
+    cut, cut_mask, _ = question_answer_ids(tokenizer, QUESTIONS[0], "dark green", 5)
+    assert list(cut[cut_mask]) == [tokenizer.cls_id, question[1], tokenizer.sep_id, answer[0], tokenizer.sep_id]
+    with pytest.raises(InvalidInput, match="too short for a question and an answer"):
+        question_answer_ids(tokenizer, QUESTIONS[0], "dark green", 4)
 
 
 def test_the_pipeline_makes_question_answer_rows(tiny_shapes_dir):
@@ -68,6 +72,20 @@ def test_the_pipeline_makes_question_answer_rows(tiny_shapes_dir):
         assert real[prefix - 1] == tokenizer.sep_id and real[-1] == tokenizer.sep_id and len(real) > prefix + 1
         question, answer = tokenizer.decode(real[:prefix]), tokenizer.decode(real[prefix:-1])
         assert question.endswith("?") and answer
+
+
+def test_the_trainer_scores_the_answer_tokens_of_each_batch(tiny_shapes_dir, tmp_path):
+    """Through the Stepper (what a run does): lm/tokens counts each row's answer and its [SEP]."""
+    config = _config("vqa_gen_shapes", tiny_shapes_dir, "--config.init.checkpoint=")
+    run = open_run(config, str(tmp_path / "run"))
+    try:
+        host = next(run.iterator)
+        assert set(host) <= set(DATA_KEYS)  # nothing the step needs is left on the host
+        _, metrics = run.stepper(run.state, run.stepper.batch(host))
+    finally:
+        _close(run)
+    answers = np.sum(host["text_mask"], axis=1) - host["prefix_len"]
+    assert float(metrics["lm/tokens"]) == float(np.sum(answers)) < float(np.sum(host["text_mask"]) - len(answers))
 
 
 def _qa_batch(tokenizer, rows=8, seed=0):

@@ -218,6 +218,8 @@ def _continue_with_flamingo(config, args, images) -> None:
     from vlpjax.evaluate.prompting import continue_prompt, with_image_markers
     from vlpjax.train.restore import trained_model
 
+    if args.question:
+        raise UserError("--question answers with CoCa, PrefixLM and BLIP runs; ask Flamingo in --prompt")
     prompt = with_image_markers(args.prompt, len(images))  # before the (slow) restore
     model, data = trained_model(config, args.workdir)
     image_size, new_tokens = config.data.image_size, args.max_new_tokens or 32

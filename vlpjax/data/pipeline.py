@@ -72,6 +72,9 @@ def random_resized_crop(
 
 # Tasks whose rows are an image's questions: classified answers (vqa) or generated ones.
 QUESTION_TASKS = ("vqa", "question_answer")
+ANSWERED = "answered questions"
+# What an example needs for a task's training rows (filter_empty datasets drop the rest).
+NEEDED_FIELD = {"image_text": "captions", "vqa": "questions", "question_answer": ANSWERED}
 
 
 class TrainTransform:
@@ -102,7 +105,8 @@ class TrainTransform:
                 region_arrays(out["image"], flip_boxes(boxes) if flipped else boxes, c.region_grid, c.max_regions)
             )
         if c.task in QUESTION_TASKS:
-            question, references = question_rows(example)[rng.integers(len(example["questions"]))]
+            rows = answered_questions(example) if c.task == "question_answer" else question_rows(example)
+            question, references = rows[rng.integers(len(rows))]
             if flipped and c.flip_swaps_words:
                 question, references = swap_left_right(question), [swap_left_right(a) for a in references]
             out.update(self._question_fields(question, references, rng))
@@ -129,13 +133,19 @@ class TrainTransform:
         return dict(text_ids=ids, text_mask=mask, prefix_len=np.int32(prefix_len))
 
 
+def answered_questions(example) -> list:
+    """The (question, references) rows with at least one reference: what generated VQA learns."""
+    return [row for row in question_rows(example) if row[1]]
+
+
 class NonEmptySubset:
     """The examples of a source whose `field` is not empty (user folders may mix caption-only
-    and VQA-only images)."""
+    and VQA-only images, and questions without answers)."""
 
     def __init__(self, source, field: str):
         self.source = source
-        self.indices = [i for i in range(len(source)) if len(source[i][field])]
+        keep = (lambda e: bool(answered_questions(e))) if field == ANSWERED else (lambda e: len(e[field]) > 0)
+        self.indices = [i for i in range(len(source)) if keep(source[i])]
         if not self.indices:
             raise InvalidInput(f"no example has any {field}")
 
@@ -170,14 +180,15 @@ def train_dataset(
 ) -> grain.MapDataset:
     """An endless MapDataset of batches: element k is the k-th batch of this process.
 
-    `filter_empty` drops examples without captions (image_text) or questions (vqa) first.
+    `filter_empty` drops examples without captions (image_text), questions (vqa) or answered
+    questions (question_answer) first.
     """
     if config.flip and not config.flip_swaps_words:
         raise InvalidInput(
             "a horizontal flip changes the meaning of left/right words: turn flip off or let it swap words"
         )
     if filter_empty and config.task in ("image_text", *QUESTION_TASKS):  # interleaved / text rows take either
-        source = NonEmptySubset(source, "questions" if config.task in QUESTION_TASKS else "captions")
+        source = NonEmptySubset(source, NEEDED_FIELD[config.task])
     ds = grain.MapDataset.source(source)
     global_batch = config.batch_size * process_count
     if len(ds) < global_batch:

@@ -173,7 +173,9 @@ def _decoded_answers(ctx: EvalContext, spec) -> dict[str, float]:
     training answers (`rank`)."""
     model, tokenizer = ctx.model(), ctx.tokenizer
     if spec.mode == "rank":
-        answers = training_answers(ctx.source(spec, "train"))
+        # The run's training answers (answers.json beside its checkpoints); a run trained on
+        # other rows ranks the answers of its evaluation dataset's train split.
+        answers = ctx.data.answers or training_answers(ctx.source(spec, "train"))
         ranker = AnswerRanker(model, tokenizer, answers, ctx.pipeline.text_len, spec.candidates, spec.batch_size)
     else:
         captioner = Captioner(model, tokenizer, beams=spec.beams)

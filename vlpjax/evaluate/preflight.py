@@ -4,12 +4,13 @@ shots than training examples) stops the run then, naming the evaluator, not afte
 
 from __future__ import annotations
 
+from vlpjax.data.question_answer import MIN_PROMPT, check_template
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.context import EvalContext
 from vlpjax.evaluate.zero_shot import DEFAULT_TEMPLATES, load_templates
 from vlpjax.models.prefix_lm import PrefixLMConfig
 from vlpjax.models.text import BertConfig, TextTransformerConfig
-from vlpjax.taxonomy import EVAL_KINDS, GENERATING_VQA_MODES
+from vlpjax.taxonomy import EVAL_KINDS
 
 
 def check_evaluators(ctx: EvalContext, specs: dict) -> None:
@@ -53,9 +54,10 @@ def _check_sources(ctx: EvalContext, spec) -> None:
     if ctx.config.model.family in TEXT_POSITIONS:
         if spec.kind == "captioning":
             _check_written_length(ctx, spec, "the start token", 1)
-        if spec.kind == "vqa" and spec.mode in GENERATING_VQA_MODES:
-            # A question keeps at least [CLS], a word and [SEP] before the answer.
-            _check_written_length(ctx, spec, "the shortest question prompt (3 tokens)", 3)
+        if spec.kind == "vqa" and spec.mode == "generate":
+            _check_written_length(ctx, spec, f"the shortest question prompt ({MIN_PROMPT} tokens)", MIN_PROMPT)
+        if spec.kind == "vqa" and spec.mode == "rank":
+            check_template(ctx.tokenizer)
     if spec.kind == "few_shot" and spec.shots > len(ctx.source(spec, "train")):
         raise InvalidInput(f"shots={spec.shots}, but the train split has {len(ctx.source(spec, 'train'))} examples")
 

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 
 from vlpjax.config import scale_switches
 from vlpjax.data import builders
-from vlpjax.data.pipeline import PipelineConfig, training_answers
+from vlpjax.data.pipeline import QUESTION_TASKS, PipelineConfig, training_answers
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf_lm import decoder_config_from_hf, load_decoder_lm
@@ -45,7 +45,14 @@ class Data:
     train_source: Any
     test_source: Any
     tokenizer: TextTokenizer
-    answers: list[str]  # the VQA answer vocabulary (empty unless data.task == 'vqa')
+    # The training answers (empty unless the task has questions): data.task='vqa' classifies
+    # into them; 'question_answer' ranks them (the vqa evaluator's rank mode).
+    answers: list[str]
+    answer_head: bool = False  # whether the model has a VQA answer head of len(answers) outputs
+
+    @property
+    def num_answers(self) -> int:
+        return len(self.answers) if self.answer_head else 0
 
     @property
     def vocab(self) -> TextVocab:
@@ -76,14 +83,12 @@ def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = Non
             "on train and evaluates on test. Rows that name a split need both among them (rows that name none "
             "are split at random)"
         )
-    answers = (
-        vqa_answers(sources["train"], config.data.max_answers or None, saved_answers)
-        if config.data.task == "vqa"
-        else []
-    )
-    if config.data.task == "vqa" and not answers:
-        raise InvalidInput(f"data.task='vqa' but dataset {config.data.name} has no training questions")
-    return Data(sources["train"], sources["test"], TextTokenizer(tokenizer_path), answers)
+    questions = config.data.task in QUESTION_TASKS
+    answers = vqa_answers(sources["train"], config.data.max_answers or None, saved_answers) if questions else []
+    if questions and not answers:
+        raise InvalidInput(f"data.task={config.data.task!r} but dataset {config.data.name} has no answered questions")
+    tokenizer = TextTokenizer(tokenizer_path)
+    return Data(sources["train"], sources["test"], tokenizer, answers, answer_head=config.data.task == "vqa")
 
 
 def vqa_answers(train_source, max_answers: int | None, saved_answers: str | None) -> list[str]:
@@ -101,7 +106,8 @@ def answers_path(workdir: str) -> str:
 
 
 def save_answers(workdir: str, answers: list[str]) -> None:
-    """The answer vocabulary, index = VQA head output: what a user of the checkpoint needs."""
+    """The answer vocabulary (index = VQA head output; generated VQA's rank candidates): what a
+    user of the checkpoint needs."""
     if answers and jax.process_index() == 0:
         with open(answers_path(workdir), "w") as f:
             json.dump(answers, f, indent=0)

@@ -93,7 +93,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> OpenRun:
     resuming = manager.latest_step() is not None
     # A resumed run keeps the vocabulary its answer head was trained on.
     data = load_data(config, answers_path(workdir) if resuming else None)
-    run = create_run(config, data.tokenizer.vocab_size, len(data.answers), sep_id=data.tokenizer.sep_id)
+    run = create_run(config, data.tokenizer.vocab_size, data.num_answers, sep_id=data.tokenizer.sep_id)
     save_answers(workdir, data.answers)
     stepper = Stepper(config, run, make_objective(config.objectives.to_dict(), data.vocab))
     iterator = train_iterator(

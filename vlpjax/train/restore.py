@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 def restore_run(config: ml_collections.ConfigDict, workdir: str):
     """(data, run, state, step) of the latest checkpoint in `workdir`."""
     data = load_data(config, answers_path(workdir))
-    run = create_run(config, data.tokenizer.vocab_size, len(data.answers), load_init=False)
+    run = create_run(config, data.tokenizer.vocab_size, data.num_answers, load_init=False)
     manager = checkpoints.checkpoint_manager(
         workdir, every=1, keep=config.train.keep_checkpoints, async_save=False, read_only=True
     )

@@ -41,6 +41,7 @@ DATA_KEYS = (
     "question_ids",
     "question_mask",
     "answer_scores",
+    "prefix_len",
     "media",
 )
 
