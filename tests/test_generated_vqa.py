@@ -2,6 +2,8 @@
 question as PrefixLM's prefix, answers ranked by likelihood (BLIP's rank mode) as a direct
 computation ranks them, answers generated in a batch as each question alone, and the recipe."""
 
+import io
+import json
 import os
 
 import jax
@@ -18,7 +20,7 @@ from tests.train_helpers import objective_on_one_and_eight_devices
 from vlpjax import cli
 from vlpjax.data.builders import dataset_dir, load_dataset
 from vlpjax.data.images import normalize, resize
-from vlpjax.data.pipeline import PipelineConfig, train_dataset
+from vlpjax.data.pipeline import ANSWERED, NonEmptySubset, PipelineConfig, TrainTransform, train_dataset
 from vlpjax.data.question_answer import question_answer_ids
 from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer, train_wordpiece
 from vlpjax.errors import InvalidInput
@@ -72,6 +74,30 @@ def test_the_pipeline_makes_question_answer_rows(tiny_shapes_dir):
         assert real[prefix - 1] == tokenizer.sep_id and real[-1] == tokenizer.sep_id and len(real) > prefix + 1
         question, answer = tokenizer.decode(real[:prefix]), tokenizer.decode(real[prefix:-1])
         assert question.endswith("?") and answer
+
+
+def _folder_example(index, answer_lists):
+    """An image_text_folder row: JSON answer lists, some possibly empty."""
+    png = io.BytesIO()
+    Image.fromarray(np.full((8, 8, 3), 50, np.uint8)).save(png, format="PNG")
+    return {
+        "image": png.getvalue(),
+        "id": index,
+        "questions": [f"question {i} ?".encode() for i in range(len(answer_lists))],
+        "answer_lists": [json.dumps(a).encode() for a in answer_lists],
+    }
+
+
+def test_questions_without_answers_are_never_drawn(tokenizer):
+    config = PipelineConfig(batch_size=2, image_size=8, text_len=LENGTH, task="question_answer")
+    transform = TrainTransform(config, tokenizer, ANSWERS)
+    example = _folder_example(0, [[], ["red"], []])
+    for seed in range(8):
+        row = transform(example, np.random.default_rng(seed))
+        real = list(row["text_ids"][row["text_mask"]])
+        assert tokenizer.decode(real[row["prefix_len"] : -1]) == "red"
+    source = [_folder_example(0, [[]]), _folder_example(1, [["no"], []]), _folder_example(2, [])]
+    assert NonEmptySubset(source, ANSWERED).indices == [1]
 
 
 def test_the_trainer_scores_the_answer_tokens_of_each_batch(tiny_shapes_dir, tmp_path):
