@@ -26,8 +26,9 @@ from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer, train_wordpiece
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.captioner import Captioner
 from vlpjax.evaluate.decoded_vqa import AnswerRanker, generated_answers
+from vlpjax.models.coca import build_coca
 from vlpjax.models.prefix_lm import build_prefix_lm
-from vlpjax.models.vlp import build_image_encoder
+from vlpjax.models.vlp import build_image_encoder, build_text_encoder
 from vlpjax.objectives.registry import StepContext, TextVocab, make_objective
 from vlpjax.parallel import AxisShards
 from vlpjax.train.loop import _close, open_run, train
@@ -193,13 +194,22 @@ def _first_token_logprobs_by_hand(model, tokenizer, image, question):
     return np.array([logprobs[[*tokenizer.encode_plain(a), tokenizer.sep_id][0]] for a in ANSWERS])
 
 
-@pytest.mark.parametrize("family", ["prefix_lm", "fusion"])
+def _coca(vocab_size):
+    rngs = nnx.Rngs(0)
+    text = {"kind": "causal", "vocab_size": vocab_size, "width": 16, "depth": 1, "num_heads": 2, "mlp_dim": 32}
+    image, text = build_image_encoder(TINY_VIT, rngs=rngs), build_text_encoder({**text, "max_len": LENGTH}, rngs=rngs)
+    spec = {"coca": {"decoder_depth": 1, "decoder_queries": 3, "pool_heads": 2}, "embed_dim": 8}
+    return build_coca(spec, image_encoder=image, text_encoder=text, vocab_size=vocab_size, rngs=rngs)
+
+
+@pytest.mark.parametrize("family", ["prefix_lm", "fusion", "coca"])
 def test_rank_mode_picks_the_likeliest_answer_of_the_first_token_shortlist(tokenizer, family):
-    model = (
-        _prefix_lm(tokenizer.vocab_size)
-        if family == "prefix_lm"
-        else blip_model(vocab=tokenizer.vocab_size, length=LENGTH)
-    )
+    builders = {
+        "prefix_lm": lambda: _prefix_lm(tokenizer.vocab_size),
+        "fusion": lambda: blip_model(vocab=tokenizer.vocab_size, length=LENGTH),
+        "coca": lambda: _coca(tokenizer.vocab_size),
+    }
+    model = builders[family]()
     images = {"image": np.random.default_rng(1).normal(size=(3, 8, 8, 3)).astype(np.float32)}
     by_hand = [_log_likelihoods_by_hand(model, tokenizer, images["image"][i], q) for i, q in enumerate(QUESTIONS)]
     every = AnswerRanker(model, tokenizer, ANSWERS, LENGTH, candidates=len(ANSWERS), chunk=4)(images, QUESTIONS)
