@@ -14,8 +14,10 @@ from flax import nnx
 from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf_clip import load_dual_encoder, save_dual_encoder  # noqa: F401 - the public import path
 from vlpjax.interop.hf_lm import load_decoder_lm, save_decoder_lm  # noqa: F401 - the public import path
+from vlpjax.interop.hf_t5 import T5_MODEL_TYPES, load_t5_encoder
 from vlpjax.interop.safetensors_io import assign_weights, read_config, read_safetensors, strip_prefix
 from vlpjax.interop.weight_tables import WeightEntry, torch_layer_norm, torch_linear, weights_from_table
+from vlpjax.models.t5 import T5Encoder
 from vlpjax.models.text import BertConfig, BertEncoder
 
 # --- BERT ---------------------------------------------------------------------------------
@@ -75,11 +77,14 @@ def bert_weights(path: str, dtype: str = "float32") -> tuple[BertConfig, list[tu
     return config, weights_from_table(tensors, bert_weight_map(config.num_hidden_layers), source=path)
 
 
-def load_text_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> BertEncoder:
-    """A BertEncoder with the weights of the local Hugging Face BERT directory `path`.
-
-    Call it as `model(input_ids, attention_mask, token_type_ids=None)` -> last hidden state.
+def load_text_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> BertEncoder | T5Encoder:
+    """The text encoder of the local Hugging Face directory `path`, by its config.json's
+    model_type: a BertEncoder (bert), called as `model(input_ids, attention_mask,
+    token_type_ids=None)`, or a T5Encoder (t5, mt5), `model(input_ids, attention_mask)`; both
+    return the last hidden state.
     """
+    if read_config(path).get("model_type") in T5_MODEL_TYPES:
+        return load_t5_encoder(path, dtype=dtype, seed=seed)
     config, pairs = bert_weights(path, dtype=dtype)
     model = BertEncoder(config, rngs=nnx.Rngs(seed))
     assign_weights(model, pairs, source=path)

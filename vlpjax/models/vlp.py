@@ -13,6 +13,7 @@ from vlpjax.models.heads import Projection
 from vlpjax.models.layers import Encoded
 from vlpjax.models.regions import RegionConfig, RegionEncoder
 from vlpjax.models.resnet import ResNet, ResNetConfig
+from vlpjax.models.t5 import T5Config, T5Encoder
 from vlpjax.models.text import BertConfig, BertEncoder, TextTransformer, TextTransformerConfig
 from vlpjax.models.vit import ViT, vit_config
 
@@ -48,13 +49,16 @@ def encode_image_batch(image_encoder: nnx.Module, batch: Mapping[str, Any]) -> E
 
 def build_text_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
     """{'kind': 'bert', ...BertConfig fields} | {'kind': 'causal' | 'bidirectional',
-    ...TextTransformerConfig fields}: CLIP's causal tower or SigLIP's bidirectional one."""
+    ...TextTransformerConfig fields}: CLIP's causal tower or SigLIP's bidirectional one |
+    {'kind': 't5', ...T5Config fields}."""
     kind, fields = _fields(spec, "text encoder")
     if kind == "bert":
         return BertEncoder(BertConfig(**fields), rngs=rngs)
     if kind in ("causal", "bidirectional"):
         return TextTransformer(TextTransformerConfig(causal=kind == "causal", **fields), rngs=rngs)
-    raise ValueError(f"unknown text encoder kind {kind!r}; choose bert, causal or bidirectional")
+    if kind == "t5":
+        return T5Encoder(T5Config(**fields), rngs=rngs)
+    raise ValueError(f"unknown text encoder kind {kind!r}; choose bert, causal, bidirectional or t5")
 
 
 class DualEncoder(nnx.Module):
