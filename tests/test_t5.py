@@ -2,17 +2,28 @@
 T5EncoderModel (v1.0 ReLU, v1.1 gated-GELU) imported through load_text_encoder equal to
 transformers' last hidden state on padded batches; usable as a dual encoder's text tower."""
 
+import os
+import shutil
+
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 from flax import nnx
 
+from tests.shapes_fixture import TINY_DATA
+from tests.test_recipes import _config
 from tests.tiny_models import TINY_VIT
+from vlpjax.data.builders import dataset_dir, load_builder
+from vlpjax.data.tokenizer import TOKENIZER_FILE, TextTokenizer
 from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf import load_text_encoder
+from vlpjax.interop.hf_t5 import t5_weights
 from vlpjax.models.t5 import T5Encoder, relative_position_buckets
 from vlpjax.models.vlp import build_dual_encoder
+from vlpjax.train.loop import _close, open_run, train
+from vlpjax.train.rules import path_string
 
 VOCAB = 50
 # Offsets long enough to reach the logarithmic buckets and past max_distance.
@@ -40,9 +51,9 @@ def test_relative_position_buckets_follow_the_rule():
     assert buckets[0, LENGTH - 1] == 31 and buckets[LENGTH - 1, 0] == 15  # past max_distance: the last
 
 
-def _save_tiny_t5(path, feed_forward_proj):
+def _save_tiny_t5(path, feed_forward_proj, vocab_size=VOCAB):
     config = transformers.T5Config(
-        vocab_size=VOCAB,
+        vocab_size=vocab_size,
         d_model=16,
         d_kv=8,
         d_ff=24,
@@ -101,3 +112,29 @@ def test_t5_is_a_dual_encoder_text_tower_pooled_by_the_mean_of_real_tokens():
     np.testing.assert_allclose(np.asarray(encoded.pooled[1]), tokens[1, :3].mean(0), rtol=1e-5, atol=1e-6)
     emb = np.asarray(model.embed_text({"text_ids": ids, "text_mask": mask}))
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+def test_lit_t5_loads_a_hugging_face_t5_text_tower_and_trains(tiny_shapes_dir, tmp_path):
+    dataset = load_builder("synthetic_shapes", tiny_shapes_dir, **TINY_DATA)
+    tokenizer = os.path.join(dataset_dir(dataset), TOKENIZER_FILE)
+    hf_dir = tmp_path / "t5"
+    _save_tiny_t5(hf_dir, "gated-gelu", vocab_size=TextTokenizer(tokenizer).vocab_size)
+    shutil.copy(tokenizer, hf_dir / TOKENIZER_FILE)
+    config = _config(
+        "lit_t5",
+        tiny_shapes_dir,
+        "--config.init.checkpoint=",
+        "--config.model.text.kind=hf",
+        f"--config.init.hf.text={hf_dir}",
+    )
+    assert config.model.text.kind == "t5" and config.model.text.d_model == 16  # the checkpoint's shape
+    run = open_run(config, str(tmp_path / "run"))
+    try:
+        params = {path_string(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(run.state.params)}
+    finally:
+        _close(run)
+    _, pairs = t5_weights(str(hf_dir))
+    for path, value in pairs:
+        np.testing.assert_array_equal(params["txt/" + "/".join(map(str, path))], value)
+    metrics = train(config, str(tmp_path / "trained"))
+    assert np.isfinite(metrics["retrieval/t2i_r1"])

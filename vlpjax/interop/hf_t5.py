@@ -65,13 +65,18 @@ def _token_table(tensors: dict[str, np.ndarray], source: str) -> np.ndarray:
     raise InvalidInput(f"{source}: neither shared.weight nor encoder.embed_tokens.weight is in the checkpoint")
 
 
-def load_t5_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> T5Encoder:
-    """A T5Encoder with the weights of the local Hugging Face directory `path`; call it as
-    `model(input_ids, attention_mask)` -> the last hidden state."""
+def t5_weights(path: str, dtype: str = "float32") -> tuple[T5Config, list[tuple[tuple, np.ndarray]]]:
+    """The config of the HF T5 directory `path` and its encoder weights as (T5Encoder path, value)."""
     config = t5_config_from_hf(read_config(path), path, dtype)
     tensors = read_safetensors(path)
     pairs = weights_from_table(tensors, t5_weight_table(config), source=path)
-    pairs.append((("embed", "embedding"), _token_table(tensors, path)))
+    return config, [*pairs, (("embed", "embedding"), _token_table(tensors, path))]
+
+
+def load_t5_encoder(path: str, *, dtype: str = "float32", seed: int = 0) -> T5Encoder:
+    """A T5Encoder with the weights of the local Hugging Face directory `path`; call it as
+    `model(input_ids, attention_mask)` -> the last hidden state."""
+    config, pairs = t5_weights(path, dtype)
     model = T5Encoder(config, rngs=nnx.Rngs(seed))
     assign_weights(model, pairs, source=path)
     return model

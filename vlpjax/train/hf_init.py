@@ -2,7 +2,8 @@
 
     init.hf.model = DIR   a whole CLIPModel / SiglipModel into a dual encoder
     init.hf.image = DIR   a CLIP / SigLIP vision tower or a ViTModel into model.image ('img/...')
-    init.hf.text  = DIR   a BertModel (ALBEF, METER) or a CLIP / SigLIP text tower into model.text ('txt/...')
+    init.hf.text  = DIR   a BertModel (ALBEF, METER), a T5 encoder (model_type t5 / mt5) or a CLIP /
+                          SigLIP text tower into model.text ('txt/...')
 
 The recipe's tower must have the checkpoint's shape: each field is compared first, and a
 difference stops the run naming the file and the field. A tower of kind 'hf'
@@ -29,13 +30,17 @@ from vlpjax.config import ConfigError
 from vlpjax.errors import InvalidInput
 from vlpjax.interop import hf_clip
 from vlpjax.interop.hf import bert_config_from_hf, bert_weights
+from vlpjax.interop.hf_t5 import T5_MODEL_TYPES, t5_config_from_hf, t5_weights
 from vlpjax.interop.safetensors_io import read_config, read_safetensors, strip_prefix
 from vlpjax.interop.weight_tables import weights_from_table
+from vlpjax.models.t5 import T5Config
 from vlpjax.models.text import BertConfig, TextTransformerConfig
 from vlpjax.models.vit import vit_config
 from vlpjax.train import rules as rule_lib
 
 HF_SLOTS = ("model", "image", "text")
+# Text encoders read by their own weight tables (the rest are CLIP / SigLIP towers).
+TEXT_ENCODER_WEIGHTS = {"bert": bert_weights, "t5": t5_weights}
 TOWER_PATHS = {"image": ("img",), "text": ("txt",)}
 SWITCHES = ("dtype", "attention", "remat", "scan_layers")
 # Fields a recipe sets that a checkpoint does not fix (ALBEF's fusion layers, the pad id, the
@@ -75,6 +80,10 @@ def read_source(slot: str, path: str) -> HFSource:
         bert = bert_config_from_hf(config)
         spec = {"kind": "bert", **{k: v for k, v in dataclasses.asdict(bert).items() if k not in SWITCHES}}
         return HFSource(slot, path, where, "bert", spec)
+    if slot == "text" and config.get("model_type") in T5_MODEL_TYPES:
+        t5 = t5_config_from_hf(config, where)
+        spec = {"kind": "t5", **{k: v for k, v in dataclasses.asdict(t5).items() if k not in SWITCHES}}
+        return HFSource(slot, path, where, "t5", spec)
     config, family, holds, where = hf_clip.read_hf(path)
     if slot == "model":
         if holds != "both" or family == "vit":
@@ -90,8 +99,8 @@ def read_source(slot: str, path: str) -> HFSource:
 
 def source_weights(source: HFSource) -> dict[str, np.ndarray]:
     """The source's weights by vlpjax path string ('img/blocks/0/attn/query/kernel')."""
-    if source.family == "bert":
-        _, pairs = bert_weights(source.path)
+    if source.family in TEXT_ENCODER_WEIGHTS:
+        _, pairs = TEXT_ENCODER_WEIGHTS[source.family](source.path)
         return {_name(("txt",) + p): v for p, v in pairs}
     tensors = read_safetensors(source.path)
     if source.slot == "model":
@@ -170,6 +179,8 @@ def _config_fields(spec: dict, where: str) -> dict:
         fields = dataclasses.asdict(BertConfig(**spec))
     elif kind in ("causal", "bidirectional"):
         fields = dataclasses.asdict(TextTransformerConfig(causal=kind == "causal", **spec))
+    elif kind == "t5":
+        fields = dataclasses.asdict(T5Config(**spec))
     else:
         raise InvalidInput(f"{where}: a tower of kind {kind!r} cannot take Hugging Face weights")
     return {k: v for k, v in fields.items() if k not in SWITCHES + RECIPE_ONLY}
