@@ -1,0 +1,150 @@
+"""Detector pieces: anchors against a hand-written table, box coding round trips, RoIAlign
+against a plain NumPy loop of its definition, NMS against a greedy reference."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vlpjax.models.detection.anchors import box_iou, clip_boxes, decode_boxes, encode_boxes, grid_anchors
+from vlpjax.models.detection.nms import nms
+from vlpjax.models.detection.roi_align import roi_align
+
+# A 2 x 2 map of stride 16, scales (2, 4), ratios (0.5, 1, 2), written out by hand: cell centres
+# at the middle of each 16 px cell; sizes (w, h) with w * h = (16 * scale)^2 and h / w = ratio.
+CENTRES = [(8, 8), (24, 8), (8, 24), (24, 24)]  # cells row by row: (x=0,y=0), (x=1,y=0), ...
+SIZES = [  # scale 2: 32 px side; scale 4: 64 px side; ratios 0.5, 1, 2 within each
+    (45.254834, 22.627417), (32, 32), (22.627417, 45.254834),
+    (90.509668, 45.254834), (64, 64), (45.254834, 90.509668),
+]  # fmt: skip
+
+
+def test_anchors_equal_the_hand_written_table():
+    anchors = grid_anchors(2, 2, 16, scales=(2, 4), ratios=(0.5, 1, 2))
+    assert anchors.shape == (24, 4)
+    expected = np.array(
+        [(cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2) for cx, cy in CENTRES for w, h in SIZES], np.float32
+    )
+    np.testing.assert_allclose(anchors, expected, rtol=1e-6, atol=1e-4)
+    w, h = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    np.testing.assert_allclose(np.sqrt(w * h), np.tile([32, 32, 32, 64, 64, 64], 4), rtol=1e-5)
+    np.testing.assert_allclose(h / w, np.tile([0.5, 1, 2], 8), rtol=1e-5)
+
+
+def test_the_anchor_size_does_not_depend_on_the_map_size():
+    small, large = grid_anchors(2, 2, 16, (2,), (1,)), grid_anchors(50, 50, 16, (2,), (1,))
+    np.testing.assert_array_equal(small[0], large[0])
+    np.testing.assert_allclose(large[-1], [792 - 16, 792 - 16, 792 + 16, 792 + 16])  # (49 + 0.5) * 16 = 792
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0, 1.0, 1.0), (10.0, 10.0, 5.0, 5.0)])
+def test_encoding_then_decoding_is_the_identity(weights):
+    rng = np.random.default_rng(0)
+    anchors = grid_anchors(4, 5, 16, (1, 2), (0.5, 1, 2))
+    xy = rng.uniform(0, 80, size=(len(anchors), 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(2, 60, size=(len(anchors), 2))], axis=1).astype(np.float32)
+    deltas = encode_boxes(jnp.asarray(anchors), jnp.asarray(boxes), weights)
+    np.testing.assert_allclose(np.asarray(decode_boxes(jnp.asarray(anchors), deltas, weights)), boxes, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(encode_boxes(anchors, anchors, weights)), 0.0, atol=1e-6)
+
+
+def test_clipping_uses_the_image_size_and_iou_by_hand():
+    boxes = jnp.asarray([[-5.0, -3.0, 40.0, 70.0]])
+    np.testing.assert_array_equal(np.asarray(clip_boxes(boxes, 48, 32)), [[0, 0, 32, 48]])
+    a, b = jnp.asarray([[0.0, 0, 10, 10]]), jnp.asarray([[5.0, 0, 15, 10], [20.0, 20, 30, 30], [0.0, 0, 10, 10]])
+    np.testing.assert_allclose(np.asarray(box_iou(a, b)), [[50 / 150, 0.0, 1.0]], rtol=1e-6)
+
+
+# --- RoIAlign: the definition written as loops ---------------------------------------------------
+
+
+def _bilinear_reference(feat, y, x):
+    h, w = feat.shape[:2]
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return np.zeros(feat.shape[-1])
+    y, x = max(y, 0.0), max(x, 0.0)
+    y_low, x_low = int(math.floor(y)), int(math.floor(x))
+    if y_low >= h - 1:
+        y_low = y_high = h - 1
+        y = float(y_low)
+    else:
+        y_high = y_low + 1
+    if x_low >= w - 1:
+        x_low = x_high = w - 1
+        x = float(x_low)
+    else:
+        x_high = x_low + 1
+    ly, lx = y - y_low, x - x_low
+    return (
+        (1 - ly) * (1 - lx) * feat[y_low, x_low]
+        + (1 - ly) * lx * feat[y_low, x_high]
+        + ly * (1 - lx) * feat[y_high, x_low]
+        + ly * lx * feat[y_high, x_high]
+    )
+
+
+def _roi_align_reference(feat, box, size, scale, ratio):
+    x1, y1, x2, y2 = (v * scale - 0.5 for v in box)
+    bin_w, bin_h = (x2 - x1) / size, (y2 - y1) / size
+    out = np.zeros((size, size, feat.shape[-1]))
+    for ph in range(size):
+        for pw in range(size):
+            total = np.zeros(feat.shape[-1])
+            for iy in range(ratio):
+                y = y1 + ph * bin_h + (iy + 0.5) * bin_h / ratio
+                for ix in range(ratio):
+                    x = x1 + pw * bin_w + (ix + 0.5) * bin_w / ratio
+                    total += _bilinear_reference(feat, y, x)
+            out[ph, pw] = total / (ratio * ratio)
+    return out
+
+
+def test_roi_align_equals_the_loop_definition_inside_across_the_border_and_below_a_bin():
+    rng = np.random.default_rng(0)
+    feat = rng.normal(size=(6, 7, 3)).astype(np.float32)  # a 96 x 112 px image at stride 16
+    boxes = np.array(
+        [
+            [10.0, 12.0, 70.0, 50.0],  # inside
+            [-30.0, -20.0, 40.0, 30.0],  # crosses the top-left border
+            [80.0, 60.0, 140.0, 120.0],  # crosses the bottom-right border, partly more than a cell out
+            [33.0, 41.0, 35.5, 42.0],  # smaller than a bin
+            [-60.0, 20.0, -20.0, 40.0],  # wholly outside: reads zeros where more than a cell out
+            [0.0, 0.0, 112.0, 96.0],  # the whole image
+        ],
+        np.float32,
+    )
+    for ratio in (1, 2, 3):
+        ours = np.asarray(roi_align(jnp.asarray(feat), jnp.asarray(boxes), 4, 1 / 16, ratio))
+        for r, box in enumerate(boxes):
+            expected = _roi_align_reference(feat, box, 4, 1 / 16, ratio)
+            np.testing.assert_allclose(ours[r], expected, rtol=1e-5, atol=1e-5, err_msg=f"box {r}, ratio {ratio}")
+
+
+# --- NMS -------------------------------------------------------------------------------------------
+
+
+def _greedy_reference(boxes, scores, threshold):
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    kept = []
+    for i in order:
+        if all(np.asarray(box_iou(boxes[i : i + 1], boxes[j : j + 1]))[0, 0] <= threshold for j in kept):
+            kept.append(i)
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_nms_keeps_what_the_greedy_reference_keeps(seed):
+    rng = np.random.default_rng(seed)
+    n = 40
+    xy = rng.uniform(0, 50, size=(n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 30, size=(n, 2))], axis=1).astype(np.float32)
+    scores = rng.choice([0.1, 0.3, 0.5, 0.7, 0.9], size=n).astype(np.float32)  # many ties
+    boxes[5] = boxes[3]  # an exact duplicate
+    expected = _greedy_reference(boxes, scores, 0.5)
+    for max_out in (5, len(expected), 64):
+        indices, valid = jax.jit(nms, static_argnums=(2, 3))(jnp.asarray(boxes), jnp.asarray(scores), 0.5, max_out)
+        kept = [int(i) for i, v in zip(np.asarray(indices), np.asarray(valid), strict=True) if v]
+        assert kept == expected[:max_out]
+        assert indices.shape == (max_out,) and all(int(i) == -1 for i in np.asarray(indices)[len(kept) :])
