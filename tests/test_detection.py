@@ -7,10 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
+from tests.test_recipes import _config
+from tests.train_helpers import objective_on_one_and_eight_devices
+from vlpjax.evaluate.proposals import best_overlaps, proposal_metrics
 from vlpjax.models.detection.anchors import box_iou, clip_boxes, decode_boxes, encode_boxes, grid_anchors
+from vlpjax.models.detection.detector import Detector, build_detector
 from vlpjax.models.detection.nms import nms
 from vlpjax.models.detection.roi_align import roi_align
+from vlpjax.objectives.proposals import anchor_labels, rpn_loss, sample_anchors
+from vlpjax.train.loop import train
+from vlpjax.train.restore import trained_model
 
 # A 2 x 2 map of stride 16, scales (2, 4), ratios (0.5, 1, 2), written out by hand: cell centres
 # at the middle of each 16 px cell; sizes (w, h) with w * h = (16 * scale)^2 and h / w = ratio.
@@ -148,3 +156,105 @@ def test_nms_keeps_what_the_greedy_reference_keeps(seed):
         kept = [int(i) for i, v in zip(np.asarray(indices), np.asarray(valid), strict=True) if v]
         assert kept == expected[:max_out]
         assert indices.shape == (max_out,) and all(int(i) == -1 for i in np.asarray(indices)[len(kept) :])
+
+
+# --- RPN targets, sampling, loss ---------------------------------------------------------------
+
+
+def test_anchor_labels_by_the_thresholds_and_the_best_anchor_of_each_box():
+    anchors = jnp.asarray(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # IoU 1 with box 0: positive
+            [0.0, 0.0, 10.0, 12.0],  # IoU 10/12 = 0.83 with box 0: positive
+            [2.0, 0.0, 12.0, 10.0],  # IoU 8/12 = 0.67: ignored
+            [5.0, 0.0, 15.0, 10.0],  # IoU 50/150 = 0.33: ignored
+            [7.0, 0.0, 17.0, 10.0],  # IoU 30/170 = 0.18: negative
+            [40.0, 40.0, 50.0, 50.0],  # IoU 25/175 = 0.14 with box 1, its best anchor: positive
+            [80.0, 80.0, 90.0, 90.0],  # overlaps nothing: negative (and not box 2's, which is padding)
+        ]
+    )
+    gt = jnp.asarray([[0.0, 0.0, 10.0, 10.0], [45.0, 45.0, 60.0, 60.0], [80.0, 80.0, 90.0, 90.0]])
+    labels, matched = anchor_labels(anchors, gt, jnp.asarray([True, True, False]))
+    assert np.asarray(labels).tolist() == [1, 1, -1, -1, 0, 1, 0]
+    np.testing.assert_array_equal(np.asarray(matched)[[0, 1, 5]], np.asarray(gt)[[0, 0, 1]])
+
+
+def test_sampling_keeps_the_positive_fraction_and_fills_with_negatives():
+    labels = jnp.asarray([1] * 10 + [0] * 500 + [-1] * 50)
+    for seed in range(3):
+        sampled = np.asarray(sample_anchors(jax.random.key(seed), labels, 256, 0.5))
+        assert sampled[:10].all() and sampled[10:510].sum() == 246 and not sampled[510:].any()
+    many = jnp.asarray([1] * 300 + [0] * 300)
+    sampled = np.asarray(sample_anchors(jax.random.key(0), many, 256, 0.5))
+    assert sampled[:300].sum() == 128 and sampled[300:].sum() == 128
+
+
+def _tiny_detector():
+    spec = {
+        "backbone": dict(layout="18", width=8, groups=4, num_stages=2),
+        "detector": dict(image_size=32, scales=(1.25, 2.25), ratios=(0.5, 1.0, 2.0), head_width=8),
+    }
+    return build_detector(spec, rngs=nnx.Rngs(0))
+
+
+def _detection_batch(rows=8, seed=0):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0.05, 0.6, size=(rows, 3, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(0.1, 0.35, size=(rows, 3, 2))], axis=-1).astype(np.float32)
+    return {
+        "image": jnp.asarray(rng.normal(size=(rows, 32, 32, 3)), jnp.float32),
+        "gt_boxes": jnp.asarray(boxes),
+        "gt_mask": jnp.asarray(np.arange(3)[None] < rng.integers(1, 4, size=(rows, 1))),
+    }
+
+
+def test_rpn_loss_is_the_formula_by_hand():
+    model, batch = _tiny_detector(), _detection_batch(rows=2)
+    out = model(batch)
+    anchors = jnp.asarray(model.anchors)
+    loss, metrics = rpn_loss(
+        out["objectness"], out["deltas"], batch["gt_boxes"], batch["gt_mask"], jax.random.key(5),
+        anchors=anchors, image_size=32, per_image=16, positive_fraction=0.5,
+    )  # fmt: skip
+    bce, l1, count = 0.0, 0.0, 0
+    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.key(5), r))(jnp.arange(2))
+    for row in range(2):
+        labels, matched = anchor_labels(anchors, batch["gt_boxes"][row] * 32, batch["gt_mask"][row])
+        sampled = np.asarray(sample_anchors(keys[row], labels, 16, 0.5))
+        labels, logits = np.asarray(labels), np.asarray(out["objectness"][row], np.float64)
+        target = encode_boxes(anchors, matched)
+        for a in np.flatnonzero(sampled):
+            p = 1 / (1 + np.exp(-logits[a]))
+            bce -= np.log(p) if labels[a] == 1 else np.log(1 - p)
+            if labels[a] == 1:
+                diff = np.abs(np.asarray(out["deltas"][row, a]) - np.asarray(target[a]))
+                l1 += np.sum(np.where(diff < 1 / 9, 0.5 * diff**2 * 9, diff - 0.5 / 9))
+        count += sampled.sum()
+    np.testing.assert_allclose(float(metrics["rpn/objectness_loss"]), bce / count, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["rpn/box_loss"]), l1 / count, rtol=1e-4)
+    np.testing.assert_allclose(float(loss), (bce + l1) / count, rtol=1e-4)
+
+
+def test_the_rpn_objective_on_8_devices_equals_one_device():
+    m1, m8 = objective_on_one_and_eight_devices(_tiny_detector(), _detection_batch(16), {"rpn": {"per_image": 32}})
+    for name in ("loss", "rpn/objectness_loss", "rpn/box_loss", "rpn/positives", "rpn/accuracy"):
+        np.testing.assert_allclose(float(m8[name]), float(m1[name]), rtol=1e-5, err_msg=name)
+
+
+def test_proposal_recall_and_mean_iou_by_hand():
+    gt = np.array([[0.0, 0, 10, 10], [20.0, 20, 30, 30], [50.0, 50, 60, 60]])
+    proposals = np.array([[0.0, 0, 10, 12], [20.0, 20, 30, 40], [np.nan, 0, 1, 1], [50.0, 50, 60, 60]])
+    valid = np.array([True, True, True, False])  # the exact match of box 2 is padding
+    overlaps = best_overlaps(proposals, valid, gt)
+    np.testing.assert_allclose(overlaps, [100 / 120, 0.5, 0.0], rtol=1e-6)
+    metrics = proposal_metrics(overlaps, 0.5)
+    assert metrics["proposals/recall"] == pytest.approx(2 / 3)
+    assert metrics["proposals/mean_iou"] == pytest.approx((100 / 120 + 0.5) / 2)
+
+
+def test_detector_recipe_trains_and_reports_proposal_recall(tiny_shapes_dir, tmp_path):
+    metrics = train(_config("detector_shapes", tiny_shapes_dir, "--config.train.steps=6"), str(tmp_path / "d"))
+    assert 0.0 <= metrics["proposals/recall"] <= 1.0 and metrics["proposals/boxes"] > 0
+    regions = Detector.regions(trained_model(_config("detector_shapes", tiny_shapes_dir), str(tmp_path / "d"))[0],
+                               jnp.zeros((2, 32, 32, 3)))  # fmt: skip
+    assert regions["regions"].shape == (2, 10, 4 * 4 * 64) and regions["boxes"].shape == (2, 10, 4)

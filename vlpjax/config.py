@@ -157,6 +157,7 @@ EVAL_OPTION_CHECKS = {
     **dict.fromkeys(("kind", "split", "mode", "task"), ("a string", lambda v: isinstance(v, str))),
     "templates": ("a list of strings or a file of them", lambda v: v is None or isinstance(v, str) or _strings(v)),
     "classes": ("a list of class names", lambda v: v is None or _strings(v)),
+    "iou": ("a number in (0, 1]", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
 }
 
 

@@ -34,6 +34,7 @@ FAMILIES: dict[str, Family] = {
     "flamingo": Family(objectives=("lm",), tasks=("interleaved",)),
     "coca": Family(objectives=("itc", "lm"), tasks=("image_text", "question_answer")),  # lm: the captioning loss
     "prefix_lm": Family(objectives=("prefix_lm",), tasks=("image_text", "question_answer")),
+    "detector": Family(objectives=("rpn",), tasks=("detection",)),  # region proposals (Faster R-CNN)
 }
 
 TASKS: dict[str, Task] = {
@@ -43,6 +44,7 @@ TASKS: dict[str, Task] = {
     "question_answer": Task(objectives=("lm", "prefix_lm")),
     "text": Task(objectives=("lm",)),
     "interleaved": Task(objectives=("lm",)),
+    "detection": Task(objectives=("rpn",)),  # images with their objects' boxes
 }
 # What generates text, and so needs a family's decoder_switch set: objectives, evaluator kinds.
 GENERATING_OBJECTIVES = ("lm",)
@@ -87,6 +89,9 @@ EVAL_KINDS: dict[str, EvalKind] = {
         options=dict(task="captioning", shots=2, images=0, max_tokens=32, beams=1),
     ),
     "perplexity": EvalKind(families=("decoder_lm", "flamingo"), needs="text", options=dict(limit=1000)),
+    # Recall of the ground-truth boxes by each image's top_k proposals (IoU >= iou), and the mean
+    # IoU of each recalled box's best proposal.
+    "proposals": EvalKind(families=("detector",), needs="boxes", options=dict(images=0, iou=0.5)),
 }
 # mode -> the families it scores: the answer head's class; an answer generated after the
 # question; the training answers ranked by likelihood (BLIP: the `candidates` likeliest first tokens).

@@ -528,6 +528,7 @@ class DatasetKind:
     shapes_labels: bool = False  # captions in the shapes grammar: generated ones are parsed back
     image_text: bool = True  # False: labelled images for zero-shot evaluation, nothing to train on
     class_names: Callable[[tfds.core.DatasetBuilder], list[str]] | None = None  # rows' `label` -> name
+    boxes: bool = False  # every row holds its objects' boxes (a detector trains on them)
 
 
 def _folder_fields(kind: str) -> Callable[[Any], dict]:
@@ -556,6 +557,7 @@ DATASETS = {
         flip_swaps_words=True,
         shapes_labels=True,
         class_names=lambda builder: list(shapes.CLASS_NAMES),
+        boxes=True,
     ),
     "image_text_folder": DatasetKind(
         lambda data_dir, **kw: _built_folder("image_text_folder", data_dir, **kw),

@@ -34,7 +34,7 @@ class PipelineConfig:
     flip: bool = False  # horizontal flip; shapes captions swap left/right with it
     flip_swaps_words: bool = True
     task: str = "image_text"  # "vqa": (image, question, answer scores) rows; "question_answer":
-    # (image, question + answer text) rows; "interleaved": Flamingo
+    # (image, question + answer text) rows; "detection": (image, its boxes); "interleaved": Flamingo
     # sequences of `chunks` images with their texts; "text": captions and QA as plain text
     chunks: int = 2
     lm_vocab_size: int = 0  # interleaved: the LM's vocabulary size (0: the tokenizer's)
@@ -50,6 +50,8 @@ class PipelineConfig:
             raise InvalidInput(
                 f"interleaved_folder documents train Flamingo (data.task='interleaved'), not data.task={self.task!r}"
             )
+        if self.task == "detection" and self.crop_scale != (1.0, 1.0):
+            raise InvalidInput("a detector's boxes need data.crop_scale=(1.0, 1.0): a crop would move them")
         if self.region_grid and self.crop_scale != (1.0, 1.0):
             raise InvalidInput(
                 "region features from boxes need data.crop_scale=(1.0, 1.0): a crop would move the boxes"
@@ -104,6 +106,9 @@ class TrainTransform:
             out.update(
                 region_arrays(out["image"], flip_boxes(boxes) if flipped else boxes, c.region_grid, c.max_regions)
             )
+        if c.task == "detection":
+            out.update(box_targets(flip_boxes(boxes_of(example)) if flipped else boxes_of(example), c.max_regions))
+            return out
         if c.task in QUESTION_TASKS:
             rows = answered_questions(example) if c.task == "question_answer" else question_rows(example)
             question, references = rows[rng.integers(len(rows))]
@@ -131,6 +136,19 @@ class TrainTransform:
         answer = normalize_answer(references[rng.integers(len(references))])
         ids, mask, prefix_len = question_answer_ids(self.tokenizer, question, answer, c.text_len)
         return dict(text_ids=ids, text_mask=mask, prefix_len=np.int32(prefix_len))
+
+
+def boxes_of(example) -> np.ndarray:
+    return np.asarray(example["boxes"], np.float32).reshape(-1, 4)
+
+
+def box_targets(boxes: np.ndarray, max_boxes: int) -> dict[str, np.ndarray]:
+    """`gt_boxes` [max_boxes, 4] (normalised) and `gt_mask` [max_boxes]: a detector's targets."""
+    if len(boxes) > max_boxes:
+        raise InvalidInput(f"an image has {len(boxes)} boxes, more than data.max_regions={max_boxes}")
+    padded, mask = np.zeros((max_boxes, 4), np.float32), np.zeros(max_boxes, bool)
+    padded[: len(boxes)], mask[: len(boxes)] = boxes, True
+    return {"gt_boxes": padded, "gt_mask": mask}
 
 
 def answered_questions(example) -> list:

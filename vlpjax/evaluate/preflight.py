@@ -31,6 +31,8 @@ def _dataset_lacks(ctx: EvalContext, spec) -> str | None:
         return "texts" if (kind.documents or not kind.image_text) else None
     if EVAL_KINDS[spec.kind].needs == "labels":
         return None if kind.class_names is not None else "class labels"
+    if EVAL_KINDS[spec.kind].needs == "boxes":
+        return None if kind.boxes else "object boxes"
     return "captioned images or questions" if (kind.documents or not kind.image_text) else None
 
 

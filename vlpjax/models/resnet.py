@@ -28,16 +28,25 @@ class ResNetConfig:
     layout: str = "50"
     width: int = 64  # channels of the stem; stage s has width * 2**s (times 4 for bottlenecks)
     groups: int = 32
+    # The stages run, 1..4: a detector reads a finer map (stride 4 * 2**(num_stages - 1)).
+    num_stages: int = 4
     dtype: str = "float32"
 
     def __post_init__(self):
         if self.layout not in RESNET_LAYOUTS:
             raise ValueError(f"ResNet layout must be one of {sorted(RESNET_LAYOUTS)}, got {self.layout!r}")
+        if not 1 <= self.num_stages <= 4:
+            raise ValueError(f"ResNet num_stages must be 1..4, got {self.num_stages}")
 
     @property
     def out_channels(self) -> int:
         kind, _ = RESNET_LAYOUTS[self.layout]
-        return self.width * 8 * (4 if kind == "bottleneck" else 1)
+        return self.width * 2 ** (self.num_stages - 1) * (4 if kind == "bottleneck" else 1)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per cell of the output map: the stem's 4, then 2 per later stage."""
+        return 4 * 2 ** (self.num_stages - 1)
 
 
 def _conv(cin: int, cout: int, k: int, stride: int, dtype, rngs: nnx.Rngs) -> nnx.Conv:
@@ -46,7 +55,7 @@ def _conv(cin: int, cout: int, k: int, stride: int, dtype, rngs: nnx.Rngs) -> nn
         cout,
         kernel_size=(k, k),
         strides=(stride, stride),
-        padding=[(k // 2, k // 2)] * 2,
+        padding=((k // 2, k // 2),) * 2,  # a tuple: the module stays hashable (jit static)
         use_bias=False,
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -116,7 +125,7 @@ class ResNet(nnx.Module):
         self.stem_conv = _conv(3, c.width, 7, 2, dtype, rngs)
         self.stem_norm = _norm(c.width, c.groups, rngs)
         blocks, cin = [], c.width
-        for stage, count in enumerate(stages):
+        for stage, count in enumerate(stages[: c.num_stages]):
             width = c.width * 2**stage
             for i in range(count):
                 stride = 2 if (i == 0 and stage > 0) else 1
@@ -124,12 +133,17 @@ class ResNet(nnx.Module):
                 cin = width * block_cls.expansion
         self.blocks = nnx.List(blocks)
 
-    def __call__(self, image: jax.Array) -> Encoded:
+    def feature_map(self, image: jax.Array) -> jax.Array:
+        """[B, H / stride, W / stride, out_dim]: the last stage's output."""
         x = image.astype(jnp.dtype(self.config.dtype))
         x = jax.nn.relu(self.stem_norm(self.stem_conv(x)))
         x = nnx.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for block in self.blocks:
             x = block(x)
+        return x
+
+    def __call__(self, image: jax.Array) -> Encoded:
+        x = self.feature_map(image)
         b, h, w, ch = x.shape
         tokens = x.reshape(b, h * w, ch)
         return Encoded(tokens=tokens, pooled=jnp.mean(tokens, axis=1), mask=jnp.ones((b, h * w), dtype=bool))

@@ -14,15 +14,17 @@ import functools
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from vlpjax.objectives.causal_lm import causal_lm_loss, prefix_lm_loss, random_prefix_lengths
 from vlpjax.objectives.contrastive import sigmoid_loss, softmax_loss
 from vlpjax.objectives.masking import mask_tokens, mlm_loss
 from vlpjax.objectives.matching import itm_loss, mine_hard_negatives
+from vlpjax.objectives.proposals import rpn_loss
 from vlpjax.objectives.vqa import vqa_loss
 
 # Independent random streams drawn from the step key.
-_ITM_STREAM, _MLM_STREAM, _PREFIX_STREAM = 1, 2, 3
+_ITM_STREAM, _MLM_STREAM, _PREFIX_STREAM, _RPN_STREAM = 1, 2, 3, 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +114,29 @@ def prefix_lm(outputs, batch, ctx: StepContext):
     return ctx.shards(prefix_lm_loss, rows=(logits, batch["text_ids"], batch["text_mask"], prefix))
 
 
-OBJECTIVES: dict[str, Callable] = {"itc": itc, "itm": itm, "mlm": mlm, "vqa": vqa, "lm": lm, "prefix_lm": prefix_lm}
+def rpn(outputs, batch, ctx: StepContext, *, per_image: int = 256, positive_fraction: float = 0.5):
+    """Region proposals: objectness and box deltas of sampled anchors against the boxes."""
+    model = ctx.model
+    loss = functools.partial(
+        rpn_loss,
+        anchors=jnp.asarray(model.anchors),
+        image_size=model.config.image_size,
+        per_image=per_image,
+        positive_fraction=positive_fraction,
+    )
+    rows = (outputs["objectness"], outputs["deltas"], batch["gt_boxes"], batch["gt_mask"])
+    return ctx.shards(loss, rows=rows, shared=(jax.random.fold_in(ctx.key, _RPN_STREAM),))
+
+
+OBJECTIVES: dict[str, Callable] = {
+    "itc": itc,
+    "itm": itm,
+    "mlm": mlm,
+    "vqa": vqa,
+    "lm": lm,
+    "prefix_lm": prefix_lm,
+    "rpn": rpn,
+}
 NEEDS_VOCAB = ("mlm",)
 
 

@@ -23,6 +23,7 @@ from vlpjax.errors import InvalidInput
 from vlpjax.interop.hf_lm import decoder_config_from_hf, load_decoder_lm
 from vlpjax.interop.safetensors_io import read_config
 from vlpjax.models.coca import build_coca
+from vlpjax.models.detection.detector import build_detector
 from vlpjax.models.flamingo import Flamingo, FlamingoConfig
 from vlpjax.models.fusion_vlp import build_fusion_vlp
 from vlpjax.models.lm import DecoderLM, DecoderLMConfig, LanguageModel
@@ -71,6 +72,8 @@ def load_data(config: ml_collections.ConfigDict, saved_answers: str | None = Non
             f"data.name={config.data.name!r} holds labelled images for zero-shot evaluation, not image-text "
             "pairs to train on (README, Published datasets)"
         )
+    if config.data.task == "detection" and not builders.dataset_kind(config.data.name).boxes:
+        raise InvalidInput(f"data.task='detection' trains on boxes; dataset {config.data.name!r} has none")
     builder = builders.load_dataset(config.data)
     tokenizer_path = config.data.tokenizer or os.path.join(builders.dataset_dir(builder), TOKENIZER_FILE)
     if config.model.family == "flamingo" and not config.data.tokenizer:
@@ -206,6 +209,12 @@ def _build_prefix_lm(spec: dict, switches: dict, seed: int, vocab_size: int, num
     return build_prefix_lm(spec, image_encoder=image, vocab_size=vocab_size, rngs=rngs)
 
 
+def _build_detector(spec: dict, switches: dict, seed: int, vocab_size: int, num_answers: int) -> nnx.Module:
+    # Convolutions only: of the scale switches only the compute dtype applies (to the backbone).
+    spec = {**spec, "backbone": {**spec.get("backbone", {}), "dtype": switches["dtype"]}}
+    return build_detector(spec, rngs=nnx.Rngs(seed))
+
+
 # One builder per model family of vlpjax.taxonomy.FAMILIES (tests/test_taxonomy.py checks the keys).
 FAMILY_BUILDERS = {
     "dual_encoder": _build_dual_encoder,
@@ -214,6 +223,7 @@ FAMILY_BUILDERS = {
     "flamingo": _build_flamingo,
     "coca": _build_coca,
     "prefix_lm": _build_prefix_lm,
+    "detector": _build_detector,
 }
 
 

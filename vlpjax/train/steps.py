@@ -43,6 +43,8 @@ DATA_KEYS = (
     "answer_scores",
     "prefix_len",
     "media",
+    "gt_boxes",
+    "gt_mask",
 )
 
 

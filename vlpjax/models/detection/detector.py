@@ -1,0 +1,144 @@
+"""A region proposal network on a ResNet grid (Faster R-CNN's first stage), and the regions it
+gives a sparse-image model.
+
+`Detector(batch)` scores every anchor of the backbone's map (objectness logit and box deltas);
+the `rpn` objective trains both against the ground-truth boxes. `proposals` decodes the deltas,
+clips the boxes to the image, and keeps the best `top_k` after NMS. `regions` adds each
+proposal's RoIAlign feature (P x P bins of the map, flattened; the region encoder's projection
+plays Faster R-CNN's box head) in the batch keys `RegionEncoder` reads: `regions`, `boxes`
+(normalised), `region_mask`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vlpjax.models.detection.anchors import clip_boxes, decode_boxes, grid_anchors
+from vlpjax.models.detection.nms import nms
+from vlpjax.models.detection.roi_align import roi_align
+from vlpjax.models.layers import with_axes
+from vlpjax.models.resnet import ResNet, ResNetConfig
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorConfig:
+    image_size: int = 64
+    scales: tuple[float, ...] = (1.25, 2.25)  # anchor sides in strides
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # anchor h / w
+    head_width: int = 128  # the RPN's 3x3 convolution
+    pre_nms: int = 100  # best-scored boxes NMS looks at
+    nms_threshold: float = 0.7
+    top_k: int = 10  # proposals kept per image
+    roi_size: int = 4  # RoIAlign bins per side
+    sampling_ratio: int = 2
+
+    @property
+    def anchors_per_cell(self) -> int:
+        return len(self.scales) * len(self.ratios)
+
+
+def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(
+        cin,
+        cout,
+        kernel_size=(k, k),
+        padding=((k // 2, k // 2),) * 2,  # a tuple: the module stays hashable (jit static)
+        param_dtype=jnp.float32,
+        kernel_init=with_axes(nnx.initializers.normal(0.01), (None, None, "conv_in", "conv_out")),
+        bias_init=with_axes(nnx.initializers.zeros_init(), ("conv_out",)),
+        rngs=rngs,
+    )
+
+
+class RPNHead(nnx.Module):
+    """A shared 3x3 convolution, then per anchor of each cell an objectness logit and 4 deltas."""
+
+    def __init__(self, channels: int, width: int, anchors_per_cell: int, *, rngs: nnx.Rngs):
+        self.conv = _conv(channels, width, 3, rngs)
+        self.objectness = _conv(width, anchors_per_cell, 1, rngs)
+        self.deltas = _conv(width, 4 * anchors_per_cell, 1, rngs)
+
+    def __call__(self, feature_map: Array) -> tuple[Array, Array]:
+        """[B, H, W, C] -> objectness [B, H*W*A], deltas [B, H*W*A, 4] (the anchors' order)."""
+        x = jax.nn.relu(self.conv(feature_map))
+        b = x.shape[0]
+        return self.objectness(x).reshape(b, -1).astype(jnp.float32), self.deltas(x).reshape(b, -1, 4).astype(
+            jnp.float32
+        )
+
+
+class Detector(nnx.Module):
+    input_keys = ("image",)
+
+    def __init__(self, backbone: ResNetConfig, config: DetectorConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.backbone = ResNet(backbone, rngs=rngs)
+        stride = backbone.stride
+        if config.image_size % stride:
+            raise ValueError(f"detector image_size {config.image_size} is not a multiple of the stride {stride}")
+        self.stride, self.grid = stride, config.image_size // stride
+        self.rpn = RPNHead(backbone.out_channels, config.head_width, config.anchors_per_cell, rngs=rngs)
+        self.region_dim = config.roi_size**2 * backbone.out_channels
+
+    @property
+    def anchors(self) -> np.ndarray:
+        """[H*W*A, 4] in pixels: the order of the RPN's outputs."""
+        c = self.config
+        return grid_anchors(self.grid, self.grid, self.stride, c.scales, c.ratios)
+
+    def _outputs(self, image: Array) -> tuple[Array, Array, Array]:
+        if image.shape[1:3] != (self.config.image_size,) * 2:
+            raise ValueError(f"the detector takes {self.config.image_size} px images, got {image.shape[1:3]}")
+        feature_map = self.backbone.feature_map(image)
+        return (feature_map, *self.rpn(feature_map))
+
+    def __call__(self, batch: Mapping[str, Array]) -> dict[str, Array]:
+        _, objectness, deltas = self._outputs(batch["image"])
+        return {"objectness": objectness, "deltas": deltas}
+
+    def _proposals_from(self, objectness: Array, deltas: Array) -> tuple[Array, Array, Array]:
+        c, size = self.config, self.config.image_size
+        boxes = clip_boxes(decode_boxes(jnp.asarray(self.anchors), deltas), size, size)
+        pre = min(c.pre_nms, boxes.shape[1])
+
+        def one_image(boxes, scores):
+            best = jax.lax.top_k(scores, pre)[1]
+            keep, valid = nms(boxes[best], scores[best], c.nms_threshold, c.top_k)
+            picked = best[jnp.maximum(keep, 0)]
+            return boxes[picked], scores[picked], valid
+
+        return jax.vmap(one_image)(boxes, objectness)
+
+    def proposals(self, batch: Mapping[str, Array]) -> tuple[Array, Array, Array]:
+        """(boxes [B, top_k, 4] in pixels, objectness [B, top_k], valid [B, top_k])."""
+        _, objectness, deltas = self._outputs(batch["image"])
+        return self._proposals_from(objectness, deltas)
+
+    def regions(self, image: Array) -> dict[str, Array]:
+        """`regions` [B, top_k, roi_size**2 * channels] (each proposal's RoIAlign bins, flattened),
+        `boxes` [B, top_k, 4] normalised, `region_mask` [B, top_k]."""
+        c = self.config
+        feature_map, objectness, deltas = self._outputs(image)
+        boxes, _, valid = self._proposals_from(objectness, deltas)
+        bins = jax.vmap(lambda f, b: roi_align(f, b, c.roi_size, 1 / self.stride, c.sampling_ratio))(
+            feature_map.astype(jnp.float32), boxes
+        )
+        features = jnp.where(valid[..., None], bins.reshape(*bins.shape[:2], -1), 0.0)
+        return {"regions": features, "boxes": boxes / c.image_size, "region_mask": valid}
+
+
+def build_detector(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> Detector:
+    """{'backbone': {ResNetConfig fields}, 'detector': {DetectorConfig fields}}."""
+    fields = dict(spec.get("detector", {}))
+    for key in ("scales", "ratios"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    return Detector(ResNetConfig(**spec.get("backbone", {})), DetectorConfig(**fields), rngs=rngs)
