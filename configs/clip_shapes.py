@@ -69,7 +69,9 @@ def get_config(arg=None):
     )
     # checkpoint: parameters matching `load` from another run; hf: Hugging Face directories for
     # the whole model or one tower (README, Import and export). Both are loaded before step 1.
-    c.init = dict(checkpoint="", load=(), strict=True, hf=dict(model="", image="", text=""))
+    # rename: (our prefix, the checkpoint's prefix) pairs, e.g. (("img/detector/", ""),) loads a
+    # detector_shapes run into uniter_detector's image encoder.
+    c.init = dict(checkpoint="", load=(), rename=(), strict=True, hf=dict(model="", image="", text=""))
 
     c.train = dict(
         batch_size=256,  # global

@@ -20,7 +20,7 @@ STEPS = 30
 RECIPES = (
     "clip_shapes", "siglip_shapes", "lit_shapes", "albef_shapes", "meter_shapes", "vilt_shapes", "uniter_regions",
     "vqa_shapes", "lm_shapes", "flamingo_shapes", "coca_shapes", "prefixlm_shapes", "blip_shapes", "vqa_gen_shapes",
-    "lit_t5", "detector_shapes",
+    "lit_t5", "detector_shapes", "uniter_detector",
 )  # fmt: skip
 
 

@@ -11,14 +11,18 @@ from flax import nnx
 
 from tests.test_recipes import _config
 from tests.train_helpers import objective_on_one_and_eight_devices
+from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.proposals import best_overlaps, proposal_metrics
+from vlpjax.interop.safetensors_io import variable_at
 from vlpjax.models.detection.anchors import box_iou, clip_boxes, decode_boxes, encode_boxes, grid_anchors
 from vlpjax.models.detection.detector import Detector, build_detector
 from vlpjax.models.detection.nms import nms
 from vlpjax.models.detection.roi_align import roi_align
 from vlpjax.objectives.proposals import anchor_labels, rpn_loss, sample_anchors
+from vlpjax.train import checkpoints
 from vlpjax.train.loop import train
 from vlpjax.train.restore import trained_model
+from vlpjax.train.rules import path_string
 
 # A 2 x 2 map of stride 16, scales (2, 4), ratios (0.5, 1, 2), written out by hand: cell centres
 # at the middle of each 16 px cell; sizes (w, h) with w * h = (16 * scale)^2 and h / w = ratio.
@@ -258,3 +262,25 @@ def test_detector_recipe_trains_and_reports_proposal_recall(tiny_shapes_dir, tmp
     regions = Detector.regions(trained_model(_config("detector_shapes", tiny_shapes_dir), str(tmp_path / "d"))[0],
                                jnp.zeros((2, 32, 32, 3)))  # fmt: skip
     assert regions["regions"].shape == (2, 10, 4 * 4 * 64) and regions["boxes"].shape == (2, 10, 4)
+
+
+def test_uniter_detector_reads_a_frozen_detector_run(tiny_shapes_dir, tmp_path):
+    train(_config("detector_shapes", tiny_shapes_dir, "--config.train.steps=2"), str(tmp_path / "det"))
+    saved, _ = checkpoints.restore_params(str(tmp_path / "det"))
+    detector = {path_string(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(saved["params"])}
+    config = _config(
+        "uniter_detector", tiny_shapes_dir, "--config.train.steps=2", f"--config.init.checkpoint={tmp_path / 'det'}"
+    )
+    train(config, str(tmp_path / "uniter"))
+    model, _ = trained_model(config, str(tmp_path / "uniter"))
+    # Every detector weight loaded under img/detector/, and still the same after training.
+    for path, value in detector.items():
+        np.testing.assert_array_equal(np.asarray(variable_at(model.img.detector, tuple(_keys(path)))[...]), value)
+    bad = _config("uniter_detector", tiny_shapes_dir, f"--config.init.checkpoint={tmp_path / 'det'}",
+                  "--config.init.rename=(('img/detector/', 'detector/'),)")  # fmt: skip
+    with pytest.raises(InvalidInput, match="has no parameter 'detector/backbone/"):
+        train(bad, str(tmp_path / "bad"))
+
+
+def _keys(path: str):
+    return [int(part) if part.isdigit() else part for part in path.split("/")]

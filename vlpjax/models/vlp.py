@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from vlpjax.models.detection.detector import build_detector_regions
 from vlpjax.models.heads import Projection
 from vlpjax.models.layers import Encoded
 from vlpjax.models.regions import RegionConfig, RegionEncoder
@@ -30,7 +31,8 @@ def _fields(spec: Mapping[str, Any], what: str) -> tuple[str, dict]:
 
 
 def build_image_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Module:
-    """{'kind': 'vit', 'variant': 'B/16', ...} | {'kind': 'resnet', ...} | {'kind': 'regions', ...}."""
+    """{'kind': 'vit', 'variant': 'B/16', ...} | {'kind': 'resnet', ...} | {'kind': 'regions', ...} |
+    {'kind': 'detector_regions', 'backbone', 'detector', 'regions'}."""
     kind, fields = _fields(spec, "image encoder")
     if kind == "vit":
         return ViT(vit_config(fields.pop("variant", "B/16"), **fields), rngs=rngs)
@@ -39,7 +41,9 @@ def build_image_encoder(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> nnx.Modul
         return ResNet(ResNetConfig(**fields), rngs=rngs)
     if kind == "regions":
         return RegionEncoder(RegionConfig(**fields), rngs=rngs)
-    raise ValueError(f"unknown image encoder kind {kind!r}; choose vit, resnet or regions")
+    if kind == "detector_regions":  # pixels -> a detector's proposals -> regions
+        return build_detector_regions(fields, rngs=rngs)
+    raise ValueError(f"unknown image encoder kind {kind!r}; choose vit, resnet, regions or detector_regions")
 
 
 def encode_image_batch(image_encoder: nnx.Module, batch: Mapping[str, Any]) -> Encoded:

@@ -238,6 +238,15 @@ def build_model(
     return FAMILY_BUILDERS[family](spec, switches, seed, vocab_size, num_answers)
 
 
+def _checkpoint_name(key: str, rename) -> str:
+    """Our parameter path `key` as the checkpoint names it: the first (ours, theirs) prefix
+    pair of init.rename that fits replaces its prefix."""
+    for ours, theirs in rename:
+        if key.startswith(ours):
+            return theirs + key[len(ours) :]
+    return key
+
+
 def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
     """Copy parameters matching `init.load` patterns from the checkpoint of another run (LiT)."""
     if not init.checkpoint:
@@ -252,14 +261,15 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
         key = rule_lib.path_string(path)
         if not rule_lib.matches(key, init.load):
             return current
-        if key not in source:
-            raise InvalidInput(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {key!r}")
-        if tuple(source[key].shape) != tuple(current.shape):
+        theirs = _checkpoint_name(key, init.get("rename", ()))
+        if theirs not in source:
+            raise InvalidInput(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {theirs!r}")
+        if tuple(source[theirs].shape) != tuple(current.shape):
             raise InvalidInput(
-                f"init.checkpoint parameter {key!r} has shape {tuple(source[key].shape)}, "
-                f"the model expects {tuple(current.shape)}"
+                f"init.checkpoint parameter {theirs!r} has shape {tuple(source[theirs].shape)}, "
+                f"the model's {key!r} expects {tuple(current.shape)}"
             )
-        return jnp.asarray(source[key], current.dtype)
+        return jnp.asarray(source[theirs], current.dtype)
 
     loaded = [k for k in rule_lib.leaf_paths(params) + rule_lib.leaf_paths(frozen) if rule_lib.matches(k, init.load)]
     if not loaded:

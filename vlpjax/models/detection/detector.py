@@ -22,7 +22,8 @@ from flax import nnx
 from vlpjax.models.detection.anchors import clip_boxes, decode_boxes, grid_anchors
 from vlpjax.models.detection.nms import nms
 from vlpjax.models.detection.roi_align import roi_align
-from vlpjax.models.layers import with_axes
+from vlpjax.models.layers import Encoded, with_axes
+from vlpjax.models.regions import RegionConfig, RegionEncoder
 from vlpjax.models.resnet import ResNet, ResNetConfig
 
 Array = jax.Array
@@ -135,6 +136,27 @@ class Detector(nnx.Module):
         return {"regions": features, "boxes": boxes / c.image_size, "region_mask": valid}
 
 
+class DetectorRegionEncoder(nnx.Module):
+    """Pixels -> a detector's proposals and their features -> a region encoder (UNITER on a
+    detector's regions). The detector is read, never trained from here: its outputs carry no
+    gradient (freeze its parameters too, `rules.frozen`, so they hold no optimizer state)."""
+
+    input_keys = ("image",)
+
+    def __init__(self, detector: Detector, regions: RegionEncoder):
+        if regions.config.feature_dim != detector.region_dim:
+            raise ValueError(
+                f"the region encoder takes {regions.config.feature_dim} features, the detector gives "
+                f"{detector.region_dim} (roi_size**2 x backbone channels)"
+            )
+        self.detector, self.regions = detector, regions
+        self.out_dim = regions.out_dim
+
+    def __call__(self, image: Array) -> Encoded:
+        found = jax.lax.stop_gradient(self.detector.regions(image))
+        return self.regions(found["regions"], found["boxes"], found["region_mask"])
+
+
 def build_detector(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> Detector:
     """{'backbone': {ResNetConfig fields}, 'detector': {DetectorConfig fields}}."""
     fields = dict(spec.get("detector", {}))
@@ -142,3 +164,15 @@ def build_detector(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> Detector:
         if key in fields:
             fields[key] = tuple(fields[key])
     return Detector(ResNetConfig(**spec.get("backbone", {})), DetectorConfig(**fields), rngs=rngs)
+
+
+def build_detector_regions(spec: Mapping[str, Any], *, rngs: nnx.Rngs) -> DetectorRegionEncoder:
+    """{'backbone', 'detector' (as build_detector), 'regions': {RegionConfig fields but feature_dim}}
+    plus the scale switches (dtype reaches both, the stack switches the region encoder)."""
+    spec = dict(spec)
+    switches = {k: spec.pop(k) for k in ("dtype", "attention", "remat", "scan_layers") if k in spec}
+    backbone = {**spec.get("backbone", {}), **{k: v for k, v in switches.items() if k == "dtype"}}
+    detector = build_detector({**spec, "backbone": backbone}, rngs=rngs)
+    region_fields = {"feature_dim": detector.region_dim, **spec.get("regions", {}), **switches}
+    regions = RegionEncoder(RegionConfig(**region_fields), rngs=rngs)
+    return DetectorRegionEncoder(detector, regions)
