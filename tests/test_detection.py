@@ -261,7 +261,8 @@ def test_detector_recipe_trains_and_reports_proposal_recall(tiny_shapes_dir, tmp
     assert 0.0 <= metrics["proposals/recall"] <= 1.0 and metrics["proposals/boxes"] > 0
     regions = Detector.regions(trained_model(_config("detector_shapes", tiny_shapes_dir), str(tmp_path / "d"))[0],
                                jnp.zeros((2, 32, 32, 3)))  # fmt: skip
-    assert regions["regions"].shape == (2, 10, 4 * 4 * 64) and regions["boxes"].shape == (2, 10, 4)
+    assert regions["regions"].shape == (2, 10, 4 * 4 * (64 + 3)) and regions["boxes"].shape == (2, 10, 4)
+    assert regions["region_mask"][:, 0].all()  # the best proposal always counts
 
 
 def test_uniter_detector_reads_a_frozen_detector_run(tiny_shapes_dir, tmp_path):

@@ -4,9 +4,9 @@ gives a sparse-image model.
 `Detector(batch)` scores every anchor of the backbone's map (objectness logit and box deltas);
 the `rpn` objective trains both against the ground-truth boxes. `proposals` decodes the deltas,
 clips the boxes to the image, and keeps the best `top_k` after NMS. `regions` adds each
-proposal's RoIAlign feature (P x P bins of the map, flattened; the region encoder's projection
-plays Faster R-CNN's box head) in the batch keys `RegionEncoder` reads: `regions`, `boxes`
-(normalised), `region_mask`.
+confident proposal's RoIAlign features (P x P bins of the map and of the pixels, flattened; the
+region encoder's projection plays Faster R-CNN's box head) in the batch keys `RegionEncoder`
+reads: `regions`, `boxes` (normalised), `region_mask`.
 """
 
 from __future__ import annotations
@@ -40,6 +40,11 @@ class DetectorConfig:
     top_k: int = 10  # proposals kept per image
     roi_size: int = 4  # RoIAlign bins per side
     sampling_ratio: int = 2
+    # Regions: the proposals scored at least this probability of being an object, each with
+    # its RoIAlign bins of the feature map and (pixel_bins) of the pixels themselves, which hold
+    # the colours an objectness-trained map need not keep.
+    min_score: float = 0.5
+    pixel_bins: bool = True
 
     @property
     def anchors_per_cell(self) -> int:
@@ -87,7 +92,7 @@ class Detector(nnx.Module):
             raise ValueError(f"detector image_size {config.image_size} is not a multiple of the stride {stride}")
         self.stride, self.grid = stride, config.image_size // stride
         self.rpn = RPNHead(backbone.out_channels, config.head_width, config.anchors_per_cell, rngs=rngs)
-        self.region_dim = config.roi_size**2 * backbone.out_channels
+        self.region_dim = config.roi_size**2 * (backbone.out_channels + (3 if config.pixel_bins else 0))
 
     @property
     def anchors(self) -> np.ndarray:
@@ -124,15 +129,23 @@ class Detector(nnx.Module):
         return self._proposals_from(objectness, deltas)
 
     def regions(self, image: Array) -> dict[str, Array]:
-        """`regions` [B, top_k, roi_size**2 * channels] (each proposal's RoIAlign bins, flattened),
-        `boxes` [B, top_k, 4] normalised, `region_mask` [B, top_k]."""
+        """`regions` [B, top_k, region_dim]: each proposal's RoIAlign bins of the feature map
+        and of the pixels, flattened; `boxes` [B, top_k, 4] normalised; `region_mask` [B, top_k]:
+        the proposals NMS kept whose objectness probability reaches `min_score` (and the best one)."""
         c = self.config
         feature_map, objectness, deltas = self._outputs(image)
-        boxes, _, valid = self._proposals_from(objectness, deltas)
-        bins = jax.vmap(lambda f, b: roi_align(f, b, c.roi_size, 1 / self.stride, c.sampling_ratio))(
-            feature_map.astype(jnp.float32), boxes
-        )
-        features = jnp.where(valid[..., None], bins.reshape(*bins.shape[:2], -1), 0.0)
+        boxes, scores, valid = self._proposals_from(objectness, deltas)
+        # The best proposal always counts: an image never goes without a region to attend to.
+        valid = valid & (jax.nn.sigmoid(scores) >= c.min_score).at[:, 0].set(True)
+
+        def bins(source, scale):
+            pooled = jax.vmap(lambda f, b: roi_align(f, b, c.roi_size, scale, c.sampling_ratio))(source, boxes)
+            return pooled.reshape(*pooled.shape[:2], -1)
+
+        features = [bins(feature_map.astype(jnp.float32), 1 / self.stride)]
+        if c.pixel_bins:
+            features.append(bins(image.astype(jnp.float32), 1.0))
+        features = jnp.where(valid[..., None], jnp.concatenate(features, axis=-1), 0.0)
         return {"regions": features, "boxes": boxes / c.image_size, "region_mask": valid}
 
 
@@ -147,7 +160,7 @@ class DetectorRegionEncoder(nnx.Module):
         if regions.config.feature_dim != detector.region_dim:
             raise ValueError(
                 f"the region encoder takes {regions.config.feature_dim} features, the detector gives "
-                f"{detector.region_dim} (roi_size**2 x backbone channels)"
+                f"{detector.region_dim} (roi_size**2 x (backbone channels + 3 with pixel_bins))"
             )
         self.detector, self.regions = detector, regions
         self.out_dim = regions.out_dim
