@@ -25,6 +25,12 @@ def get_config(arg=None):
             pre_nms=100,
             nms_threshold=0.7,
             top_k=10,
+            # What a region model (uniter_detector) reads of each proposal: no parameters.
+            roi_size=4,
+            sampling_ratio=2,
+            min_score=0.5,
+            map_bins=True,
+            pixel_bins=True,
         ),
         **scale_switches(),  # only dtype applies to a convolutional model
     )

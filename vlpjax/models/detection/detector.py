@@ -41,9 +41,10 @@ class DetectorConfig:
     roi_size: int = 4  # RoIAlign bins per side
     sampling_ratio: int = 2
     # Regions: the proposals scored at least this probability of being an object, each with
-    # its RoIAlign bins of the feature map and (pixel_bins) of the pixels themselves, which hold
-    # the colours an objectness-trained map need not keep.
+    # its RoIAlign bins of the feature map (map_bins) and of the pixels themselves (pixel_bins),
+    # which hold the colours an objectness-trained map need not keep.
     min_score: float = 0.5
+    map_bins: bool = True
     pixel_bins: bool = True
 
     @property
@@ -92,7 +93,10 @@ class Detector(nnx.Module):
             raise ValueError(f"detector image_size {config.image_size} is not a multiple of the stride {stride}")
         self.stride, self.grid = stride, config.image_size // stride
         self.rpn = RPNHead(backbone.out_channels, config.head_width, config.anchors_per_cell, rngs=rngs)
-        self.region_dim = config.roi_size**2 * (backbone.out_channels + (3 if config.pixel_bins else 0))
+        if not (config.map_bins or config.pixel_bins):
+            raise ValueError("detector regions need map_bins or pixel_bins (or both)")
+        channels = (backbone.out_channels if config.map_bins else 0) + (3 if config.pixel_bins else 0)
+        self.region_dim = config.roi_size**2 * channels
 
     @property
     def anchors(self) -> np.ndarray:
@@ -142,7 +146,7 @@ class Detector(nnx.Module):
             pooled = jax.vmap(lambda f, b: roi_align(f, b, c.roi_size, scale, c.sampling_ratio))(source, boxes)
             return pooled.reshape(*pooled.shape[:2], -1)
 
-        features = [bins(feature_map.astype(jnp.float32), 1 / self.stride)]
+        features = [bins(feature_map.astype(jnp.float32), 1 / self.stride)] if c.map_bins else []
         if c.pixel_bins:
             features.append(bins(image.astype(jnp.float32), 1.0))
         features = jnp.where(valid[..., None], jnp.concatenate(features, axis=-1), 0.0)
@@ -160,7 +164,7 @@ class DetectorRegionEncoder(nnx.Module):
         if regions.config.feature_dim != detector.region_dim:
             raise ValueError(
                 f"the region encoder takes {regions.config.feature_dim} features, the detector gives "
-                f"{detector.region_dim} (roi_size**2 x (backbone channels + 3 with pixel_bins))"
+                f"{detector.region_dim} (roi_size**2 x (backbone channels with map_bins + 3 with pixel_bins))"
             )
         self.detector, self.regions = detector, regions
         self.out_dim = regions.out_dim
