@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from vlpjax.models.layers import Encoded, activation, dense, masked_mean, with_axes
+from vlpjax.models.lm import RMSNorm  # LLaMA's and T5's norm: no mean, no bias
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import token_embedding
 
@@ -78,19 +79,6 @@ def relative_position_buckets(query_len: int, key_len: int, num_buckets: int, ma
         log_scaled = exact + (np.log(distance / exact) / math.log(max_distance / exact) * (half - exact))
     far = np.minimum(np.floor(np.nan_to_num(log_scaled, neginf=0)).astype(np.int64), half - 1)
     return buckets + np.where(distance < exact, distance, far)
-
-
-class RMSNorm(nnx.Module):
-    """x / rms(x) * scale, statistics in float32 (T5LayerNorm)."""
-
-    def __init__(self, dim: int, *, eps: float, rngs: nnx.Rngs):
-        self.eps = eps
-        self.scale = nnx.Param(with_axes(nnx.initializers.ones_init(), ("norm",))(rngs.params(), (dim,)))
-
-    def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (normed * self.scale[...]).astype(x.dtype)
 
 
 class T5Attention(nnx.Module):
