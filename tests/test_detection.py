@@ -11,6 +11,9 @@ from flax import nnx
 
 from tests.test_recipes import _config
 from tests.train_helpers import objective_on_one_and_eight_devices
+from vlpjax.config import ConfigError
+from vlpjax.data.builders import load_dataset
+from vlpjax.data.pipeline import PipelineConfig, TrainTransform, boxes_of
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.proposals import best_overlaps, proposal_metrics
 from vlpjax.interop.safetensors_io import variable_at
@@ -173,7 +176,7 @@ def test_anchor_labels_by_the_thresholds_and_the_best_anchor_of_each_box():
             [2.0, 0.0, 12.0, 10.0],  # IoU 8/12 = 0.67: ignored
             [5.0, 0.0, 15.0, 10.0],  # IoU 50/150 = 0.33: ignored
             [7.0, 0.0, 17.0, 10.0],  # IoU 30/170 = 0.18: negative
-            [40.0, 40.0, 50.0, 50.0],  # IoU 25/175 = 0.14 with box 1, its best anchor: positive
+            [40.0, 40.0, 50.0, 50.0],  # IoU 25/300 = 0.08 with box 1, its best anchor: positive
             [80.0, 80.0, 90.0, 90.0],  # overlaps nothing: negative (and not box 2's, which is padding)
         ]
     )
@@ -279,9 +282,30 @@ def test_uniter_detector_reads_a_frozen_detector_run(tiny_shapes_dir, tmp_path):
         np.testing.assert_array_equal(np.asarray(variable_at(model.img.detector, tuple(_keys(path)))[...]), value)
     bad = _config("uniter_detector", tiny_shapes_dir, f"--config.init.checkpoint={tmp_path / 'det'}",
                   "--config.init.rename=(('img/detector/', 'detector/'),)")  # fmt: skip
-    with pytest.raises(InvalidInput, match="has no parameter 'detector/backbone/"):
+    with pytest.raises(InvalidInput, match="has no parameter 'detector/backbone/.*the model's 'img/detector/backbone/"):
         train(bad, str(tmp_path / "bad"))
+    with pytest.raises(ConfigError, match="init.rename must be"):
+        _config("uniter_detector", tiny_shapes_dir, "--config.init.rename=('img/detector/', '')")
 
 
 def _keys(path: str):
     return [int(part) if part.isdigit() else part for part in path.split("/")]
+
+
+def test_detection_rows_keep_each_box_on_its_object_through_the_flip(tiny_shapes_dir):
+    """The pixels inside every target box differ from the background, flipped or not."""
+    config = _config("detector_shapes", tiny_shapes_dir)
+    source = load_dataset(config.data).as_data_source()["train"]
+    pipeline = PipelineConfig(batch_size=4, image_size=32, text_len=8, task="detection", flip=True, max_regions=3)
+    transform = TrainTransform(pipeline, tokenizer=None)
+    flipped_any = False
+    for seed in range(12):
+        example = source[seed]
+        row = transform(example, np.random.default_rng(seed))
+        flipped_any |= not np.allclose(row["gt_boxes"][row["gt_mask"]], boxes_of(example))
+        background = row["image"][0, 0]  # a corner: the scenes' background
+        for box in row["gt_boxes"][row["gt_mask"]] * 32:
+            x1, y1, x2, y2 = np.round(box).astype(int)
+            inside = row["image"][y1:y2, x1:x2].reshape(-1, 3)
+            assert np.abs(inside - background).max() > 0.1, (seed, box)
+    assert flipped_any

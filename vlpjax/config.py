@@ -133,7 +133,21 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _validate_objectives(config)
     _validate_evals(config)
     _validate_devices(config)
+    _validate_rename(config)
     return config
+
+
+def _validate_rename(config: ml_collections.ConfigDict) -> None:
+    """init.rename: (our prefix, the checkpoint's prefix) pairs of strings."""
+    rename = config.get("init", {}).get("rename", ())
+    pairs = isinstance(rename, (list, tuple)) and all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(x, str) for x in p) for p in rename
+    )
+    if not pairs:
+        raise ConfigError(
+            f"init.rename must be (our prefix, the checkpoint's prefix) pairs, e.g. (('img/detector/', ''),); "
+            f"got {rename!r}"
+        )
 
 
 def evaluator(kind: str, **options) -> dict:

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from vlpjax.errors import InvalidInput
 from vlpjax.models.detection.anchors import box_iou
 
 
@@ -28,7 +29,7 @@ def best_overlaps(proposals: np.ndarray, valid: np.ndarray, gt_boxes: np.ndarray
 
 def proposal_metrics(overlaps: np.ndarray, iou: float) -> dict[str, float]:
     if not len(overlaps):
-        raise ValueError("no ground-truth boxes to recall")
+        raise InvalidInput("the split has no ground-truth boxes to recall")
     recalled = overlaps >= iou
     return {
         "proposals/recall": float(recalled.mean()),

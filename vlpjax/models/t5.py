@@ -8,7 +8,8 @@ one to one (`vlpjax.interop.hf_t5`):
   offsets, logarithmic up to `max_distance`, one bucket set per direction. Only the first
   layer holds the table; every layer adds the same bias;
 - RMS LayerNorm: scaled by the root mean square, no mean subtracted, no bias;
-- no biases anywhere, and no 1/sqrt(d) on the attention logits (T5 folds it into the init);
+- no biases anywhere, and no 1/sqrt(d) on the attention logits (T5 folds it into the query's
+  initial scale, as here);
 - the MLP is ReLU (v1.0) or gated-GELU, act(x W0) * (x W1) (v1.1, FLAN-T5).
 
 As a dual encoder's text tower (`text.kind='t5'`) the text embedding is the mean of the real
@@ -81,14 +82,20 @@ def relative_position_buckets(query_len: int, key_len: int, num_buckets: int, ma
     return buckets + np.where(distance < exact, distance, far)
 
 
+def _normal(std: float):
+    """Hugging Face T5's initialisers (factor 1): each a normal of the std the layer's fan gives."""
+    return nnx.initializers.normal(std)
+
+
 class T5Attention(nnx.Module):
     def __init__(self, c: T5Config, *, dtype, rngs: nnx.Rngs):
         inner, common = c.num_heads * c.d_kv, dict(use_bias=False, dtype=dtype, rngs=rngs)
         self.num_heads = c.num_heads
-        self.q = dense(c.d_model, inner, ("embed", "heads"), **common)
-        self.k = dense(c.d_model, inner, ("embed", "heads"), **common)
-        self.v = dense(c.d_model, inner, ("embed", "heads"), **common)
-        self.o = dense(inner, c.d_model, ("heads", "embed"), **common)
+        # T5's init: the query's scale carries the 1/sqrt(d_kv) the logits go without.
+        self.q = dense(c.d_model, inner, ("embed", "heads"), init=_normal((c.d_model * c.d_kv) ** -0.5), **common)
+        self.k = dense(c.d_model, inner, ("embed", "heads"), init=_normal(c.d_model**-0.5), **common)
+        self.v = dense(c.d_model, inner, ("embed", "heads"), init=_normal(c.d_model**-0.5), **common)
+        self.o = dense(inner, c.d_model, ("heads", "embed"), init=_normal(inner**-0.5), **common)
 
     def __call__(self, x: Array, bias: Array, mask: Array) -> Array:
         """bias [1, H, L, L] position bias; mask [B, 1, 1, L] real keys."""
@@ -103,9 +110,10 @@ class T5FeedForward(nnx.Module):
     def __init__(self, c: T5Config, *, dtype, rngs: nnx.Rngs):
         self.gated, self.act_name = FEED_FORWARD[c.feed_forward_proj]
         common = dict(use_bias=False, dtype=dtype, rngs=rngs)
-        self.wi = dense(c.d_model, c.d_ff, ("embed", "mlp"), **common)
-        self.wi_linear = dense(c.d_model, c.d_ff, ("embed", "mlp"), **common) if self.gated else None
-        self.wo = dense(c.d_ff, c.d_model, ("mlp", "embed"), **common)
+        wide = dict(init=_normal(c.d_model**-0.5), **common)
+        self.wi = dense(c.d_model, c.d_ff, ("embed", "mlp"), **wide)
+        self.wi_linear = dense(c.d_model, c.d_ff, ("embed", "mlp"), **wide) if self.gated else None
+        self.wo = dense(c.d_ff, c.d_model, ("mlp", "embed"), init=_normal(c.d_ff**-0.5), **common)
 
     def __call__(self, x: Array) -> Array:
         hidden = activation(self.act_name)(self.wi(x))
@@ -132,7 +140,7 @@ class T5Encoder(nnx.Module):
         dtype = jnp.dtype(c.dtype)
         self.out_dim = c.d_model
         self.embed = token_embedding(c.vocab_size, c.d_model, rngs)
-        init = with_axes(nnx.initializers.normal(1.0), (None, "heads"))
+        init = with_axes(_normal(c.d_model**-0.5), (None, "heads"))
         self.position_bias = nnx.Param(init(rngs.params(), (c.relative_attention_num_buckets, c.num_heads)))
         self.blocks = nnx.List([T5Block(c, dtype=dtype, rngs=rngs) for _ in range(c.num_layers)])
         self.ln_final = RMSNorm(c.d_model, eps=c.layer_norm_epsilon, rngs=rngs)

@@ -263,7 +263,8 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
             return current
         theirs = _checkpoint_name(key, init.get("rename", ()))
         if theirs not in source:
-            raise InvalidInput(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {theirs!r}")
+            named = theirs if theirs == key else f"{theirs!r} (the model's {key!r} through init.rename)"
+            raise InvalidInput(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {named}")
         if tuple(source[theirs].shape) != tuple(current.shape):
             raise InvalidInput(
                 f"init.checkpoint parameter {theirs!r} has shape {tuple(source[theirs].shape)}, "
