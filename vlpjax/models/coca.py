@@ -30,7 +30,7 @@ from vlpjax.models.layers import (
     pre_ln_blocks,
     with_axes,
 )
-from vlpjax.models.lm import KVCache, causal_mask
+from vlpjax.models.lm import KVCache
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import TextTransformer
 from vlpjax.models.vlp import DualEncoder
@@ -139,9 +139,8 @@ class CoCa(DualEncoder):
     def empty_cache(self, batch: int, max_len: int) -> KVCache:
         """Self-attention keys and values of every text and decoder layer for `max_len` slots."""
         t = self.txt.config
-        shape = (batch, max_len, t.num_heads, t.width // t.num_heads)
-        zeros = tuple(jnp.zeros(shape, jnp.dtype(t.dtype)) for _ in range(t.depth + self.config.decoder_depth))
-        return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.int32(0))
+        layers = t.depth + self.config.decoder_depth
+        return KVCache.zeros(batch, max_len, layers, t.num_heads, t.width // t.num_heads, t.dtype)
 
     def decode(self, ids: Array, mask: Array, cache: KVCache, memory) -> tuple[Array, KVCache]:
         """Logits [B, L, vocab] of left-padded new tokens given the cache and the images'
@@ -151,8 +150,7 @@ class CoCa(DualEncoder):
         if cache.keys[0].shape[1] > t.config.max_len:
             raise ValueError(f"a cache of {cache.keys[0].shape[1]} slots exceeds the text tower's max_len")
         positions = jnp.maximum(cache.positions(mask), 0)  # a token's position: the real tokens before it
-        key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.length, axis=1)
-        attention = causal_mask(key_mask, ids.shape[1], cached=True, offset=cache.length)
+        key_mask, attention = cache.causal_attention(mask)
         x = (t.token_embed(ids) + jnp.take(t.pos_embed[...], positions, axis=0)).astype(jnp.dtype(t.config.dtype))
         past = list(zip(cache.keys, cache.values, strict=True))
         updated = []

@@ -24,7 +24,7 @@ from flax import nnx
 from vlpjax.models.attention import Mask, key_padding
 from vlpjax.models.heads import MaskedLMHead
 from vlpjax.models.layers import Encoded, MultiHeadAttention, PostLNBlock, layer_norm
-from vlpjax.models.lm import KVCache, causal_mask
+from vlpjax.models.lm import KVCache
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import BertEncoder
 
@@ -85,9 +85,8 @@ class GroundedDecoder(nnx.Module):
 
     def empty_cache(self, text: BertEncoder, batch: int, max_len: int) -> KVCache:
         c = text.config
-        shape = (batch, max_len, c.num_attention_heads, c.hidden_size // c.num_attention_heads)
-        zeros = tuple(jnp.zeros(shape, jnp.dtype(c.dtype)) for _ in range(c.num_hidden_layers))
-        return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.int32(0))
+        head_dim = c.hidden_size // c.num_attention_heads
+        return KVCache.zeros(batch, max_len, c.num_hidden_layers, c.num_attention_heads, head_dim, c.dtype)
 
     def decode(self, text: BertEncoder, ids: Array, mask: Array, cache: KVCache, memory) -> tuple[Array, KVCache]:
         """Logits of left-padded new tokens given the cache: `logits` a token at a time."""
@@ -98,8 +97,7 @@ class GroundedDecoder(nnx.Module):
             )
         mask = mask.astype(bool)
         positions = jnp.maximum(cache.positions(mask), 0)  # a token's position: the real tokens before it
-        key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.length, axis=1)
-        attention = causal_mask(key_mask, ids.shape[1], cached=True, offset=cache.length)
+        key_mask, attention = cache.causal_attention(mask)
         x, cross_memory = text.embed(ids, positions=positions), iter(memory)
         keys, values = [], []
         for i, (own, shared) in enumerate(zip(self.self_attention, text.layers, strict=True)):

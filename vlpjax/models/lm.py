@@ -89,9 +89,22 @@ class KVCache(NamedTuple):
 
     @classmethod
     def empty(cls, config: DecoderLMConfig, batch: int, max_len: int) -> "KVCache":
-        shape = (batch, max_len, config.kv_heads, config.dims_per_head)
-        zeros = tuple(jnp.zeros(shape, jnp.dtype(config.dtype)) for _ in range(config.num_layers))
+        return cls.zeros(batch, max_len, config.num_layers, config.kv_heads, config.dims_per_head, config.dtype)
+
+    @classmethod
+    def zeros(cls, batch: int, max_len: int, layers: int, heads: int, head_dim: int, dtype) -> "KVCache":
+        """An empty cache of `layers` layers' keys and values for `max_len` slots."""
+        zeros = tuple(jnp.zeros((batch, max_len, heads, head_dim), jnp.dtype(dtype)) for _ in range(layers))
         return cls(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.int32(0))
+
+    def written_mask(self, attention_mask: Array) -> Array:
+        """[B, max_len] the valid slots once new tokens with `attention_mask` are written at `length`."""
+        return jax.lax.dynamic_update_slice_in_dim(self.valid, attention_mask, self.length, axis=1)
+
+    def causal_attention(self, attention_mask: Array) -> tuple[Array, Mask]:
+        """(the written mask, the new tokens' causal Mask over every valid slot)."""
+        key_mask = self.written_mask(attention_mask)
+        return key_mask, causal_mask(key_mask, attention_mask.shape[1], cached=True, offset=self.length)
 
     def positions(self, attention_mask: Array) -> Array:
         """Position ids of the new tokens: the count of real tokens before each one."""
@@ -273,8 +286,7 @@ def run_decoder(
         key_mask, offset = mask, jnp.int32(0)
     else:
         positions = jnp.maximum(cache.positions(mask), 0)
-        offset = cache.length
-        key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, offset, axis=1)
+        offset, key_mask = cache.length, cache.written_mask(mask)
     x = lm.embed(vectors, positions)
     c = lm.config
 

@@ -18,7 +18,7 @@ from flax import nnx
 
 from vlpjax.models.attention import Mask
 from vlpjax.models.layers import dense, float32_logits, layer_norm, pre_ln_blocks
-from vlpjax.models.lm import KVCache, causal_mask
+from vlpjax.models.lm import KVCache
 from vlpjax.models.stack import run_stack
 from vlpjax.models.text import learned_positions, token_embedding
 from vlpjax.models.vlp import encode_image_batch
@@ -116,9 +116,7 @@ class PrefixLM(nnx.Module):
 
     def empty_cache(self, batch: int, max_len: int) -> KVCache:
         c = self.config
-        shape = (batch, max_len, c.num_heads, c.width // c.num_heads)
-        zeros = tuple(jnp.zeros(shape, jnp.dtype(c.dtype)) for _ in range(c.depth))
-        return KVCache(zeros, zeros, jnp.zeros((batch, max_len), bool), jnp.int32(0))
+        return KVCache.zeros(batch, max_len, c.depth, c.num_heads, c.width // c.num_heads, c.dtype)
 
     def decode(self, ids: Array, mask: Array, cache: KVCache, image: Array) -> tuple[Array, KVCache]:
         """Logits [B, L, vocab] of left-padded new tokens. The first call (an empty cache)
@@ -138,8 +136,7 @@ class PrefixLM(nnx.Module):
 
     def _extend(self, ids: Array, mask: Array, cache: KVCache, image: Array):
         positions = jnp.maximum(cache.positions(mask) - image.shape[1], 0)  # real text tokens before
-        key_mask = jax.lax.dynamic_update_slice_in_dim(cache.valid, mask, cache.length, axis=1)
-        attention = causal_mask(key_mask, ids.shape[1], cached=True, offset=cache.length)
+        key_mask, attention = cache.causal_attention(mask)
         return self._run_cached(self._text_at(ids, positions), cache, key_mask, attention, cache.length)
 
     def _text_at(self, ids: Array, positions: Array) -> Array:
