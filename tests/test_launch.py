@@ -73,3 +73,57 @@ def test_cluster_settings_from_flags_environment_or_cluster():
         cluster_settings("h:1", environ={})
     with pytest.raises(InvalidInput, match="outside 0..1"):
         cluster_settings("h:1", 2, 2, environ={})
+
+
+class _FakeService:
+    """The coordination service as `lost_processes` sees it: a client answering get_live_nodes."""
+
+    def __init__(self, live_after_polls):
+        self.answers = list(live_after_polls)
+
+    def get_live_nodes(self, process_ids):
+        live = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return {i: 1 for i in process_ids if i in live}
+
+
+def _job_of_two(monkeypatch, service):
+    from jax._src import distributed as jax_distributed
+
+    from vlpjax.parallel import distributed
+
+    monkeypatch.setattr(jax_distributed.global_state, "client", service)
+    monkeypatch.setattr(distributed.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(distributed, "_peer_timeout_s", 1)
+    monkeypatch.setattr(distributed, "_POLL_S", 0.01)
+    monkeypatch.setattr(distributed, "_NOTICE_MARGIN_S", 0)
+    return distributed
+
+
+def test_a_failed_collective_names_the_process_the_service_lost(monkeypatch):
+    """gloo fails the collective before the heartbeat timeout; the service notices a poll later."""
+    distributed = _job_of_two(monkeypatch, _FakeService([{0, 1}, {0, 1}, {0}]))
+    with pytest.raises(distributed.PeerLost, match=r"process 1 of 2 stopped responding.*Received data size"):
+        with distributed.naming_lost_peers():
+            raise RuntimeError("Gloo: Received data size doesn't match expected size.\nmore")
+
+
+def test_an_error_with_every_process_alive_is_raised_unchanged(monkeypatch):
+    distributed = _job_of_two(monkeypatch, _FakeService([{0, 1}]))
+    with pytest.raises(ZeroDivisionError):
+        with distributed.naming_lost_peers():
+            raise ZeroDivisionError("a bug of this process")
+    user_error = InvalidInput("a bad flag")  # a user's error says what to fix; no waiting on peers
+    with pytest.raises(InvalidInput):
+        with distributed.naming_lost_peers():
+            raise user_error
+
+
+def test_an_unreachable_coordinator_is_named_as_process_0(monkeypatch):
+    class Gone:
+        def get_live_nodes(self, process_ids):
+            raise RuntimeError("UNAVAILABLE: failed to connect")
+
+    distributed = _job_of_two(monkeypatch, Gone())
+    with pytest.raises(distributed.PeerLost, match="process 0 of 2"):
+        with distributed.naming_lost_peers():
+            raise RuntimeError("collective failed")

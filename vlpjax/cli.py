@@ -333,6 +333,15 @@ def _run(args, extra) -> None:
         return
     if args.command in ("train", "eval"):
         _join_cluster(args, extra)
+        from vlpjax.parallel.distributed import naming_lost_peers
+
+        with naming_lost_peers():
+            _run_command(args, extra)
+        return
+    _run_command(args, extra)
+
+
+def _run_command(args, extra) -> None:
     from vlpjax.config import load_config
 
     config = load_config(args.config, extra)

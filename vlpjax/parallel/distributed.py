@@ -7,13 +7,16 @@ VLPJAX_* variables, or a cluster environment JAX recognises itself (SLURM, Open 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import Mapping
+import time
+from typing import Iterator, Mapping
 
 import jax
+from jax._src import distributed as jax_distributed
 
-from vlpjax.errors import InvalidInput
+from vlpjax.errors import InvalidInput, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -89,13 +92,66 @@ def initialize(
     On CPU-only hosts, cross-process collectives need an implementation (gloo) chosen before
     the backend starts; it is harmless elsewhere.
     """
+    global _peer_timeout_s
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    _peer_timeout_s = peer_timeout_s
     jax.distributed.initialize(
         coordinator_address=coordinator_address,
         num_processes=num_processes,
         process_id=process_id,
         heartbeat_timeout_seconds=peer_timeout_s,
     )
+
+
+class PeerLost(UserError, RuntimeError):
+    """Another process of the job died; this one stops rather than wait or retry."""
+
+
+# Set by `initialize`: how long the coordination service waits before it calls a silent process dead.
+_peer_timeout_s: int | None = None
+_POLL_S = 0.5
+_NOTICE_MARGIN_S = 5  # the service's own polling beyond the timeout
+
+
+def lost_processes(wait_s: float) -> list[int]:
+    """The job's processes the coordination service no longer hears from, waiting up to `wait_s`
+    for it to notice (it needs the heartbeat timeout). [0] when the coordinator itself is gone."""
+    client = getattr(jax_distributed.global_state, "client", None)
+    if client is None:
+        return []
+    everyone = list(range(jax.process_count()))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            live = client.get_live_nodes(everyone)
+        except Exception:  # noqa: BLE001 - any failure to reach the service means process 0 is gone
+            return [0]
+        lost = sorted(set(everyone) - set(live))
+        if lost or time.monotonic() >= deadline:
+            return lost
+        time.sleep(_POLL_S)
+
+
+@contextlib.contextmanager
+def naming_lost_peers() -> Iterator[None]:
+    """A collective whose peer was killed fails in this process with the transport's own words
+    (gloo: "Received data size doesn't match", NCCL: a timeout) before the coordination service
+    has noticed the death. When a multi-process run fails, ask the service which process is gone
+    and say so; an error with every process alive is re-raised unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if _peer_timeout_s is None or isinstance(err, UserError):
+            raise
+        lost = lost_processes(_peer_timeout_s + _NOTICE_MARGIN_S)
+        if not lost:
+            raise
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PeerLost(
+            f"process {', '.join(map(str, lost))} of {jax.process_count()} stopped responding "
+            f"(no heartbeat for train.peer_timeout_s={_peer_timeout_s} s); this process stops too. "
+            f"Its own error was: {first_line}"
+        ) from err
 
 
 def describe_job() -> str:
