@@ -121,32 +121,91 @@ def _trainer_pids(workdir) -> list[int]:
     return pids
 
 
-def test_two_processes_killed_after_a_checkpoint_resume_bit_identically(tiny_shapes_dir, tmp_path):
-    import signal
+INTERRUPTIBLE = ("--config.train.steps=30", "--config.train.checkpoint_every=5", "--config.train.log_every=5")
+
+
+@pytest.fixture(scope="module")
+def whole_two_process_run(tiny_shapes_dir, tmp_path_factory):
+    """30 steps on 2 processes x 4 devices, never interrupted: what an interrupted run must end as."""
+    whole = tmp_path_factory.mktemp("whole")
+    _run(
+        ["bash", LAUNCH, "2", *_train_args("clip_shapes", whole, tiny_shapes_dir), *INTERRUPTIBLE],
+        _env(LOCAL_DEVICES="4"),
+    )
+    return whole
+
+
+def _start_job_and_wait_for_checkpoint_5(workdir, data_dir):
+    """(launcher process, its command) once checkpoint 5 exists."""
     import time
 
-    steps = ("--config.train.steps=30", "--config.train.checkpoint_every=5", "--config.train.log_every=5")
-    env = _env(LOCAL_DEVICES="4")
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    _run(["bash", LAUNCH, "2", *_train_args("clip_shapes", whole, tiny_shapes_dir), *steps], env)
-    command = ["bash", LAUNCH, "2", *_train_args("clip_shapes", killed, tiny_shapes_dir), *steps]
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = ["bash", LAUNCH, "2", *_train_args("clip_shapes", workdir, data_dir), *INTERRUPTIBLE]
+    proc = subprocess.Popen(
+        command, env=_env(LOCAL_DEVICES="4"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "5").exists() and time.time() < deadline and proc.poll() is None:
+    while not (workdir / "checkpoints" / "5").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.02)
-    assert proc.poll() is None, "the job ended before it could be killed"
+    assert proc.poll() is None, "the job ended before it could be interrupted"
+    return proc, command
+
+
+def _saved_steps(workdir) -> list[int]:
+    return sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+
+
+def _resumes_to_the_whole_run(command, workdir, whole):
+    result = _run(command, _env(LOCAL_DEVICES="4"))
+    assert "resumed from" in result.stdout
+    for a, b in zip(_params(whole, 30), _params(workdir, 30), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert _losses(whole)[30] == _losses(workdir)[30]
+
+
+def test_two_processes_killed_after_a_checkpoint_resume_bit_identically(
+    whole_two_process_run, tiny_shapes_dir, tmp_path
+):
+    import signal
+
+    killed = tmp_path / "killed"
+    proc, command = _start_job_and_wait_for_checkpoint_5(killed, tiny_shapes_dir)
     trainers = _trainer_pids(killed)
     assert len(trainers) == 2, trainers
     for pid in trainers:  # SIGKILL to both training processes at once
         os.kill(pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    saved = sorted(int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit())
+    proc.communicate(timeout=60)
+    saved = _saved_steps(killed)
     assert saved and saved[-1] < 30, saved
-    result = _run(command, env)
-    assert "resumed from" in result.stdout
-    for a, b in zip(_params(whole, 30), _params(killed, 30), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert _losses(whole)[30] == _losses(killed)[30]
+    _resumes_to_the_whole_run(command, killed, whole_two_process_run)
+
+
+def _process_id(pid: int) -> int:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        variables = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    return int(variables[b"VLPJAX_PROCESS_ID"])
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(whole_two_process_run, tiny_shapes_dir, tmp_path):
+    """A preemption notice reaches one process (here process 1, not the coordinator): both save one
+    checkpoint of the same step and exit 0, and the job resumes from it bit-identically. A process
+    that saved alone would wait in the save's collectives while its peer trains on."""
+    import signal
+
+    stopped = tmp_path / "stopped"
+    proc, command = _start_job_and_wait_for_checkpoint_5(stopped, tiny_shapes_dir)
+    trainers = {_process_id(pid): pid for pid in _trainer_pids(stopped)}
+    assert sorted(trainers) == [0, 1], trainers
+    os.kill(trainers[1], signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:  # the job hangs: leave no process behind
+        for pid in [proc.pid, *trainers.values()]:
+            os.kill(pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, output[-3000:]
+    step = int(output.split("SIGTERM: saved step ")[1].split()[0])
+    assert 5 < step < 30 and _saved_steps(stopped)[-1] == step, (step, _saved_steps(stopped))
+    _resumes_to_the_whole_run(command, stopped, whole_two_process_run)
 
 
 def test_a_dead_peer_stops_the_other_process_within_the_peer_timeout(tiny_shapes_dir, tmp_path):

@@ -43,17 +43,37 @@ class NonFiniteError(UserError, RuntimeError):
 
 
 class StopFlag:
-    """Set by SIGTERM (preemption, scancel): the loop saves a checkpoint and exits cleanly."""
+    """SIGTERM (preemption, scancel) asks the loop to save a checkpoint and exit cleanly.
+
+    In a job of several processes the signal may reach one process, or each at another step, and
+    a process that saved alone would wait in the save's collectives while its peers train on.
+    There JAX's preemption service, which catches SIGTERM itself, spreads the notice and names
+    one step (the furthest any process has reached, plus one) at which every process stops.
+    """
 
     def __init__(self):
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        from jax._src import distributed as jax_distributed
+
+        self._received = False
+        self._sync = jax.process_count() > 1 and jax_distributed.global_state.preemption_sync_manager is not None
+        if jax.process_count() > 1 and not self._sync:
+            logger.warning("jax_enable_preemption_service is off: SIGTERM stops this process alone")
+        self._previous = None if self._sync else signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self._received = True
+
+    def stop_after(self, step: int) -> bool:
+        """Whether to save and stop once `step` is done. Called once per step, on every process."""
+        if self._sync:
+            from jax.experimental import multihost_utils
+
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self._received
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._previous)
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -229,8 +249,9 @@ def run_steps(r: OpenRun, stop: StopFlag) -> bool:
                 guard.settle()
                 log_train_metrics(r, done, metrics, window, bar)
             bar.update(1)
-            save_checkpoint(r, guard, saves, done, force=stop.requested)
-            if stop.requested:  # before any evaluation: the grace period after SIGTERM is short
+            stopping = stop.stop_after(done)
+            save_checkpoint(r, guard, saves, done, force=stopping)
+            if stopping:  # before any evaluation: the grace period after SIGTERM is short
                 saves.check(wait=True)
                 logger.info("SIGTERM: saved step %d to %s; exiting", done, r.manager.directory)
                 return False
