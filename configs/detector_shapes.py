@@ -1,12 +1,16 @@
-"""A region proposal network trained on the synthetic_shapes boxes: the detector behind the
+"""A two-stage detector trained on the synthetic_shapes boxes: the detector behind the
 sparse-image (region feature) path. A ResNet-18's first two stages give a stride-8 map (8 x 8
 cells at 64 px); each cell holds 6 anchors (sides 10 and 18 px, h / w 0.5, 1, 2) that the RPN
-scores and refines. Evaluated by the recall of the test boxes by each image's 10 best proposals.
+scores and refines. The box head reads each region's RoIAlign bins of the map and the pixels
+and names its object (colour x shape, 32 classes) or background; its hidden layer is the region
+feature uniter_detector reads. Evaluated by the recall of the test boxes by each image's 10
+best proposals, and the box head's accuracy on the test boxes.
 
     vlpjax train --config configs/detector_shapes.py --workdir workdirs/detector_shapes
 """
 
 from vlpjax.config import base_recipe, evaluator, scale_switches
+from vlpjax.data.shapes import COLOUR_NAMES, SHAPES
 
 clip = base_recipe(__file__, "clip_shapes")
 
@@ -25,16 +29,18 @@ def get_config(arg=None):
             pre_nms=100,
             nms_threshold=0.7,
             top_k=10,
-            # What a region model (uniter_detector) reads of each proposal: no parameters.
+            # What the box head reads of each region, and what a region model keeps.
             roi_size=4,
             sampling_ratio=2,
             min_score=0.5,
             map_bins=True,
             pixel_bins=True,
+            box_head=128,
+            num_classes=len(COLOUR_NAMES) * len(SHAPES),
         ),
         **scale_switches(),  # only dtype applies to a convolutional model
     )
-    c.objectives = dict(rpn=dict(weight=1.0, per_image=256, positive_fraction=0.5))
+    c.objectives = dict(rpn=dict(weight=1.0, per_image=256, positive_fraction=0.5), box_head=dict(weight=1.0))
     c.train.update(batch_size=64, steps=600, checkpoint_every=200)
     c.optim.update(lr=2e-3, warmup_steps=50)
     c.evals = dict(proposals=evaluator("proposals", iou=0.5, batch_size=250))

@@ -1,6 +1,7 @@
 """UNITER on a detector's regions: uniter_regions' model, its regions now the 10 best proposals
-of a detector_shapes run (frozen), each a RoIAlign feature of the detector's stride-8 map plus
-its box, computed on the fly from the pixels. Train detector_shapes first, then:
+of a detector_shapes run (frozen), each its box head's feature (of the RoIAlign bins of the
+stride-8 map and the pixels) plus its box, computed on the fly from the pixels. Train
+detector_shapes first, then:
 
     vlpjax train --config configs/uniter_detector.py --workdir workdirs/uniter_detector \\
         --config.init.checkpoint=workdirs/detector_shapes
@@ -25,11 +26,11 @@ def get_config(arg=None):
         detector=found.detector.to_dict(),
         regions=regions,  # feature_dim follows the detector: roi_size**2 x its channels
     )
-    # Regions: RoIAlign bins of the pixels only. The detector's map, trained for objectness
-    # alone, keeps little of an object's colour: with its bins (1,072 features a region) t2i R@1
-    # was 0.445 after 300 steps, with the pixels' alone (48) 0.910 (README, Results). NMS at 0.5
-    # leaves one proposal per object where 0.7 leaves overlapping copies: 0.936.
-    c.model.image.detector.update(map_bins=False, nms_threshold=0.5)
+    # Regions: the box head's features (trained to name each object's colour and shape). With
+    # the RPN alone, RoIAlign bins of the map (1,072 features a region, kept for objectness only)
+    # gave t2i R@1 0.445 after 300 steps and the pixels' bins alone 0.936 (README, Results). NMS
+    # at 0.5 leaves one proposal per object where 0.7 leaves overlapping copies.
+    c.model.image.detector.update(nms_threshold=0.5)
     c.init.update(checkpoint="workdirs/detector_shapes", load=(r"img/detector/.*",), rename=(("img/detector/", ""),))
     c.rules.frozen = (r"img/detector/.*",)
     return c

@@ -21,7 +21,7 @@ from vlpjax.models.detection.anchors import box_iou, clip_boxes, decode_boxes, e
 from vlpjax.models.detection.detector import Detector, build_detector
 from vlpjax.models.detection.nms import nms
 from vlpjax.models.detection.roi_align import roi_align
-from vlpjax.objectives.proposals import anchor_labels, rpn_loss, sample_anchors
+from vlpjax.objectives.proposals import anchor_labels, box_head_loss, roi_classes, rpn_loss, sample_anchors
 from vlpjax.train import checkpoints
 from vlpjax.train.loop import train
 from vlpjax.train.restore import trained_model
@@ -196,11 +196,9 @@ def test_sampling_keeps_the_positive_fraction_and_fills_with_negatives():
     assert sampled[:300].sum() == 128 and sampled[300:].sum() == 128
 
 
-def _tiny_detector():
-    spec = {
-        "backbone": dict(layout="18", width=8, groups=4, num_stages=2),
-        "detector": dict(image_size=32, scales=(1.25, 2.25), ratios=(0.5, 1.0, 2.0), head_width=8),
-    }
+def _tiny_detector(**box_head):
+    detector = dict(image_size=32, scales=(1.25, 2.25), ratios=(0.5, 1.0, 2.0), head_width=8, **box_head)
+    spec = {"backbone": dict(layout="18", width=8, groups=4, num_stages=2), "detector": detector}
     return build_detector(spec, rngs=nnx.Rngs(0))
 
 
@@ -212,6 +210,7 @@ def _detection_batch(rows=8, seed=0):
         "image": jnp.asarray(rng.normal(size=(rows, 32, 32, 3)), jnp.float32),
         "gt_boxes": jnp.asarray(boxes),
         "gt_mask": jnp.asarray(np.arange(3)[None] < rng.integers(1, 4, size=(rows, 1))),
+        "gt_labels": jnp.asarray(rng.integers(-1, 5, size=(rows, 3)), jnp.int32),  # -1: class unknown
     }
 
 
@@ -248,6 +247,64 @@ def test_the_rpn_objective_on_8_devices_equals_one_device():
         np.testing.assert_allclose(float(m8[name]), float(m1[name]), rtol=1e-5, err_msg=name)
 
 
+def test_region_classes_by_the_overlap_threshold_and_the_best_box():
+    gt = jnp.asarray([[0.0, 0, 10, 10], [20.0, 20, 30, 30], [40.0, 40, 50, 50], [0.0, 0, 10, 10]])
+    gt_mask, gt_labels = jnp.asarray([True, True, True, False]), jnp.asarray([3, 0, -1, 7])
+    regions = jnp.asarray([
+        [0.0, 0, 10, 10],  # box 0 exactly: class 3 -> 4
+        [0.0, 0, 10, 5],  # IoU 0.5 with box 0: an object
+        [0.0, 0, 10, 4.9],  # IoU 0.49: background
+        [21.0, 20, 30, 30],  # box 1 (class 0) -> 1
+        [40.0, 40, 50, 50],  # box 2, class unknown: not scored
+        [0.0, 0, 10, 10],  # an invalid region: not scored
+        [60.0, 60, 64, 64],  # overlaps nothing: background (never the padded box 3)
+    ])  # fmt: skip
+    valid = jnp.asarray([True, True, True, True, True, False, True])
+    classes = roi_classes(regions, valid, gt, gt_mask, gt_labels)
+    np.testing.assert_array_equal(classes, [4, 4, 0, 1, -1, -1, 0])
+
+
+def test_box_head_loss_is_the_cross_entropy_over_the_scored_regions_by_hand():
+    model, batch = _tiny_detector(box_head=16, num_classes=5), _detection_batch(rows=2)
+    out = model(batch)
+    assert out["roi_logits"].shape == (2, 3 + 10, 6)  # every ground-truth box, then the proposals
+    loss, metrics = box_head_loss(
+        out["roi_logits"], out["roi_boxes"], out["roi_valid"], batch["gt_boxes"], batch["gt_mask"],
+        batch["gt_labels"], image_size=32,
+    )  # fmt: skip
+    total, count, hits = 0.0, 0, 0
+    for row in range(2):
+        gt = np.asarray(batch["gt_boxes"][row]) * 32
+        for r in range(out["roi_logits"].shape[1]):
+            if not out["roi_valid"][row, r]:
+                continue
+            ious = [float(box_iou(out["roi_boxes"][row, r][None], jnp.asarray(g)[None])[0, 0]) for g in gt]
+            ious = [iou if batch["gt_mask"][row, g] else -1 for g, iou in enumerate(ious)]
+            best = int(np.argmax(ious))
+            label = int(batch["gt_labels"][row, best])
+            target = (label + 1 if label >= 0 else None) if ious[best] >= 0.5 else 0
+            if target is None:
+                continue
+            logits = np.asarray(out["roi_logits"][row, r], np.float64)
+            total -= logits[target] - np.log(np.sum(np.exp(logits)))
+            count, hits = count + 1, hits + int(np.argmax(logits) == target)
+    assert count > 6
+    np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["box_head/accuracy"]), hits / count, rtol=1e-6)
+
+
+def test_the_box_head_objective_on_8_devices_equals_one_device():
+    model, batch = _tiny_detector(box_head=16, num_classes=5), _detection_batch(16)
+    m1, m8 = objective_on_one_and_eight_devices(model, batch, {"rpn": {"per_image": 32}, "box_head": {}})
+    for name in ("loss", "box_head/loss", "box_head/accuracy", "box_head/objects", "rpn/objectness_loss"):
+        np.testing.assert_allclose(float(m8[name]), float(m1[name]), rtol=1e-5, err_msg=name)
+
+
+def test_a_box_head_objective_needs_a_box_head(tiny_shapes_dir):
+    with pytest.raises(ConfigError, match="set model.detector.box_head and num_classes"):
+        _config("detector_shapes", tiny_shapes_dir, "--config.model.detector.box_head=0")
+
+
 def test_proposal_recall_and_mean_iou_by_hand():
     gt = np.array([[0.0, 0, 10, 10], [20.0, 20, 30, 30], [50.0, 50, 60, 60]])
     proposals = np.array([[0.0, 0, 10, 12], [20.0, 20, 30, 40], [np.nan, 0, 1, 1], [50.0, 50, 60, 60]])
@@ -262,9 +319,10 @@ def test_proposal_recall_and_mean_iou_by_hand():
 def test_detector_recipe_trains_and_reports_proposal_recall(tiny_shapes_dir, tmp_path):
     metrics = train(_config("detector_shapes", tiny_shapes_dir, "--config.train.steps=6"), str(tmp_path / "d"))
     assert 0.0 <= metrics["proposals/recall"] <= 1.0 and metrics["proposals/boxes"] > 0
+    assert 0.0 <= metrics["proposals/box_accuracy"] <= 1.0
     regions = Detector.regions(trained_model(_config("detector_shapes", tiny_shapes_dir), str(tmp_path / "d"))[0],
                                jnp.zeros((2, 32, 32, 3)))  # fmt: skip
-    assert regions["regions"].shape == (2, 10, 4 * 4 * (64 + 3)) and regions["boxes"].shape == (2, 10, 4)
+    assert regions["regions"].shape == (2, 10, 128) and regions["boxes"].shape == (2, 10, 4)  # the box head's
     assert regions["region_mask"][:, 0].all()  # the best proposal always counts
 
 

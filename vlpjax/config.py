@@ -276,6 +276,9 @@ def _validate_objectives(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(problem)
         if name in taxonomy.GENERATING_OBJECTIVES:
             _require_decoder(config, f"objectives.{name}")
+    detector = config.model.get("detector") or {}
+    if "box_head" in config.objectives and not (detector.get("box_head") and detector.get("num_classes")):
+        raise ConfigError("objectives.box_head trains a box head: set model.detector.box_head and num_classes")
 
 
 def _require_decoder(config: ml_collections.ConfigDict, what: str) -> None:

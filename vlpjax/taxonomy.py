@@ -34,7 +34,8 @@ FAMILIES: dict[str, Family] = {
     "flamingo": Family(objectives=("lm",), tasks=("interleaved",)),
     "coca": Family(objectives=("itc", "lm"), tasks=("image_text", "question_answer")),  # lm: the captioning loss
     "prefix_lm": Family(objectives=("prefix_lm",), tasks=("image_text", "question_answer")),
-    "detector": Family(objectives=("rpn",), tasks=("detection",)),  # region proposals (Faster R-CNN)
+    # Faster R-CNN: region proposals, and the box head's object classes
+    "detector": Family(objectives=("rpn", "box_head"), tasks=("detection",)),
 }
 
 TASKS: dict[str, Task] = {
@@ -44,7 +45,7 @@ TASKS: dict[str, Task] = {
     "question_answer": Task(objectives=("lm", "prefix_lm")),
     "text": Task(objectives=("lm",)),
     "interleaved": Task(objectives=("lm",)),
-    "detection": Task(objectives=("rpn",)),  # images with their objects' boxes
+    "detection": Task(objectives=("rpn", "box_head")),  # images with their objects' boxes
 }
 # What generates text, and so needs a family's decoder_switch set: objectives, evaluator kinds.
 GENERATING_OBJECTIVES = ("lm",)

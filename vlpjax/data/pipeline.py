@@ -107,7 +107,8 @@ class TrainTransform:
                 region_arrays(out["image"], flip_boxes(boxes) if flipped else boxes, c.region_grid, c.max_regions)
             )
         if c.task == "detection":
-            out.update(box_targets(flip_boxes(boxes_of(example)) if flipped else boxes_of(example), c.max_regions))
+            boxes = flip_boxes(boxes_of(example)) if flipped else boxes_of(example)
+            out.update(box_targets(boxes, box_labels_of(example, len(boxes)), c.max_regions))
             return out
         if c.task in QUESTION_TASKS:
             rows = answered_questions(example) if c.task == "question_answer" else question_rows(example)
@@ -142,13 +143,25 @@ def boxes_of(example) -> np.ndarray:
     return np.asarray(example["boxes"], np.float32).reshape(-1, 4)
 
 
-def box_targets(boxes: np.ndarray, max_boxes: int) -> dict[str, np.ndarray]:
-    """`gt_boxes` [max_boxes, 4] (normalised) and `gt_mask` [max_boxes]: a detector's targets."""
+def box_labels_of(example, count: int) -> np.ndarray:
+    """Each box's object class (synthetic_shapes: colour x shape); -1 where the data has none."""
+    if "labels" not in example:
+        return np.full(count, -1, np.int32)
+    labels = np.asarray(example["labels"], np.int32).reshape(-1)
+    if len(labels) != count:
+        raise InvalidInput(f"an example has {count} boxes but {len(labels)} labels")
+    return labels
+
+
+def box_targets(boxes: np.ndarray, labels: np.ndarray, max_boxes: int) -> dict[str, np.ndarray]:
+    """A detector's targets: `gt_boxes` [max_boxes, 4] (normalised), `gt_mask` [max_boxes] and
+    `gt_labels` [max_boxes] (-1: padding or unknown)."""
     if len(boxes) > max_boxes:
         raise InvalidInput(f"an image has {len(boxes)} boxes, more than data.max_regions={max_boxes}")
     padded, mask = np.zeros((max_boxes, 4), np.float32), np.zeros(max_boxes, bool)
-    padded[: len(boxes)], mask[: len(boxes)] = boxes, True
-    return {"gt_boxes": padded, "gt_mask": mask}
+    padded_labels = np.full(max_boxes, -1, np.int32)
+    padded[: len(boxes)], mask[: len(boxes)], padded_labels[: len(boxes)] = boxes, True, labels
+    return {"gt_boxes": padded, "gt_mask": mask, "gt_labels": padded_labels}
 
 
 def answered_questions(example) -> list:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from vlpjax.data.answers import answer_score
 from vlpjax.data.fields import question_rows
 from vlpjax.data.interleaved import DocumentTransform
-from vlpjax.data.pipeline import boxes_of, image_arrays, training_answers
+from vlpjax.data.pipeline import box_labels_of, boxes_of, image_arrays, training_answers
 from vlpjax.data.tokenizer import as_text
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.captioner import Captioner
@@ -28,7 +28,7 @@ from vlpjax.evaluate.context import EvalContext
 from vlpjax.evaluate.decoded_vqa import AnswerRanker, generated_answers
 from vlpjax.evaluate.generation import caption_eval, shot_examples, vqa_eval
 from vlpjax.evaluate.perplexity import evaluate_documents, evaluate_lm
-from vlpjax.evaluate.proposals import ProposalScorer, proposal_metrics
+from vlpjax.evaluate.proposals import ProposalScorer, box_accuracy, proposal_metrics
 from vlpjax.evaluate.report import top_k_png
 from vlpjax.evaluate.retrieval import reranked_retrieval_metrics, retrieval_metrics
 from vlpjax.evaluate.vqa import accuracy_metrics, answer_credits
@@ -280,12 +280,16 @@ def proposals(ctx: EvalContext, name: str, spec) -> dict[str, float]:
     IoU of the recalled boxes' best proposals."""
     source = ctx.source(spec)
     count = len(source) if not spec.images else min(spec.images, len(source))
-    scorer, overlaps = ProposalScorer(ctx.model()), []
+    scorer, overlaps, hits, known = ProposalScorer(ctx.model()), [], 0, 0
     for start in tqdm(range(0, count, spec.batch_size), desc="proposals", leave=False):
         examples = [source[i] for i in range(start, min(start + spec.batch_size, count))]
-        images = image_arrays(examples, ctx.pipeline)["image"]
-        overlaps.append(scorer.overlaps(images, [boxes_of(e) for e in examples]))
-    return proposal_metrics(np.concatenate(overlaps), spec.iou)
+        images, boxes = image_arrays(examples, ctx.pipeline)["image"], [boxes_of(e) for e in examples]
+        overlaps.append(scorer.overlaps(images, boxes))
+        if scorer.has_box_head:
+            labels = [box_labels_of(e, len(b)) for e, b in zip(examples, boxes, strict=True)]
+            batch_hits = scorer.box_hits(images, boxes, labels)
+            hits, known = hits + batch_hits[0], known + batch_hits[1]
+    return {**proposal_metrics(np.concatenate(overlaps), spec.iou), **box_accuracy(hits, known)}
 
 
 EVALUATORS: dict[str, Callable[[EvalContext, str, object], dict[str, float]]] = {

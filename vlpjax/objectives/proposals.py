@@ -9,6 +9,10 @@ Per image:
 - loss = binary cross-entropy of the objectness over the sampled anchors + smooth-L1
   (beta 1/9) of the positives' encoded box deltas, both summed and divided by the number of
   sampled anchors of the global batch.
+
+The second stage (`box_head_loss`): every ground-truth box and current proposal is a region,
+labelled with the class of the box it overlaps at IoU >= 0.5 or background; the box head's
+cross-entropy is averaged over the regions of the global batch.
 """
 
 from __future__ import annotations
@@ -84,3 +88,45 @@ def rpn_loss(
         "rpn/positives": global_sum(jnp.sum(positive), axis_name) / rows,
     }
     return objectness_loss + box_loss, metrics
+
+
+# The box head's regions (Fast R-CNN): an object where the IoU with a box reaches this.
+ROI_OBJECT_IOU = 0.5
+
+
+def roi_classes(
+    roi_boxes: jax.Array, roi_valid: jax.Array, gt_boxes: jax.Array, gt_mask: jax.Array, gt_labels: jax.Array
+) -> jax.Array:
+    """[R] each region's target: 1 + the class of the box it overlaps most at IoU >= 0.5,
+    0 (background) below that, -1 (not scored) for an invalid region or a box of unknown class."""
+    iou = jnp.where(gt_mask[None, :], box_iou(roi_boxes, gt_boxes), -1.0)  # [R, G]
+    label = gt_labels[jnp.argmax(iou, axis=1)]
+    classes = jnp.where(jnp.max(iou, axis=1) >= ROI_OBJECT_IOU, jnp.where(label >= 0, label + 1, -1), 0)
+    return jnp.where(roi_valid, classes, -1)
+
+
+def box_head_loss(
+    roi_logits: jax.Array,
+    roi_boxes: jax.Array,
+    roi_valid: jax.Array,
+    gt_boxes: jax.Array,
+    gt_mask: jax.Array,
+    gt_labels: jax.Array,
+    *,
+    image_size: int,
+    axis_name: AxisName = None,
+):
+    """Cross-entropy of the box head's class logits [b, R, 1 + C] over the scored regions of the
+    global batch (roi_boxes in pixels; gt_boxes normalised)."""
+    gt_pixels = gt_boxes.astype(jnp.float32) * image_size
+    classes = jax.vmap(roi_classes)(roi_boxes, roi_valid, gt_pixels, gt_mask.astype(bool), gt_labels)
+    scored = classes >= 0
+    count = jnp.maximum(global_sum(jnp.sum(scored), axis_name), 1).astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(roi_logits, jnp.maximum(classes, 0))
+    loss = global_sum(jnp.sum(jnp.where(scored, ce, 0.0)), axis_name) / count
+    hits = global_sum(jnp.sum(scored & (jnp.argmax(roi_logits, axis=-1) == classes)), axis_name)
+    metrics = {
+        "box_head/accuracy": hits / count,
+        "box_head/objects": global_sum(jnp.sum(classes > 0), axis_name) / count,
+    }
+    return loss, metrics

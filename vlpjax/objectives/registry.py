@@ -20,7 +20,7 @@ from vlpjax.objectives.causal_lm import causal_lm_loss, prefix_lm_loss, random_p
 from vlpjax.objectives.contrastive import sigmoid_loss, softmax_loss
 from vlpjax.objectives.masking import mask_tokens, mlm_loss
 from vlpjax.objectives.matching import itm_loss, mine_hard_negatives
-from vlpjax.objectives.proposals import rpn_loss
+from vlpjax.objectives.proposals import box_head_loss, rpn_loss
 from vlpjax.objectives.vqa import vqa_loss
 
 # Independent random streams drawn from the step key.
@@ -128,6 +128,16 @@ def rpn(outputs, batch, ctx: StepContext, *, per_image: int = 256, positive_frac
     return ctx.shards(loss, rows=rows, shared=(jax.random.fold_in(ctx.key, _RPN_STREAM),))
 
 
+def box_head(outputs, batch, ctx: StepContext):
+    """Faster R-CNN's second stage: the object class (or background) of each region."""
+    if "roi_logits" not in outputs:
+        raise ValueError("objective box_head needs a detector with model.detector.box_head > 0 and num_classes")
+    loss = functools.partial(box_head_loss, image_size=ctx.model.config.image_size)
+    keys = ("roi_logits", "roi_boxes", "roi_valid")
+    rows = tuple(outputs[k] for k in keys) + (batch["gt_boxes"], batch["gt_mask"], batch["gt_labels"])
+    return ctx.shards(loss, rows=rows)
+
+
 OBJECTIVES: dict[str, Callable] = {
     "itc": itc,
     "itm": itm,
@@ -136,6 +146,7 @@ OBJECTIVES: dict[str, Callable] = {
     "lm": lm,
     "prefix_lm": prefix_lm,
     "rpn": rpn,
+    "box_head": box_head,
 }
 NEEDS_VOCAB = ("mlm",)
 

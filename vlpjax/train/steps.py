@@ -45,6 +45,7 @@ DATA_KEYS = (
     "media",
     "gt_boxes",
     "gt_mask",
+    "gt_labels",
 )
 
 

@@ -4,9 +4,11 @@ gives a sparse-image model.
 `Detector(batch)` scores every anchor of the backbone's map (objectness logit and box deltas);
 the `rpn` objective trains both against the ground-truth boxes. `proposals` decodes the deltas,
 clips the boxes to the image, and keeps the best `top_k` after NMS. `regions` adds each
-confident proposal's RoIAlign features (P x P bins of the map and of the pixels, flattened; the
-region encoder's projection plays Faster R-CNN's box head) in the batch keys `RegionEncoder`
-reads: `regions`, `boxes` (normalised), `region_mask`.
+confident proposal's features in the batch keys `RegionEncoder` reads: `regions`, `boxes`
+(normalised), `region_mask`. A region's RoIAlign bins (P x P bins of the map and of the pixels,
+flattened) are its features, or, with `box_head` > 0, they feed Faster R-CNN's second stage: a
+two-layer box head whose output is the feature, trained (objective `box_head`) to name the
+object class of the ground-truth box a region overlaps, or background.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from flax import nnx
 from vlpjax.models.detection.anchors import clip_boxes, decode_boxes, grid_anchors
 from vlpjax.models.detection.nms import nms
 from vlpjax.models.detection.roi_align import roi_align
-from vlpjax.models.layers import Encoded, with_axes
+from vlpjax.models.layers import Encoded, dense, with_axes
 from vlpjax.models.regions import RegionConfig, RegionEncoder
 from vlpjax.models.resnet import ResNet, ResNetConfig
 
@@ -46,6 +48,8 @@ class DetectorConfig:
     min_score: float = 0.5
     map_bins: bool = True
     pixel_bins: bool = True
+    box_head: int = 0  # width of the second stage's two layers; 0: none, the bins are the features
+    num_classes: int = 0  # object classes the box head names (plus background)
 
     @property
     def anchors_per_cell(self) -> int:
@@ -82,6 +86,23 @@ class RPNHead(nnx.Module):
         )
 
 
+class BoxHead(nnx.Module):
+    """Faster R-CNN's second stage without box refinement: two ReLU layers over a region's
+    RoIAlign bins (its feature), then logits over background and the object classes."""
+
+    def __init__(self, bins: int, width: int, num_classes: int, *, rngs: nnx.Rngs):
+        self.fc1 = dense(bins, width, ("embed", "mlp"), rngs=rngs)
+        self.fc2 = dense(width, width, ("mlp", "embed"), rngs=rngs)
+        self.classes = dense(width, num_classes + 1, ("embed", None), rngs=rngs)
+
+    def features(self, bins: Array) -> Array:
+        return jax.nn.relu(self.fc2(jax.nn.relu(self.fc1(bins))))
+
+    def __call__(self, bins: Array) -> Array:
+        """[..., bins] -> class logits [..., 1 + num_classes]; class 0 is background."""
+        return self.classes(self.features(bins)).astype(jnp.float32)
+
+
 class Detector(nnx.Module):
     input_keys = ("image",)
 
@@ -96,7 +117,11 @@ class Detector(nnx.Module):
         if not (config.map_bins or config.pixel_bins):
             raise ValueError("detector regions need map_bins or pixel_bins (or both)")
         channels = (backbone.out_channels if config.map_bins else 0) + (3 if config.pixel_bins else 0)
-        self.region_dim = config.roi_size**2 * channels
+        bins = config.roi_size**2 * channels
+        if config.box_head and config.num_classes < 1:
+            raise ValueError("a detector's box_head needs num_classes (the object classes it names)")
+        self.box_head = BoxHead(bins, config.box_head, config.num_classes, rngs=rngs) if config.box_head else None
+        self.region_dim = config.box_head or bins
 
     @property
     def anchors(self) -> np.ndarray:
@@ -111,8 +136,37 @@ class Detector(nnx.Module):
         return (feature_map, *self.rpn(feature_map))
 
     def __call__(self, batch: Mapping[str, Array]) -> dict[str, Array]:
-        _, objectness, deltas = self._outputs(batch["image"])
-        return {"objectness": objectness, "deltas": deltas}
+        """The RPN's outputs; with a box head and ground truth in the batch, also the class logits
+        `roi_logits` of the regions the box head learns from, `roi_boxes` (pixels) and
+        `roi_valid`: every ground-truth box and the current proposals (no gradient through them)."""
+        image = batch["image"]
+        feature_map, objectness, deltas = self._outputs(image)
+        out = {"objectness": objectness, "deltas": deltas}
+        if self.box_head is None or "gt_boxes" not in batch:
+            return out
+        proposals, _, valid = jax.lax.stop_gradient(self._proposals_from(objectness, deltas))
+        boxes = jnp.concatenate([batch["gt_boxes"].astype(jnp.float32) * self.config.image_size, proposals], axis=1)
+        out["roi_logits"] = self.box_head(self._bins(feature_map, image, boxes))
+        out["roi_boxes"], out["roi_valid"] = boxes, jnp.concatenate([batch["gt_mask"].astype(bool), valid], axis=1)
+        return out
+
+    def classify(self, image: Array, boxes: Array) -> Array:
+        """The box head's class logits [B, N, 1 + num_classes] of given boxes [B, N, 4] (pixels)."""
+        feature_map, _, _ = self._outputs(image)
+        return self.box_head(self._bins(feature_map, image, boxes))
+
+    def _bins(self, feature_map: Array, image: Array, boxes: Array) -> Array:
+        """[B, N, bins]: each box's RoIAlign bins of the map and/or the pixels, flattened."""
+        c = self.config
+
+        def bins(source, scale):
+            pooled = jax.vmap(lambda f, b: roi_align(f, b, c.roi_size, scale, c.sampling_ratio))(source, boxes)
+            return pooled.reshape(*pooled.shape[:2], -1)
+
+        features = [bins(feature_map.astype(jnp.float32), 1 / self.stride)] if c.map_bins else []
+        if c.pixel_bins:
+            features.append(bins(image.astype(jnp.float32), 1.0))
+        return jnp.concatenate(features, axis=-1)
 
     def _proposals_from(self, objectness: Array, deltas: Array) -> tuple[Array, Array, Array]:
         c, size = self.config, self.config.image_size
@@ -133,23 +187,18 @@ class Detector(nnx.Module):
         return self._proposals_from(objectness, deltas)
 
     def regions(self, image: Array) -> dict[str, Array]:
-        """`regions` [B, top_k, region_dim]: each proposal's RoIAlign bins of the feature map
-        and of the pixels, flattened; `boxes` [B, top_k, 4] normalised; `region_mask` [B, top_k]:
-        the proposals NMS kept whose objectness probability reaches `min_score` (and the best one)."""
+        """`regions` [B, top_k, region_dim]: each proposal's features (its RoIAlign bins, or the
+        box head's output); `boxes` [B, top_k, 4] normalised; `region_mask` [B, top_k]: the
+        proposals NMS kept whose objectness probability reaches `min_score` (and the best one)."""
         c = self.config
         feature_map, objectness, deltas = self._outputs(image)
         boxes, scores, valid = self._proposals_from(objectness, deltas)
         # The best proposal always counts: an image never goes without a region to attend to.
         valid = valid & (jax.nn.sigmoid(scores) >= c.min_score).at[:, 0].set(True)
-
-        def bins(source, scale):
-            pooled = jax.vmap(lambda f, b: roi_align(f, b, c.roi_size, scale, c.sampling_ratio))(source, boxes)
-            return pooled.reshape(*pooled.shape[:2], -1)
-
-        features = [bins(feature_map.astype(jnp.float32), 1 / self.stride)] if c.map_bins else []
-        if c.pixel_bins:
-            features.append(bins(image.astype(jnp.float32), 1.0))
-        features = jnp.where(valid[..., None], jnp.concatenate(features, axis=-1), 0.0)
+        features = self._bins(feature_map, image, boxes)
+        if self.box_head is not None:
+            features = self.box_head.features(features)
+        features = jnp.where(valid[..., None], features, 0.0)
         return {"regions": features, "boxes": boxes / c.image_size, "region_mask": valid}
 
 
@@ -164,7 +213,8 @@ class DetectorRegionEncoder(nnx.Module):
         if regions.config.feature_dim != detector.region_dim:
             raise ValueError(
                 f"the region encoder takes {regions.config.feature_dim} features, the detector gives "
-                f"{detector.region_dim} (roi_size**2 x (backbone channels with map_bins + 3 with pixel_bins))"
+                f"{detector.region_dim} (its box_head, or roi_size**2 x (backbone channels with map_bins + 3 "
+                "with pixel_bins))"
             )
         self.detector, self.regions = detector, regions
         self.out_dim = regions.out_dim
