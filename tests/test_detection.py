@@ -248,7 +248,7 @@ def test_the_rpn_objective_on_8_devices_equals_one_device():
 
 
 def test_region_classes_by_the_overlap_threshold_and_the_best_box():
-    gt = jnp.asarray([[0.0, 0, 10, 10], [20.0, 20, 30, 30], [40.0, 40, 50, 50], [0.0, 0, 10, 10]])
+    gt = jnp.asarray([[0.0, 0, 10, 10], [20.0, 20, 30, 30], [40.0, 40, 50, 50], [60.0, 60, 64, 64]])
     gt_mask, gt_labels = jnp.asarray([True, True, True, False]), jnp.asarray([3, 0, -1, 7])
     regions = jnp.asarray([
         [0.0, 0, 10, 10],  # box 0 exactly: class 3 -> 4
@@ -257,7 +257,7 @@ def test_region_classes_by_the_overlap_threshold_and_the_best_box():
         [21.0, 20, 30, 30],  # box 1 (class 0) -> 1
         [40.0, 40, 50, 50],  # box 2, class unknown: not scored
         [0.0, 0, 10, 10],  # an invalid region: not scored
-        [60.0, 60, 64, 64],  # overlaps nothing: background (never the padded box 3)
+        [60.0, 60, 64, 64],  # only the padded box 3: background
     ])  # fmt: skip
     valid = jnp.asarray([True, True, True, True, True, False, True])
     classes = roi_classes(regions, valid, gt, gt_mask, gt_labels)
@@ -291,6 +291,21 @@ def test_box_head_loss_is_the_cross_entropy_over_the_scored_regions_by_hand():
     assert count > 6
     np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
     np.testing.assert_allclose(float(metrics["box_head/accuracy"]), hits / count, rtol=1e-6)
+
+
+def test_the_box_head_trains_the_backbone_but_not_the_rpn_through_the_proposals():
+    """The proposals are the box head's inputs, not its outputs: its loss must not move the RPN."""
+    model, batch = _tiny_detector(box_head=16, num_classes=5), _detection_batch(rows=2)
+
+    def loss(model):
+        out = model(batch)
+        rows = (out["roi_logits"], out["roi_boxes"], out["roi_valid"])
+        return box_head_loss(*rows, batch["gt_boxes"], batch["gt_mask"], batch["gt_labels"], image_size=32)[0]
+
+    grads = nnx.grad(loss)(model)
+    rpn = jax.tree.leaves(nnx.state(grads.rpn))
+    assert rpn and all(float(jnp.abs(g).max()) == 0.0 for g in rpn)
+    assert float(jnp.abs(grads.backbone.stem_conv.kernel[...]).max()) > 0  # through the map's bins
 
 
 def test_the_box_head_objective_on_8_devices_equals_one_device():
