@@ -15,7 +15,7 @@ from vlpjax.config import ConfigError
 from vlpjax.data.builders import load_dataset
 from vlpjax.data.pipeline import PipelineConfig, TrainTransform, boxes_of
 from vlpjax.errors import InvalidInput
-from vlpjax.evaluate.proposals import best_overlaps, proposal_metrics
+from vlpjax.evaluate.proposals import ProposalScorer, best_overlaps, box_accuracy, proposal_metrics
 from vlpjax.interop.safetensors_io import variable_at
 from vlpjax.models.detection.anchors import box_iou, clip_boxes, decode_boxes, encode_boxes, grid_anchors
 from vlpjax.models.detection.detector import Detector, build_detector
@@ -306,6 +306,32 @@ def test_the_box_head_trains_the_backbone_but_not_the_rpn_through_the_proposals(
     rpn = jax.tree.leaves(nnx.state(grads.rpn))
     assert rpn and all(float(jnp.abs(g).max()) == 0.0 for g in rpn)
     assert float(jnp.abs(grads.backbone.stem_conv.kernel[...]).max()) > 0  # through the map's bins
+
+
+def test_regions_are_the_box_heads_features_of_the_confident_proposals():
+    model = _tiny_detector(box_head=16, num_classes=5)
+    image = _detection_batch(rows=2)["image"]
+    found = model.regions(image)
+    feature_map, objectness, deltas = model._outputs(image)
+    boxes, _, _ = model._proposals_from(objectness, deltas)
+    want = model.box_head.features(model._bins(feature_map, image, boxes))
+    mask = np.asarray(found["region_mask"])
+    assert found["regions"].shape == (2, 10, 16) and mask[:, 0].all()
+    np.testing.assert_allclose(np.asarray(found["regions"])[mask], np.asarray(want)[mask], rtol=1e-5, atol=1e-6)
+    assert not np.asarray(found["regions"])[~mask].any()
+
+
+def test_box_accuracy_counts_the_boxes_named_by_their_class():
+    """A box head that always says class 2 (logit index 3): right on the box of class 2, wrong on
+    the box of class 0, and the box of unknown class is not counted."""
+    model = _tiny_detector(box_head=16, num_classes=5)
+    model.box_head.classes.kernel[...] = jnp.zeros_like(model.box_head.classes.kernel[...])
+    model.box_head.classes.bias[...] = jnp.asarray([0.0, 0, 0, 5, 0, 0])
+    scorer = ProposalScorer(model)
+    images = np.asarray(_detection_batch(rows=2)["image"])
+    boxes = [np.array([[0.1, 0.1, 0.5, 0.5], [0.5, 0.5, 0.9, 0.9]]), np.array([[0.2, 0.2, 0.6, 0.6]])]
+    assert scorer.box_hits(images, boxes, [np.array([2, 0]), np.array([-1])]) == (1, 2)
+    assert box_accuracy(1, 2) == {"proposals/box_accuracy": 0.5} and box_accuracy(0, 0) == {}
 
 
 def test_the_box_head_objective_on_8_devices_equals_one_device():
