@@ -38,8 +38,17 @@ for ((i = 0; i < processes; i++)); do
   pids+=("$!")
 done
 
+# TERM, then KILL after a grace period: in a job of several processes JAX catches SIGTERM itself
+# (a preemption notice) and a process waiting in a collective for a dead peer would not stop.
 stop_all() {
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
+  for ((i = 0; i < ${STOP_GRACE_S:-10} * 10; i++)); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+  done
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null; done
 }
 trap 'stop_all; exit 130' INT TERM
 

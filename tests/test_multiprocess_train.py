@@ -1,6 +1,7 @@
 """`vlpjax train` as 2 processes x 4 devices (launch/local.sh, gloo on 127.0.0.1) trains exactly
 what one process with 8 devices trains: the same losses at every logged step, the same weights."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -199,8 +200,9 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(whole_two_p
     try:
         output, _ = proc.communicate(timeout=240)
     except subprocess.TimeoutExpired:  # the job hangs: leave no process behind
-        for pid in [proc.pid, *trainers.values()]:
-            os.kill(pid, signal.SIGKILL)
+        for pid in [*trainers.values(), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         raise
     assert proc.returncode == 0, output[-3000:]
     step = int(output.split("SIGTERM: saved step ")[1].split()[0])

@@ -173,3 +173,25 @@ def test_a_checkpoint_with_a_non_finite_parameter_is_never_written(tiny_shapes_d
     finally:
         r.manager.close()
         r.log.close()
+
+
+def test_several_processes_ask_the_preemption_service_with_this_runs_steps(monkeypatch, tmp_path):
+    """JAX's service counts each run's steps from 0, so a run resumed at step 10 asks about 1, 2,
+    ...; it installs no SIGTERM handler of its own (JAX's catches the signal); orbax never asks."""
+    from jax._src import distributed as jax_distributed
+    from jax.experimental import multihost_utils
+
+    from vlpjax.train.loop import StopFlag
+
+    asked = []
+    manager = checkpoints.checkpoint_manager(str(tmp_path), every=5, keep=2)  # one process builds it
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax_distributed.global_state, "preemption_sync_manager", object())
+    monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", lambda s: asked.append(s) or s == 1)
+    handler = signal.getsignal(signal.SIGTERM)
+    stop = StopFlag(start=10)
+    assert signal.getsignal(signal.SIGTERM) is handler
+    assert [stop.stop_after(11), stop.stop_after(12)] == [True, False] and asked == [1, 2]
+    stop.restore()
+    assert not manager.reached_preemption(1) and asked == [1, 2]  # orbax's own check is off
+    manager.close()

@@ -51,9 +51,18 @@ def checkpoint_manager(
     )
     # Named handlers let item_metadata read a step's shapes before (and without) restoring it.
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(
+    manager = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR), options=options, item_handlers=handlers
     )
+    # The loop alone asks JAX's preemption service (train/loop.py StopFlag) and forces that save.
+    # orbax would ask too, with global steps and from its finalize thread (an older step, on
+    # process 0 only), which moves the service's step counters under the loop's feet.
+    manager.reached_preemption = _never
+    return manager
+
+
+def _never(step: int) -> bool:
+    return False
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, data_state: dict | None, *, force: bool = False) -> bool:

@@ -48,13 +48,15 @@ class StopFlag:
     In a job of several processes the signal may reach one process, or each at another step, and
     a process that saved alone would wait in the save's collectives while its peers train on.
     There JAX's preemption service, which catches SIGTERM itself, spreads the notice and names
-    one step (the furthest any process has reached, plus one) at which every process stops.
+    one step (the furthest any process has reported, plus one) at which every process stops. Its
+    counters start at 0 in each run, so it is told the steps of this run (1, 2, ...), not the
+    global step: a notice during a resumed run's start-up then stops it after its first step.
     """
 
-    def __init__(self):
+    def __init__(self, start: int = 0):
         from jax._src import distributed as jax_distributed
 
-        self._received = False
+        self._received, self._start = False, start
         self._sync = jax.process_count() > 1 and jax_distributed.global_state.preemption_sync_manager is not None
         if jax.process_count() > 1 and not self._sync:
             logger.warning("jax_enable_preemption_service is off: SIGTERM stops this process alone")
@@ -68,7 +70,7 @@ class StopFlag:
         if self._sync:
             from jax.experimental import multihost_utils
 
-            return multihost_utils.reached_preemption_sync_point(step)
+            return multihost_utils.reached_preemption_sync_point(step - self._start)
         return self._received
 
     def restore(self):
@@ -278,7 +280,7 @@ def _close(r: OpenRun) -> None:
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (resuming from the latest checkpoint in `workdir`), evaluate, return final metrics."""
     r = open_run(config, workdir)
-    stop = StopFlag()
+    stop = StopFlag(r.start)
     try:
         if r.start == 0 and r.evals.at_start():  # the untrained baseline (Flamingo: closed gates)
             r.evaluate(0, r.evals.at_start())
