@@ -23,7 +23,7 @@ def get_config(arg=None):
         kind="detector_regions",
         backbone=found.backbone.to_dict(),
         detector=found.detector.to_dict(),
-        regions=regions,  # feature_dim follows the detector: roi_size**2 x its channels
+        regions=regions,  # feature_dim follows the detector: its box_head width (or its bins)
     )
     # Regions: the box head's features (trained to name each object's colour and shape from the
     # RoIAlign bins of the map and the pixels). Measured after 300 steps (README, Results): t2i

@@ -16,6 +16,13 @@ fi
 processes=$1
 shift
 local_devices=${LOCAL_DEVICES:-4}
+# Seconds between the TERM and the KILL that stop the others when one process fails: a stopping
+# process finishes its step and its checkpoint save in them.
+stop_grace=${STOP_GRACE_S:-30}
+if [[ ! $stop_grace =~ ^[0-9]+$ ]]; then
+  echo "STOP_GRACE_S=$stop_grace is not a whole number of seconds" >&2
+  exit 2
+fi
 port=${PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 
 if [[ ${DRY_RUN:-0} == 1 ]]; then
@@ -42,7 +49,7 @@ done
 # (a preemption notice) and a process waiting in a collective for a dead peer would not stop.
 stop_all() {
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null; done
-  for ((i = 0; i < ${STOP_GRACE_S:-10} * 10; i++)); do
+  for ((i = 0; i < stop_grace * 10; i++)); do
     alive=0
     for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && alive=1; done
     ((alive)) || return 0

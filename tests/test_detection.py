@@ -2,6 +2,7 @@
 against a plain NumPy loop of its definition, NMS against a greedy reference."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,11 +10,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_recipes import _config
+from tests.test_recipes import ROOT, _config
 from tests.train_helpers import objective_on_one_and_eight_devices
 from vlpjax.config import ConfigError
 from vlpjax.data.builders import load_dataset
-from vlpjax.data.pipeline import PipelineConfig, TrainTransform, boxes_of
+from vlpjax.data.pipeline import (
+    PipelineConfig,
+    TrainTransform,
+    box_labels_of,
+    box_targets,
+    boxes_of,
+    check_box_labels,
+)
 from vlpjax.errors import InvalidInput
 from vlpjax.evaluate.proposals import ProposalScorer, best_overlaps, box_accuracy, proposal_metrics
 from vlpjax.interop.safetensors_io import variable_at
@@ -342,9 +350,30 @@ def test_the_box_head_objective_on_8_devices_equals_one_device():
         np.testing.assert_allclose(float(m8[name]), float(m1[name]), rtol=1e-5, err_msg=name)
 
 
-def test_a_box_head_objective_needs_a_box_head(tiny_shapes_dir):
+def test_a_box_head_objective_needs_a_box_head_and_a_box_head_needs_its_objective(tiny_shapes_dir):
     with pytest.raises(ConfigError, match="set model.detector.box_head and num_classes"):
         _config("detector_shapes", tiny_shapes_dir, "--config.model.detector.box_head=0")
+    from vlpjax.config import load_recipe, validate
+
+    rpn_only = load_recipe(os.path.join(ROOT, "configs", "detector_shapes.py:tiny"))
+    rpn_only.objectives = {"rpn": rpn_only.objectives.rpn.to_dict()}
+    with pytest.raises(ConfigError, match="the box head would stay random"):
+        validate(rpn_only)
+
+
+def test_box_targets_pad_labels_and_the_box_head_checks_them():
+    targets = box_targets(np.array([[0.1, 0.1, 0.4, 0.4], [0.5, 0.5, 0.9, 0.9]]), np.array([7, 0]), 3)
+    np.testing.assert_array_equal(targets["gt_labels"], [7, 0, -1])
+    np.testing.assert_array_equal(targets["gt_mask"], [True, True, False])
+    assert box_labels_of({"boxes": np.zeros((2, 4))}, 2).tolist() == [-1, -1]  # a dataset without labels
+    with pytest.raises(InvalidInput, match="2 boxes but 1 labels"):
+        box_labels_of({"labels": np.array([3])}, 2)
+    check_box_labels(np.array([7, 0]), 0)  # no box head: nothing to check
+    check_box_labels(np.array([7, 0]), 8)
+    with pytest.raises(InvalidInput, match="class 7, outside model.detector.num_classes=5"):
+        check_box_labels(np.array([7, 0]), 5)
+    with pytest.raises(InvalidInput, match="rows have no `labels`"):
+        check_box_labels(np.array([-1, -1]), 5)
 
 
 def test_proposal_recall_and_mean_iou_by_hand():
@@ -398,13 +427,17 @@ def test_detection_rows_keep_each_box_on_its_object_through_the_flip(tiny_shapes
     """The pixels inside every target box differ from the background, flipped or not."""
     config = _config("detector_shapes", tiny_shapes_dir)
     source = load_dataset(config.data).as_data_source()["train"]
-    pipeline = PipelineConfig(batch_size=4, image_size=32, text_len=8, task="detection", flip=True, max_regions=3)
+    pipeline = PipelineConfig(
+        batch_size=4, image_size=32, text_len=8, task="detection", flip=True, max_regions=3, box_classes=32
+    )
     transform = TrainTransform(pipeline, tokenizer=None)
     flipped_any = False
     for seed in range(12):
         example = source[seed]
         row = transform(example, np.random.default_rng(seed))
         flipped_any |= not np.allclose(row["gt_boxes"][row["gt_mask"]], boxes_of(example))
+        # Each box keeps its class (the shapes are mirror-symmetric: a flip changes no class).
+        np.testing.assert_array_equal(row["gt_labels"][row["gt_mask"]], example["labels"])
         background = row["image"][0, 0]  # a corner: the scenes' background
         for box in row["gt_boxes"][row["gt_mask"]] * 32:
             x1, y1, x2, y2 = np.round(box).astype(int)

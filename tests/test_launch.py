@@ -117,6 +117,7 @@ def test_any_other_error_is_raised_at_once(monkeypatch):
         ZeroDivisionError("a bug"),
         InvalidInput("a bad flag"),
         jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: out of memory"),
+        jax.errors.JaxRuntimeError("UNKNOWN: Gloo context initialization failed: bad address"),
     ):
         with pytest.raises(type(error)):
             with distributed.naming_lost_peers():
@@ -125,5 +126,21 @@ def test_any_other_error_is_raised_at_once(monkeypatch):
     distributed, waits = _job_of_two(monkeypatch, peer_timeout_s=None)  # one process: nothing to wait for
     with pytest.raises(jax.errors.JaxRuntimeError):
         with distributed.naming_lost_peers():
-            raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed")
+            raise jax.errors.JaxRuntimeError("UNKNOWN: Gloo AllGather failed: Connection reset by peer")
     assert waits == []
+
+
+def test_a_lost_peer_is_recognised_behind_the_error_raised_from_it():
+    import jax
+
+    from vlpjax.parallel.distributed import is_transport_error
+
+    lost = jax.errors.JaxRuntimeError("UNKNOWN: Gloo all-reduce failed: Received data size doesn't match")
+    try:
+        try:
+            raise lost
+        except jax.errors.JaxRuntimeError as err:
+            raise RuntimeError("evaluating retrieval") from err
+    except RuntimeError as wrapped:
+        assert is_transport_error(wrapped)
+    assert not is_transport_error(RuntimeError("evaluating retrieval"))

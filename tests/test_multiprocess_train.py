@@ -258,8 +258,6 @@ def test_a_dead_peer_stops_the_other_process_within_the_peer_timeout(tiny_shapes
     assert procs[0].returncode != 0
     assert waited < 5 + 30, waited  # the timeout plus the coordination service's polling
     output = (tmp_path / "process0.log").read_text()
-    # Either the coordination service noticed first (JAX ends the process and names task 1) or the
-    # collective failed first (gloo's own words) and vlpjax asked the service who is gone.
-    named_by_jax = "stopped sending heartbeats):\n1\n" in output
-    named_by_vlpjax = "process 1 of 2 stopped responding" in output
-    assert named_by_jax or named_by_vlpjax, output[-2000:]
+    # JAX's coordination service names task 1, also when the collective failed first (gloo's
+    # own words): vlpjax then waits for the service instead of exiting.
+    assert "stopped sending heartbeats):\n1\n" in output, output[-2000:]

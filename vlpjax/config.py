@@ -279,6 +279,11 @@ def _validate_objectives(config: ml_collections.ConfigDict) -> None:
     detector = config.model.get("detector") or {}
     if "box_head" in config.objectives and not (detector.get("box_head") and detector.get("num_classes")):
         raise ConfigError("objectives.box_head trains a box head: set model.detector.box_head and num_classes")
+    if config.model.family == "detector" and detector.get("box_head") and "box_head" not in config.objectives:
+        raise ConfigError(
+            "model.detector.box_head is set but objectives.box_head is not: the box head would stay random "
+            "(a region model would read its noise); train it, or set model.detector.box_head=0"
+        )
 
 
 def _require_decoder(config: ml_collections.ConfigDict, what: str) -> None:

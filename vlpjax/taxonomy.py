@@ -91,7 +91,7 @@ EVAL_KINDS: dict[str, EvalKind] = {
     ),
     "perplexity": EvalKind(families=("decoder_lm", "flamingo"), needs="text", options=dict(limit=1000)),
     # Recall of the ground-truth boxes by each image's top_k proposals (IoU >= iou), and the mean
-    # IoU of each recalled box's best proposal.
+    # IoU of each recalled box's best proposal; with a box head, how often it names a box's class.
     "proposals": EvalKind(families=("detector",), needs="boxes", options=dict(images=0, iou=0.5)),
 }
 # mode -> the families it scores: the answer head's class; an answer generated after the

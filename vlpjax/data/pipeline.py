@@ -41,6 +41,7 @@ class PipelineConfig:
     documents: bool = False  # interleaved_folder: rows are documents, `chunks` caps their images
     region_grid: int = 0  # > 0: region features pooled from each example's boxes (see data/regions.py)
     max_regions: int = 3
+    box_classes: int = 0  # > 0: a detector's box head names this many classes; every box needs one
     threads: int = 2
     prefetch: int = 4
 
@@ -108,7 +109,9 @@ class TrainTransform:
             )
         if c.task == "detection":
             boxes = flip_boxes(boxes_of(example)) if flipped else boxes_of(example)
-            out.update(box_targets(boxes, box_labels_of(example, len(boxes)), c.max_regions))
+            labels = box_labels_of(example, len(boxes))
+            check_box_labels(labels, c.box_classes)
+            out.update(box_targets(boxes, labels, c.max_regions))
             return out
         if c.task in QUESTION_TASKS:
             rows = answered_questions(example) if c.task == "question_answer" else question_rows(example)
@@ -151,6 +154,16 @@ def box_labels_of(example, count: int) -> np.ndarray:
     if len(labels) != count:
         raise InvalidInput(f"an example has {count} boxes but {len(labels)} labels")
     return labels
+
+
+def check_box_labels(labels: np.ndarray, classes: int) -> None:
+    """A box head's targets: every box of a known class, inside 0..classes-1."""
+    if not classes:
+        return
+    if (labels < 0).any():
+        raise InvalidInput("a detector's box head needs each box's class: the dataset's rows have no `labels`")
+    if (labels >= classes).any():
+        raise InvalidInput(f"a box has class {int(labels.max())}, outside model.detector.num_classes={classes}")
 
 
 def box_targets(boxes: np.ndarray, labels: np.ndarray, max_boxes: int) -> dict[str, np.ndarray]:

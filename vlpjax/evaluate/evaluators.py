@@ -276,8 +276,8 @@ def perplexity(ctx: EvalContext, name: str, spec) -> dict[str, float]:
 
 
 def proposals(ctx: EvalContext, name: str, spec) -> dict[str, float]:
-    """Recall of the split's boxes by each image's top_k proposals at IoU >= `iou`, and the mean
-    IoU of the recalled boxes' best proposals."""
+    """Recall of the split's boxes by each image's top_k proposals at IoU >= `iou`, the mean IoU
+    of the recalled boxes' best proposals, and (with a box head) how often it names a box's class."""
     source = ctx.source(spec)
     count = len(source) if not spec.images else min(spec.images, len(source))
     scorer, overlaps, hits, known = ProposalScorer(ctx.model()), [], 0, 0

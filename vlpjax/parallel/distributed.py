@@ -105,12 +105,20 @@ def initialize(
 # Set by `initialize`: how long the coordination service waits before it calls a silent process dead.
 _peer_timeout_s: int | None = None
 _NOTICE_MARGIN_S = 10  # the service's own polling beyond the timeout
-# The words of a collective that failed because a peer went away (gloo's, NCCL's, the socket's).
-TRANSPORT_WORDS = ("gloo", "nccl", "connection reset", "connection closed", "received data size")
+# The words of a collective that failed because a peer went away (not any gloo or NCCL failure:
+# a bad configuration, with every process alive, must not wait out the timeout).
+PEER_LOSS_WORDS = ("connection reset", "connection closed", "remote process exited", "received data size")
 
 
-def is_transport_error(err: BaseException) -> bool:
-    return isinstance(err, jax.errors.JaxRuntimeError) and any(w in str(err).lower() for w in TRANSPORT_WORDS)
+def is_transport_error(err: BaseException | None) -> bool:
+    """Whether `err`, or an error it was raised from, is a collective that lost its peer."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, jax.errors.JaxRuntimeError) and any(w in str(err).lower() for w in PEER_LOSS_WORDS):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _wait_for_the_service(seconds: float) -> None:

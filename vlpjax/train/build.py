@@ -133,6 +133,9 @@ def pipeline_config(config: ml_collections.ConfigDict, process_count: int) -> Pi
         documents=builders.dataset_kind(config.data.name).documents,
         region_grid=config.data.region_grid,
         max_regions=config.data.max_regions,
+        box_classes=(config.model.get("detector") or {}).get("num_classes", 0)
+        if "box_head" in config.objectives
+        else 0,
     )
 
 
@@ -247,6 +250,15 @@ def _checkpoint_name(key: str, rename) -> str:
     return key
 
 
+def _missing_hint(name: str) -> str:
+    if name.startswith("box_head/"):  # a detector run from before the box head, or trained without one
+        return (
+            "; the detector run has no box head: retrain it (configs/detector_shapes.py), or read its "
+            "RoIAlign bins with --config.model.image.detector.box_head=0"
+        )
+    return ""
+
+
 def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
     """Copy parameters matching `init.load` patterns from the checkpoint of another run (LiT)."""
     if not init.checkpoint:
@@ -264,7 +276,9 @@ def load_pretrained(params, frozen, init: ml_collections.ConfigDict):
         theirs = _checkpoint_name(key, init.get("rename", ()))
         if theirs not in source:
             named = theirs if theirs == key else f"{theirs!r} (the model's {key!r} through init.rename)"
-            raise InvalidInput(f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {named}")
+            raise InvalidInput(
+                f"init.checkpoint {init.checkpoint!r} (step {step}) has no parameter {named}{_missing_hint(theirs)}"
+            )
         if tuple(source[theirs].shape) != tuple(current.shape):
             raise InvalidInput(
                 f"init.checkpoint parameter {theirs!r} has shape {tuple(source[theirs].shape)}, "
