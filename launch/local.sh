@@ -61,11 +61,12 @@ trap 'stop_all; exit 130' INT TERM
 
 status=0
 for ((left = processes; left > 0; left--)); do
-  wait -n
+  wait -n -p finished
   rc=$?
   if [[ $rc -ne 0 && $status -eq 0 ]]; then
     status=$rc
-    echo "launch/local.sh: a process exited with status $rc; stopping the others" >&2
+    for i in "${!pids[@]}"; do [[ ${pids[$i]} == "$finished" ]] && failed=$i; done
+    echo "launch/local.sh: process ${failed:-?} of $processes exited with status $rc; stopping the others" >&2
     stop_all
   fi
 done

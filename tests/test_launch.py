@@ -56,6 +56,7 @@ def test_local_launcher_stops_the_job_when_a_process_fails(tmp_path):
     result = _bash(os.path.join(LAUNCH, "local.sh"), "2", "python3", "-c", script, STOP_GRACE_S="2")
     assert result.returncode == 3
     assert "[1] failing" in result.stdout
+    assert "process 1 of 2 exited with status 3" in result.stderr
     assert time.monotonic() - start < 30 and not marker.exists()
     survivor = int((tmp_path / "pid").read_text())
     deadline = time.monotonic() + 5

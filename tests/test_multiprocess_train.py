@@ -258,6 +258,10 @@ def test_a_dead_peer_stops_the_other_process_within_the_peer_timeout(tiny_shapes
     assert procs[0].returncode != 0
     assert waited < 5 + 30, waited  # the timeout plus the coordination service's polling
     output = (tmp_path / "process0.log").read_text()
-    # JAX's coordination service names task 1, also when the collective failed first (gloo's
-    # own words): vlpjax then waits for the service instead of exiting.
-    assert "stopped sending heartbeats):\n1\n" in output, output[-2000:]
+    # JAX's coordination service names task 1 after the timeout. A collective that was under way
+    # may fail first: an error raised in Python waits for the service's verdict, but gloo can
+    # also abort the process at once from its own thread ("Received data size doesn't match",
+    # std::terminate), before anyone names the peer; launch/local.sh names the process that died.
+    named = "stopped sending heartbeats):\n1\n" in output
+    aborted_by_gloo = procs[0].returncode in (-signal.SIGABRT, 128 + signal.SIGABRT) and "gloo" in output.lower()
+    assert named or aborted_by_gloo, (procs[0].returncode, output[-2000:])
