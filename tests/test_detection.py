@@ -370,8 +370,8 @@ def test_box_targets_pad_labels_and_the_box_head_checks_them():
         box_labels_of({"labels": np.array([3])}, 2)
     check_box_labels(np.array([7, 0]), 0)  # no box head: nothing to check
     check_box_labels(np.array([7, 0]), 8)
-    with pytest.raises(InvalidInput, match="class 7, outside model.detector.num_classes=5"):
-        check_box_labels(np.array([7, 0]), 5)
+    with pytest.raises(InvalidInput, match="class 7, outside model.detector.num_classes=7"):
+        check_box_labels(np.array([7, 0]), 7)  # classes 0..6
     with pytest.raises(InvalidInput, match="rows have no `labels`"):
         check_box_labels(np.array([-1, -1]), 5)
 
